@@ -1,0 +1,77 @@
+"""The `curate` command: run recipes and look at their outputs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from curate.errors import CurateError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make and curate SFT training data.")
+err = Console(stderr=True)
+out = Console()
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file, e.g. recipes/quickstart.yaml."),
+    override: list[str] = typer.Option([], "--override", "-o", help="Set a recipe key: -o teacher.model=NAME "
+                                       "or -o steps.minhash_dedup.threshold=0.9 (repeatable)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/<recipe name>)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Run a recipe. A rerun into the same --out resumes: finished steps are skipped and cached
+    LLM responses are not sent again."""
+    from curate.engine import run_recipe
+    from curate.recipe import load_recipe
+
+    rec = load_recipe(recipe, override)
+    target = out_dir or Path("runs") / rec.config.name
+    report = run_recipe(rec, target, show_progress=not quiet)
+    for s in report["steps"]:
+        note = " (skipped, unchanged)" if s.get("skipped") else ""
+        dropped = ", ".join(f"{r} {n}" for r, n in (s["dropped"] or {}).items())
+        out.print(f"{s['step']:<20} {s['rows_in']:>7} -> {s['rows_out']:<7} {s['seconds']:>7.1f}s{note}"
+                  + (f"  dropped: {dropped}" if dropped else ""))
+    llm = report["llm"]
+    out.print(f"[bold]{report['rows']['out']}[/] rows written to {target}/data "
+              f"({report['rows']['rejected']} rejected; {llm['prompt_tokens'] + llm['completion_tokens']} tokens, "
+              f"{llm['sent']} requests sent, {llm['cache_hits']} from cache) in {report['seconds']:.1f}s")
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="A data file (jsonl/json/parquet/csv), a datasets folder, or a run folder."),
+    rows: int = typer.Option(3, "--rows", "-n", help="Sample rows to show."),
+):
+    """Row count, columns, sample rows and score summaries of a dataset or run output."""
+    import polars as pl
+
+    from curate.io import read_table
+
+    if path.is_dir() and (path / "data" / "train.parquet").exists():
+        path = path / "data" / "train.parquet"
+    df = read_table(path)
+    out.print(f"[bold]{path}[/]: {df.height} rows")
+    out.print("columns: " + ", ".join(f"{c} ({t})" for c, t in df.schema.items()))
+    scores = [c for c in df.columns if c.startswith("score_") and df.schema[c].is_numeric()]
+    if scores:
+        out.print(df.select(scores).describe())
+    with pl.Config(fmt_str_lengths=120, tbl_rows=rows):
+        out.print(df.head(rows))
+
+
+def main() -> None:
+    try:
+        app()
+    except CurateError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

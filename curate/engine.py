@@ -1,0 +1,131 @@
+"""The local engine: runs a recipe's steps in order, in-process, with polars.
+
+Each step writes `<out>/steps/NN-kind/{data,rejects}.parquet` and then a `_DONE.json` marker holding
+the step's hash (its settings chained with every earlier step's and the inputs'). A rerun skips a
+step whose marker carries the same hash; once one step runs, every later one runs too. Inside a
+step, LLM responses are cached per request, so a step killed halfway resends only what had not
+arrived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.errors import CurateError
+from curate.io import read_records, write_json, write_jsonl, write_parquet
+from curate.llm.teacher import build_llm
+from curate.records import concat
+from curate.recipe import Recipe
+from curate.steps import Context, StepResult
+
+DONE = "_DONE.json"
+
+
+def load_inputs(recipe: Recipe) -> pl.DataFrame:
+    """Read and concatenate the recipe's inputs (before anything is written, so bad input leaves no trace)."""
+    frames = []
+    for i, inp in enumerate(recipe.config.inputs):
+        frames.append(
+            read_records(recipe.resolve(inp.path), source=inp.source, prompt=inp.prompt, response=inp.response,
+                         system=inp.system, gold=inp.gold, limit=inp.limit)
+        )
+    if not frames:
+        raise CurateError(f"{recipe.path or 'recipe'}: no inputs given (add an `inputs:` list)")
+    return concat(frames)
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> dict:
+    """Run every step, write the outputs under `out`, and return the report (also in report.json)."""
+    from curate.report import build_report, write_card
+
+    out = Path(out)
+    started = time.time()
+    df = load_inputs(recipe)
+    cfg = recipe.config
+    llm = None
+    if any(s.needs_llm for s in recipe.steps):
+        cache = recipe.resolve(cfg.cache) if cfg.cache else out / "cache" / "llm.sqlite"
+        llm = build_llm(cfg.teacher, cache, show_progress=show_progress)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(out_dir=out, seed=cfg.seed, llm=llm, show_progress=show_progress)
+    teacher_key = cfg.teacher.model_dump(include={"backend", "model", "model_path", "base_url"})
+
+    chain = _hash("inputs", df["id"].to_list(), cfg.seed)
+    records = [{"step": "inputs", "kind": "inputs", "rows_in": 0, "rows_out": df.height, "dropped": {},
+                "seconds": round(time.time() - started, 3), "skipped": False}]
+    rejects = []
+    must_run = False
+    try:
+        for i, step in enumerate(recipe.steps, 1):
+            name = f"{i:02d}-{step.kind}"
+            folder = out / "steps" / name
+            chain = _hash(chain, step.config_hash(), teacher_key if step.needs_llm else None)
+            marker = folder / DONE
+            rows_in = df.height
+            if not must_run and marker.exists() and json.loads(marker.read_text()).get("hash") == chain:
+                info = json.loads(marker.read_text())
+                df = pl.read_parquet(folder / "data.parquet")
+                rejected = pl.read_parquet(folder / "rejects.parquet")
+                info["skipped"] = True
+            else:
+                must_run = True
+                marker.unlink(missing_ok=True)
+                t0 = time.time()
+                result: StepResult = step.run(df, ctx)
+                df, rejected = result.kept, _as_rejects(result.rejected, name)
+                write_parquet(df, folder / "data.parquet")
+                write_parquet(rejected, folder / "rejects.parquet")
+                info = {
+                    "step": name, "kind": step.kind, "hash": chain, "config": step.model_dump(mode="json"),
+                    "rows_in": rows_in, "rows_out": df.height,
+                    "dropped": _reason_counts(rejected), "seconds": round(time.time() - t0, 3),
+                    **result.stats,
+                }
+                write_json(info, marker)
+                info["skipped"] = False
+            records.append(info)
+            rejects.append(rejected)
+    finally:
+        if llm is not None:
+            llm.close()
+
+    all_rejects = concat(rejects)
+    write_parquet(all_rejects, out / "rejects.parquet")
+    train = df.select("id", "messages", "source")
+    data_files = {}
+    for fmt in cfg.output.formats:
+        path = out / "data" / f"train.{fmt}"
+        (write_parquet if fmt == "parquet" else write_jsonl)(train, path)
+        data_files[fmt] = str(path.relative_to(out))
+    report = build_report(recipe, records, df, all_rejects, data_files, seconds=time.time() - started)
+    write_json(report, out / "report.json")
+    write_card(recipe, report, out / "README.md")
+    return report
+
+
+def _as_rejects(rejected: pl.DataFrame | None, step: str) -> pl.DataFrame:
+    """Give every dropped row its `step`, a `reason` and a `detail` column (possibly null)."""
+    if rejected is None:
+        return pl.DataFrame(schema={"step": pl.String, "reason": pl.String, "detail": pl.String})
+    if "reason" not in rejected.columns:
+        raise CurateError(f"step {step} returned rejects without a 'reason' column")
+    if "detail" not in rejected.columns:
+        rejected = rejected.with_columns(pl.lit(None, dtype=pl.String).alias("detail"))
+    return rejected.with_columns(pl.lit(step).alias("step"))
+
+
+def _reason_counts(rejected: pl.DataFrame) -> dict[str, int]:
+    if rejected.height == 0:
+        return {}
+    counts = rejected.group_by("reason").len().sort("len", descending=True)
+    return {r: n for r, n in counts.iter_rows()}

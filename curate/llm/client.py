@@ -1,0 +1,158 @@
+"""`LLM`: the one call site generators and judges use.
+
+`llm.generate(requests)` returns one Response per Request, in order. Cache look-up, a sliding
+window of in-flight requests, per-response cache writes, usage and cost totals and the progress
+bar are all handled here; rate limits, retries and timeouts belong to the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from curate.llm.base import Backend, Request, Response
+from curate.llm.cache import ResponseCache
+
+
+@dataclass
+class Price:
+    """USD per million tokens, as given in a recipe's `teacher.price`."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+
+
+@dataclass
+class Usage:
+    requests: int = 0  # requests asked for
+    sent: int = 0  # requests that went to the backend (not served by the cache)
+    cache_hits: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, other: "Usage") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class LLM:
+    backend: Backend
+    cache: ResponseCache | None = None
+    price: Price = field(default_factory=Price)
+    show_progress: bool = True
+    usage: Usage = field(default_factory=Usage)  # totals over this object's life
+
+    @property
+    def model(self) -> str:
+        return self.backend.model
+
+    def generate(self, requests: Iterable[Request], label: str = "generate") -> tuple[list[Response], Usage]:
+        """Answer every request (from the cache where possible). Failures come back as `Response.error`."""
+        requests = list(requests)
+        started = time.perf_counter()
+        keys = [r.cache_key(self.backend.name, self.backend.model) for r in requests]
+        found = self.cache.get_many(list(set(keys))) if self.cache else {}
+        # Identical requests (same key) are sent once and share the answer.
+        todo: dict[str, Request] = {}
+        for key, req in zip(keys, requests):
+            if key not in found and key not in todo:
+                todo[key] = req
+        fresh = _run_async(self._send_all(todo, len(requests) - len(todo), len(requests), label)) if todo else {}
+        responses = [found.get(k) or fresh[k] for k in keys]
+        usage = Usage(requests=len(requests), sent=len(todo), cache_hits=len(requests) - len(todo))
+        for r in responses:
+            usage.failures += not r.ok
+            usage.prompt_tokens += r.prompt_tokens
+            usage.completion_tokens += r.completion_tokens
+        usage.cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens)
+        usage.seconds = time.perf_counter() - started
+        self.usage.add(usage)
+        return responses, usage
+
+    async def _send_all(self, todo: dict[str, Request], done: int, total: int, label: str) -> dict[str, Response]:
+        """Keep `max_concurrency` requests in flight: a worker takes the next request as soon as one finishes."""
+        results: dict[str, Response] = {}
+        pending = iter(todo.items())
+        tokens = 0
+        progress = _progress(disable=not self.show_progress)
+        with progress:
+            task = progress.add_task(label, total=total, completed=done, tokens=0, rate=0.0)
+            started = time.perf_counter()
+
+            async def worker():
+                nonlocal tokens
+                for key, req in pending:  # shared iterator: each item goes to exactly one worker
+                    try:
+                        resp = await self.backend.acomplete(req)
+                    except Exception as exc:  # a backend bug must not take the run down: it becomes a reject
+                        resp = Response(error=f"{type(exc).__name__}: {exc}")
+                    if self.cache is not None:
+                        self.cache.put(key, resp)
+                    results[key] = resp
+                    tokens += resp.prompt_tokens + resp.completion_tokens
+                    rate = len(results) / max(time.perf_counter() - started, 1e-9)
+                    progress.update(task, advance=1, tokens=tokens, rate=rate)
+
+            workers = max(1, min(self.backend.max_concurrency, len(todo)))
+            try:
+                await asyncio.gather(*(worker() for _ in range(workers)))
+            finally:
+                await self.backend.aclose()
+        return results
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.cache is not None:
+            self.cache.close()
+
+
+def _progress(disable: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} req/s"),
+        TextColumn("[cyan]{task.fields[tokens]} tok"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=disable,
+        transient=False,
+    )
+
+
+def _run_async(coro):
+    """Run a coroutine to completion, also from inside a running loop (a Jupyter notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

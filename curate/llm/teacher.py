@@ -1,0 +1,74 @@
+"""The `teacher:` block of a recipe, and building an `LLM` from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from curate.llm.base import Backend
+from curate.llm.cache import ResponseCache
+from curate.llm.client import LLM, Price
+
+
+class PriceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+
+class TeacherConfig(BaseModel):
+    """Which model answers, and how to reach it. The default is the embedded model (no key, no GPU).
+
+    To use a real teacher, e.g. a vLLM server or OpenAI:
+        teacher: {backend: openai, model: Qwen/Qwen2.5-7B-Instruct, base_url: http://localhost:8000/v1}
+    The API key is read from the environment variable named by `api_key_env`, never from the recipe.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["embedded", "openai"] = "embedded"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    model_path: str | None = None  # embedded: another GGUF file instead of the shipped one
+    max_concurrency: int = Field(16, ge=1)
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+    timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    price: PriceConfig = Field(default_factory=PriceConfig)
+
+
+def build_backend(cfg: TeacherConfig) -> Backend:
+    if cfg.backend == "embedded":
+        from curate.llm.embedded import EmbeddedBackend
+
+        return EmbeddedBackend(model_path=cfg.model_path, model=cfg.model)
+    from curate.llm.openai_backend import OpenAIBackend
+
+    if not cfg.model:
+        from curate.errors import CurateError
+
+        raise CurateError("teacher.model is required with backend 'openai'")
+    kwargs = dict(
+        model=cfg.model,
+        api_key_env=cfg.api_key_env,
+        max_concurrency=cfg.max_concurrency,
+        rpm=cfg.rpm,
+        tpm=cfg.tpm,
+        timeout=cfg.timeout,
+        max_retries=cfg.max_retries,
+    )
+    if cfg.base_url:
+        kwargs["base_url"] = cfg.base_url
+    return OpenAIBackend(**kwargs)
+
+
+def build_llm(cfg: TeacherConfig, cache_path: str | Path | None, show_progress: bool = True) -> LLM:
+    return LLM(
+        backend=build_backend(cfg),
+        cache=ResponseCache(cache_path) if cache_path else None,
+        price=Price(cfg.price.input_per_mtok, cfg.price.output_per_mtok),
+        show_progress=show_progress,
+    )

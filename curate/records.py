@@ -1,0 +1,129 @@
+"""The record: one row = one SFT example in a polars DataFrame.
+
+Columns (see DESIGN.md): `id` (content hash), `messages` (list of {role, content}), optional
+`reasoning` / `answer` / `gold`, `source`, `meta` (a struct with a fixed schema so frames from
+different steps concatenate), and `score_*` columns added by filters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable
+
+import polars as pl
+
+MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
+MESSAGES = pl.List(MESSAGE)
+
+# Fixed, so that rows from different generators concatenate without schema juggling.
+META = pl.Struct(
+    {
+        "teacher": pl.String,  # model name as the backend knows it
+        "backend": pl.String,  # embedded | openai | vllm
+        "params": pl.String,  # sampling params as canonical JSON
+        "seed": pl.Int64,
+        "sample": pl.Int64,  # index among the n samples of one prompt
+        "template_hash": pl.String,
+        "prompt_tokens": pl.Int64,
+        "completion_tokens": pl.Int64,
+        "cost": pl.Float64,
+    }
+)
+
+SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String,
+    "messages": MESSAGES,
+    "reasoning": pl.String,
+    "answer": pl.String,
+    "gold": pl.String,
+    "source": pl.String,
+    "meta": META,
+}
+CORE_COLUMNS = tuple(SCHEMA)
+
+
+def content_id(messages: Iterable[dict], reasoning: str | None = None) -> str:
+    """Stable 16-hex-digit id from the content, so reruns and merges line up."""
+    canon = json.dumps(
+        [[m["role"], m["content"]] for m in messages] + ([reasoning] if reasoning else []),
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.blake2b(canon.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def with_ids(df: pl.DataFrame) -> pl.DataFrame:
+    """(Re)compute `id` from `messages` and `reasoning`."""
+    ids = [
+        content_id(msgs or [], reasoning)
+        for msgs, reasoning in zip(df["messages"].to_list(), df["reasoning"].to_list())
+    ]
+    return df.with_columns(pl.Series("id", ids, dtype=pl.String))
+
+
+def make_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Build a record frame from dicts with at least `messages`; fills ids and missing columns."""
+    df = pl.DataFrame(rows, schema_overrides={k: v for k, v in SCHEMA.items() if any(k in r for r in rows)})
+    return conform(df)
+
+
+def conform(df: pl.DataFrame) -> pl.DataFrame:
+    """Add missing core columns as nulls, cast them to the schema, put them first, fill ids."""
+    if "messages" not in df.columns:
+        raise ValueError(f"a record frame needs a 'messages' column; it has {df.columns}")
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in SCHEMA.items() if c not in df.columns]
+    df = df.with_columns(missing) if missing else df
+    df = df.with_columns([pl.col(c).cast(t) for c, t in SCHEMA.items() if c != "meta"])
+    if df.schema["meta"] != META:
+        df = df.with_columns(_conform_meta(df["meta"]))
+    extra = [c for c in df.columns if c not in SCHEMA]
+    df = df.select(*CORE_COLUMNS, *extra)
+    if df["id"].null_count():
+        df = with_ids(df)
+    return df
+
+
+def _conform_meta(meta: pl.Series) -> pl.Series:
+    """Cast a meta column of any struct shape (or all nulls) onto META, keeping known fields."""
+    if meta.dtype == pl.Null or not isinstance(meta.dtype, pl.Struct):
+        return pl.Series("meta", [None] * len(meta), dtype=META)
+    have = {f.name for f in meta.dtype.fields}
+    fields = [
+        (meta.struct.field(f) if f in have else pl.Series(f, [None] * len(meta))).cast(t).alias(f)
+        for f, t in META.to_schema().items()
+    ]
+    return pl.struct(fields, eager=True).alias("meta") if fields else meta
+
+
+def concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Concatenate record frames whose extra (score) columns may differ."""
+    frames = [f for f in frames if f is not None]
+    if not frames:
+        return pl.DataFrame(schema=SCHEMA)
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def message_text(df: pl.DataFrame, part: str = "text") -> pl.Series:
+    """The text of each row, as one string.
+
+    part: "prompt" (all non-assistant turns), "response" (the last assistant turn),
+    "text" (every turn, joined by newlines).
+    """
+    content = pl.element().struct.field("content")
+    role = pl.element().struct.field("role")
+    msgs = pl.col("messages")
+    if part == "text":
+        expr = msgs.list.eval(content).list.join("\n")
+    elif part == "prompt":
+        expr = msgs.list.eval(content.filter(role != "assistant")).list.join("\n")
+    elif part == "response":
+        expr = msgs.list.eval(content.filter(role == "assistant")).list.last()
+    else:
+        raise ValueError(f"part must be 'prompt', 'response' or 'text', not {part!r}")
+    return df.select(expr.fill_null("").alias(part)).to_series()
+
+
+def meta_struct(rows: list[dict[str, Any]]) -> pl.Series:
+    """A META column from a list of dicts (missing keys become null)."""
+    return pl.Series("meta", rows, dtype=META)

@@ -1,0 +1,26 @@
+"""Step kinds a recipe can name, mapped to where they live (imported only when used).
+
+Adding a filter or generator: write its module, then add one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from curate.errors import CurateError
+
+STEPS: dict[str, str] = {
+    # generators
+    "responses": "synth.responses:Responses",
+    # filters
+    "heuristics": "filters.heuristics:Heuristics",
+    "exact_dedup": "filters.dedup:ExactDedup",
+    "minhash_dedup": "filters.dedup:MinHashDedup",
+}
+
+
+def step_class(kind: str):
+    if kind not in STEPS:
+        raise CurateError(f"unknown step {kind!r}; known steps: {', '.join(sorted(STEPS))}")
+    module, name = STEPS[kind].split(":")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,6 @@
+"""Filters: score rows (`score`), then keep or drop them from the stored scores (`keep`, `split`)."""
+
+from filters.dedup import ExactDedup, MinHashDedup
+from filters.heuristics import Heuristics
+
+__all__ = ["ExactDedup", "MinHashDedup", "Heuristics"]

@@ -1,0 +1,87 @@
+"""`responses`: answer each row's instruction with the teacher, n samples per instruction.
+
+The prompt is the row's conversation up to (not including) any trailing assistant turns, so the
+step also regenerates answers for an existing dataset. Each sample is its own request (seed + i),
+so it is cached and resumed on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import ClassVar
+
+import polars as pl
+from pydantic import Field
+
+from curate.llm import Request
+from curate.records import META, conform, with_ids
+from curate.steps import Context, Step, StepResult
+
+
+def prompt_turns(messages: list[dict]) -> list[dict]:
+    """The conversation without its trailing assistant turns."""
+    end = len(messages)
+    while end and messages[end - 1]["role"] == "assistant":
+        end -= 1
+    return messages[:end]
+
+
+def template_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+class Responses(Step):
+    """Generate `n` responses per instruction with the recipe's teacher."""
+
+    kind: ClassVar[str] = "responses"
+    needs_llm: ClassVar[bool] = True
+    n: int = Field(1, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+    system_prompt: str | None = None
+    seed: int | None = None  # default: the recipe's seed
+
+    def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
+        seed = ctx.seed if self.seed is None else self.seed
+        prompts = []
+        for msgs in df["messages"].to_list():
+            turns = [m for m in prompt_turns(msgs) if m["role"] != "system" or self.system_prompt is None]
+            if self.system_prompt is not None:
+                turns = [{"role": "system", "content": self.system_prompt}] + turns
+            prompts.append(turns)
+        requests = [
+            Request.chat(turns, max_tokens=self.max_tokens, temperature=self.temperature,
+                         top_p=self.top_p, seed=seed + i, sample=i)
+            for turns in prompts
+            for i in range(self.n)
+        ]
+        responses, usage = ctx.llm.generate(requests, label=self.kind)
+
+        thash = template_hash(self.system_prompt or "")
+        kept_idx, kept_msgs, metas, rejected_idx, errors = [], [], [], [], []
+        for k, (req, resp) in enumerate(zip(requests, responses)):
+            row = k // self.n
+            if not resp.ok:
+                rejected_idx.append(row)
+                errors.append(resp.error)
+                continue
+            kept_idx.append(row)
+            kept_msgs.append(prompts[row] + [{"role": "assistant", "content": resp.text or ""}])
+            metas.append({
+                "teacher": ctx.llm.model, "backend": ctx.llm.backend.name,
+                "params": json.dumps(req.params(), sort_keys=True), "seed": req.seed, "sample": req.sample,
+                "template_hash": thash, "prompt_tokens": resp.prompt_tokens,
+                "completion_tokens": resp.completion_tokens,
+                "cost": ctx.llm.price.cost(resp.prompt_tokens, resp.completion_tokens),
+            })
+        kept = df[kept_idx].with_columns(
+            pl.Series("messages", kept_msgs, dtype=df.schema["messages"]),
+            pl.Series("meta", metas, dtype=META),
+        )
+        kept = with_ids(conform(kept))
+        rejected = df[rejected_idx].with_columns(
+            pl.lit("teacher request failed").alias("reason"), pl.Series("detail", errors, dtype=pl.String)
+        )
+        return StepResult(kept=kept, rejected=rejected, stats={"llm": usage.as_dict()})

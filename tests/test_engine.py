@@ -1,0 +1,69 @@
+"""The local engine: step folders and markers, skip-on-rerun, rejects with step and reason, no partial output."""
+
+import json
+
+import datasets
+import polars as pl
+import pytest
+
+from curate.engine import run_recipe
+from curate.errors import CurateError
+from curate.recipe import load_recipe
+
+ROWS = [
+    {"prompt": "What is rain?", "completion": "Rain is water falling from clouds."},
+    {"prompt": "What is rain?", "completion": "Rain is water falling from clouds."},  # exact duplicate
+    {"prompt": "Name a colour.", "completion": ""},  # empty response
+    {"prompt": "Name a planet.", "completion": "Mars is a planet next to Earth."},
+]
+RECIPE = """
+name: filter-only
+inputs: [{path: data.jsonl, source: handmade}]
+steps:
+  - heuristics: {min_response_words: 2}
+  - exact_dedup: {}
+"""
+
+
+@pytest.fixture
+def recipe_path(tmp_path):
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    return tmp_path / "r.yaml"
+
+
+def test_run_writes_steps_rejects_data_report_and_card(recipe_path, tmp_path):
+    out = tmp_path / "out"
+    report = run_recipe(load_recipe(recipe_path), out, show_progress=False)
+    assert [(s["step"], s["rows_in"], s["rows_out"]) for s in report["steps"]] == [
+        ("inputs", 0, 4), ("01-heuristics", 4, 3), ("02-exact_dedup", 3, 2)]
+    for name in ("01-heuristics", "02-exact_dedup"):
+        assert (out / "steps" / name / "_DONE.json").exists()
+    rejects = pl.read_parquet(out / "rejects.parquet")
+    assert sorted(zip(rejects["step"], rejects["reason"])) == [
+        ("01-heuristics", "empty response"), ("02-exact_dedup", "exact duplicate")]
+    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "train.parquet"), split="train")
+    assert len(ds) == 2 and ds[0]["messages"][0] == {"role": "user", "content": "What is rain?"}
+    assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 2
+    assert json.loads((out / "report.json").read_text())["rows"] == {"in": 4, "out": 2, "rejected": 2}
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "| 02-exact_dedup | 3 | 2 | exact duplicate: 1 |" in card
+
+
+def test_rerun_skips_unchanged_steps_and_reruns_from_a_changed_one(recipe_path, tmp_path):
+    out = tmp_path / "out"
+    run_recipe(load_recipe(recipe_path), out, show_progress=False)
+    again = run_recipe(load_recipe(recipe_path), out, show_progress=False)
+    assert [s["skipped"] for s in again["steps"][1:]] == [True, True]
+    changed = run_recipe(load_recipe(recipe_path, ["steps.heuristics.min_response_words=6"]), out, show_progress=False)
+    assert [s["skipped"] for s in changed["steps"][1:]] == [False, False]
+    assert changed["rows"]["out"] == 1  # "Rain is water falling from clouds." has 6 words; Mars has 7
+
+
+def test_bad_input_writes_nothing(tmp_path):
+    (tmp_path / "data.jsonl").write_text('{"prompt": "ok", "completion": "fine answer"}\n{"prompt": \n')
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    out = tmp_path / "out"
+    with pytest.raises(CurateError, match=r"data\.jsonl:2: malformed JSON"):
+        run_recipe(load_recipe(tmp_path / "r.yaml"), out, show_progress=False)
+    assert not out.exists()
