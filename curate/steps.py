@@ -94,7 +94,11 @@ class Filter(Step):
             frame = self.compute_scores(frame)
         mask, reason = self.decide(frame)
         kept = frame.filter(mask)
-        rejected = frame.with_columns(reason.alias("reason"), pl.lit(self.name or self.kind).alias("filter"))
+        rejected = frame.with_columns(
+            reason.alias("reason"),
+            self.explain(frame).alias("detail"),
+            pl.lit(self.name or self.kind).alias("filter"),
+        )
         return back(kept), back(rejected.filter(~mask))
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
@@ -110,7 +114,13 @@ class Filter(Step):
         raise NotImplementedError
 
     def decide(self, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+        """(keep mask, reason): the reason is a short stable category ("exact duplicate"), so the
+        report can count rows per reason; row-specific facts go in `explain`."""
         raise NotImplementedError
+
+    def explain(self, df: pl.DataFrame) -> pl.Series:
+        """Optional per-row detail for dropped rows (e.g. which row it duplicates); null by default."""
+        return pl.Series("detail", [None] * len(df), dtype=pl.String)
 
 
 def reasons(mask: pl.Series, reason: pl.Series | str) -> tuple[pl.Series, pl.Series]:

@@ -55,9 +55,9 @@ def test_rerun_skips_unchanged_steps_and_reruns_from_a_changed_one(recipe_path, 
     run_recipe(load_recipe(recipe_path), out, show_progress=False)
     again = run_recipe(load_recipe(recipe_path), out, show_progress=False)
     assert [s["skipped"] for s in again["steps"][1:]] == [True, True]
-    changed = run_recipe(load_recipe(recipe_path, ["steps.heuristics.min_response_words=6"]), out, show_progress=False)
+    changed = run_recipe(load_recipe(recipe_path, ["steps.heuristics.min_response_words=7"]), out, show_progress=False)
     assert [s["skipped"] for s in changed["steps"][1:]] == [False, False]
-    assert changed["rows"]["out"] == 1  # "Rain is water falling from clouds." has 6 words; Mars has 7
+    assert changed["rows"]["out"] == 1  # "Rain is water falling from clouds." has 6 words; the Mars answer 7
 
 
 def test_bad_input_writes_nothing(tmp_path):
