@@ -14,6 +14,8 @@ Clients:
   curate   OpenAIBackend (aiohttp, JSON built and parsed by hand, our retry logic)
   openai   the official AsyncOpenAI client with max_retries=0 (what OpenAIBackend would cost if
            it wrapped that client)
+  llm      curate.llm.LLM.generate over OpenAIBackend: what recipes use (its own window, the
+           SQLite response cache written per response, usage totals; progress bar off)
   httpx    bare httpx.AsyncClient posts, to separate httpx's cost from the openai SDK's
 
 Columns: ratio = req/s over c/d; CPU/req = this process's CPU per request (the server's excluded);
@@ -153,7 +155,25 @@ async def bench_httpx(base_url: str, args) -> tuple[float, int]:
         await client.aclose()
 
 
-CLIENTS = {"curate": bench_curate, "openai": bench_openai, "httpx": bench_httpx, "sleep": bench_sleep}
+async def bench_llm(base_url: str, args) -> tuple[float, int]:
+    """The real call site: LLM.generate (its own worker window, a response cache in a fresh SQLite
+    file written per response, usage totals), with the progress bar off."""
+    import tempfile
+
+    from curate.llm import LLM, ResponseCache
+
+    backend = OpenAIBackend(MODEL, base_url=base_url, api_key="bench", max_concurrency=args.concurrency, timeout=30)
+    with tempfile.TemporaryDirectory() as tmp:
+        llm = LLM(backend, cache=ResponseCache(os.path.join(tmp, "cache.sqlite")), show_progress=False)
+        await asyncio.to_thread(llm.generate, make_requests(args.concurrency, "warmup-llm"))
+        started = time.perf_counter()
+        responses, usage = await asyncio.to_thread(llm.generate, make_requests(args.requests, "llm"))
+        seconds = time.perf_counter() - started
+        llm.close()
+    return seconds, usage.failures
+
+
+CLIENTS = {"curate": bench_curate, "llm": bench_llm, "openai": bench_openai, "httpx": bench_httpx, "sleep": bench_sleep}
 
 
 def main() -> None:
@@ -162,7 +182,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--delay", type=float, default=0.05)
     ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--clients", default="sleep,curate,openai", help=f"comma-separated, from {','.join(CLIENTS)}")
+    ap.add_argument("--clients", default="sleep,curate,llm,openai", help=f"comma-separated, from {','.join(CLIENTS)}")
     ap.add_argument("--window", choices=["workers", "semaphore"], default="workers")
     ap.add_argument("--repeat", type=int, default=3, help="runs per client; the median run is shown")
     args = ap.parse_args()
