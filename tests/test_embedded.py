@@ -43,3 +43,15 @@ def test_prompt_too_long_is_an_error_not_a_crash(backend):
     llm = LLM(backend, show_progress=False)
     (resp,), usage = llm.generate([Request.chat([{"role": "user", "content": "word " * 5000}], max_tokens=4)])
     assert not resp.ok and "embedded model" in resp.error and usage.failures == 1
+
+
+def test_json_schema_structured_output(backend):
+    import json
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"]}
+    req = Request.chat([{"role": "user", "content": "Give the capital of France and its population as JSON."}],
+                       max_tokens=48, temperature=0, json_schema=json.dumps(schema))
+    (resp,), _ = LLM(backend, show_progress=False).generate([req])
+    data = json.loads(resp.text)
+    assert isinstance(data["city"], str) and isinstance(data["population"], int)

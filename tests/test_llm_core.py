@@ -1,0 +1,86 @@
+"""The LLM call site without a model: request keys, cache, window, usage, missing extras."""
+
+import asyncio
+import json
+
+import pytest
+
+from curate.errors import MissingExtra, require
+from curate.llm import LLM, Request, Response, ResponseCache
+from curate.llm.base import Backend
+
+
+class CountingBackend(Backend):
+    """A real in-process backend that answers by rule (no network), to test LLM's bookkeeping."""
+
+    name = "counting"
+    model = "rule"
+
+    def __init__(self, max_concurrency=4, fail_on=()):
+        self.max_concurrency = max_concurrency
+        self.sent, self.in_flight, self.max_in_flight = [], 0, 0
+        self.fail_on = fail_on
+
+    async def acomplete(self, request):
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        await asyncio.sleep(0.001)
+        self.in_flight -= 1
+        text = request.message_dicts()[-1]["content"]
+        self.sent.append(text)
+        if text in self.fail_on:
+            return Response(error="refused by rule")
+        return Response(text=text.upper(), prompt_tokens=3, completion_tokens=2)
+
+
+def chat(text, **kw):
+    return Request.chat([{"role": "user", "content": text}], **kw)
+
+
+def test_cache_key_covers_every_sampling_parameter_and_nothing_secret():
+    base = chat("hi", seed=1)
+    keys = {base.cache_key("openai", "m"), chat("hi", seed=2).cache_key("openai", "m"),
+            chat("hi", seed=1, sample=1).cache_key("openai", "m"), chat("hi", seed=1, temperature=0).cache_key("openai", "m"),
+            base.cache_key("openai", "other"), base.cache_key("embedded", "m"),
+            Request(prompt="hi", seed=1).cache_key("openai", "m")}
+    assert len(keys) == 7
+    assert base.cache_key("openai", "m") == chat("hi", seed=1).cache_key("openai", "m")
+
+
+def test_window_cache_usage_and_failures(tmp_path):
+    backend = CountingBackend(max_concurrency=4, fail_on={"bad"})
+    llm = LLM(backend, cache=ResponseCache(tmp_path / "c.sqlite"), show_progress=False)
+    reqs = [chat(f"q{i}") for i in range(40)] + [chat("bad"), chat("q0")]
+    out, usage = llm.generate(reqs)
+    assert [r.text for r in out[:3]] == ["Q0", "Q1", "Q2"] and out[-1].text == "Q0"
+    assert not out[40].ok and out[40].error == "refused by rule"
+    assert (usage.requests, usage.sent, usage.cache_hits, usage.failures) == (42, 41, 1, 1)
+    assert backend.max_in_flight == 4
+    out2, usage2 = llm.generate(reqs)
+    # the failure was not cached, so only it is sent again
+    assert usage2.sent == 1 and backend.sent[-1] == "bad"
+    assert llm.usage.requests == 84 and llm.usage.prompt_tokens == usage.prompt_tokens + usage2.prompt_tokens
+
+
+def test_generate_works_inside_a_running_event_loop():
+    """Notebooks run an event loop already; generate() must still work there."""
+    llm = LLM(CountingBackend(), show_progress=False)
+
+    async def inside():
+        return llm.generate([chat("x")])
+
+    out, _ = asyncio.run(inside())
+    assert out[0].text == "X"
+
+
+def test_cached_response_round_trip(tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    cache.put("k", Response(text="t", finish_reason="stop", prompt_tokens=1, completion_tokens=2))
+    got = cache.get_many(["k", "missing"])
+    assert list(got) == ["k"] and got["k"].cached and got["k"].text == "t" and got["k"].completion_tokens == 2
+    assert json.loads(got["k"].to_json())["text"] == "t"
+
+
+def test_missing_extra_names_the_extra():
+    with pytest.raises(MissingExtra, match=r"pip install 'curate-sft\[vllm\]'"):
+        require("no_such_module_here", extra="vllm", package="vllm")
