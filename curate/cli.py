@@ -24,8 +24,7 @@ def run(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/<recipe name>)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
-    """Run a recipe. A rerun into the same --out resumes: finished steps are skipped and cached
-    LLM responses are not sent again."""
+    """Run a recipe. A rerun into the same --out resumes: unchanged finished steps are skipped and cached LLM responses are not sent again."""
     from curate.engine import run_recipe
     from curate.recipe import load_recipe
 
