@@ -16,6 +16,7 @@ STEPS: dict[str, str] = {
     "heuristics": "filters.heuristics:Heuristics",
     "exact_dedup": "filters.dedup:ExactDedup",
     "minhash_dedup": "filters.dedup:MinHashDedup",
+    "judge": "filters.judge:Judge",
 }
 
 

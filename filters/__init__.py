@@ -2,5 +2,6 @@
 
 from filters.dedup import ExactDedup, MinHashDedup
 from filters.heuristics import Heuristics
+from filters.judge import Judge
 
-__all__ = ["ExactDedup", "MinHashDedup", "Heuristics"]
+__all__ = ["ExactDedup", "MinHashDedup", "Heuristics", "Judge"]

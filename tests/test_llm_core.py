@@ -84,3 +84,13 @@ def test_cached_response_round_trip(tmp_path):
 def test_missing_extra_names_the_extra():
     with pytest.raises(MissingExtra, match=r"pip install 'curate-sft\[vllm\]'"):
         require("no_such_module_here", extra="vllm", package="vllm")
+
+
+def test_top_logprobs_of_both_openai_shapes():
+    from curate.llm.base import top_logprobs_of
+
+    chat = {"logprobs": {"content": [{"token": "4", "logprob": -0.1,
+                                      "top_logprobs": [{"token": "4", "logprob": -0.1}, {"token": "5", "logprob": -2.5}]}]}}
+    text = {"logprobs": {"tokens": ["4"], "top_logprobs": [{"4": -0.1, "5": -2.5}]}}
+    assert top_logprobs_of(chat) == top_logprobs_of(text) == [{"4": -0.1, "5": -2.5}]
+    assert top_logprobs_of({"text": "x"}) is None

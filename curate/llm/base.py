@@ -23,6 +23,7 @@ class Request:
     sample: int = 0
     stop: tuple[str, ...] | None = None
     json_schema: str | None = None  # JSON text of a schema, for structured output
+    top_logprobs: int | None = None  # return the k most likely tokens at each generated position
 
     def __post_init__(self):
         if (self.messages is None) == (self.prompt is None):
@@ -77,6 +78,22 @@ class Response:
     @classmethod
     def from_json(cls, text: str) -> "Response":
         return cls(**json.loads(text), cached=True)
+
+
+def top_logprobs_of(choice: dict[str, Any]) -> list[dict[str, float]] | None:
+    """The OpenAI-format log-probs of one choice as [{token: logprob} per generated position].
+
+    Chat completions nest them as logprobs.content[i].top_logprobs[j].{token, logprob}; text
+    completions as logprobs.top_logprobs[i] = {token: logprob}. llama.cpp returns both shapes.
+    """
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return None
+    if isinstance(lp.get("content"), list):
+        return [{t["token"]: float(t["logprob"]) for t in pos.get("top_logprobs") or []} for pos in lp["content"]]
+    if isinstance(lp.get("top_logprobs"), list):
+        return [{tok: float(v) for tok, v in (pos or {}).items()} for pos in lp["top_logprobs"]]
+    return None
 
 
 class Backend:

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from curate.errors import MissingExtra, require
-from curate.llm.base import Backend, Request, Response
+from curate.llm.base import Backend, Request, Response, top_logprobs_of
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,7 +69,9 @@ class EmbeddedBackend(Backend):
         return await asyncio.to_thread(self.complete, request)
 
     def complete(self, request: Request) -> Response:
-        llm = load_llama(self.model_path, self.n_ctx)
+        # llama.cpp returns log-probs only from a model that keeps every position's logits (slower),
+        # so that variant is loaded only for requests that ask for them.
+        llm = load_llama(self.model_path, self.n_ctx, logits_all=bool(request.top_logprobs))
         params = dict(
             max_tokens=request.max_tokens,
             temperature=request.temperature,
@@ -83,19 +85,25 @@ class EmbeddedBackend(Backend):
                     fmt = None
                     if request.json_schema:
                         fmt = {"type": "json_object", "schema": json.loads(request.json_schema)}
+                    if request.top_logprobs:
+                        params.update(logprobs=True, top_logprobs=request.top_logprobs)
                     out = llm.create_chat_completion(messages=request.message_dicts(), response_format=fmt, **params)
                     choice = out["choices"][0]
                     text = choice["message"]["content"]
                 else:
+                    if request.top_logprobs:
+                        params.update(logprobs=request.top_logprobs)
                     out = llm.create_completion(prompt=request.prompt, **params)
                     choice = out["choices"][0]
                     text = choice["text"]
         except ValueError as exc:  # e.g. the prompt does not fit the context window
             return Response(error=f"embedded model: {exc}")
         usage = out.get("usage") or {}
+        top = top_logprobs_of(choice) if request.top_logprobs else None
         return Response(
             text=text,
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=usage.get("prompt_tokens", 0),
             completion_tokens=usage.get("completion_tokens", 0),
+            extra={"top_logprobs": top} if top is not None else {},
         )

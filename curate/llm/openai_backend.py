@@ -40,7 +40,7 @@ if sys.version_info >= (3, 11):
 else:  # aiohttp requires async-timeout on these versions
     from async_timeout import timeout as _timeout
 
-from curate.llm.base import Backend, Request, Response
+from curate.llm.base import Backend, Request, Response, top_logprobs_of
 
 _RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
 _RETRY_AFTER_CAP = 600.0  # a server asking for a longer pause is not waited for beyond this
@@ -231,6 +231,11 @@ class OpenAIBackend(Backend):
             body["seed"] = request.seed
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.top_logprobs:
+            if request.messages is not None:
+                body.update(logprobs=True, top_logprobs=request.top_logprobs)
+            else:
+                body["logprobs"] = request.top_logprobs
         if request.json_schema is not None:
             schema = json.loads(request.json_schema)
             if self.structured_output == "json_object":
@@ -270,6 +275,9 @@ class OpenAIBackend(Backend):
             text = choice.get("text")
         if not isinstance(text, str):
             raise _Retry(f"malformed response, no text in choices[0]: {_snippet(raw)}")
+        top = top_logprobs_of(choice)
+        if top is not None:
+            extra["top_logprobs"] = top
         usage = data.get("usage") or {}
         return Response(
             text=text,
