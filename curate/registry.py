@@ -12,6 +12,7 @@ from curate.errors import CurateError
 STEPS: dict[str, str] = {
     # generators
     "responses": "synth.responses:Responses",
+    "best_of_n": "synth.best_of_n:BestOfN",
     # filters
     "heuristics": "filters.heuristics:Heuristics",
     "exact_dedup": "filters.dedup:ExactDedup",

@@ -24,7 +24,7 @@ import polars as pl
 from pydantic import Field, PrivateAttr
 
 from curate.errors import CurateError
-from curate.llm import LLM, Request, TeacherConfig, build_llm
+from curate.llm import LLM, Request, TeacherConfig, Usage, build_llm
 from curate.records import message_text
 from curate.steps import Context, Filter, StepResult, reasons
 
@@ -78,6 +78,12 @@ class Judge(Filter):
     # Used only outside a recipe (a notebook): the judge model. Inside a recipe, the recipe's teacher.
     teacher: TeacherConfig | None = None
     _llm: LLM | None = PrivateAttr(default=None)
+    _usage: Usage | None = PrivateAttr(default=None)  # of the last compute_scores, for the run report
+
+    @property
+    def last_usage(self) -> Usage | None:
+        """Requests, tokens and cost of the last scoring pass."""
+        return self._usage
 
     def use(self, llm: LLM) -> "Judge":
         """Judge with this LLM (a notebook can share one LLM between steps)."""
@@ -87,7 +93,10 @@ class Judge(Filter):
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         if self._llm is None:
             self._llm = ctx.llm
-        return super().run(df, ctx)
+        result = super().run(df, ctx)
+        if self.last_usage is not None:
+            result.stats["llm"] = self.last_usage.as_dict()
+        return result
 
     def score_columns(self) -> list[str]:
         return [self.column, f"{self.column}_rationale"]
@@ -115,7 +124,7 @@ class Judge(Filter):
         else:
             requests = [Request.chat([{"role": "user", "content": p}], max_tokens=1, temperature=0.0,
                                      top_logprobs=self.top_logprobs) for p in prompts]
-        responses, _ = llm.generate(requests, label=f"judge ({self.method})")
+        responses, self._usage = llm.generate(requests, label=f"judge ({self.method})")
         scores: list[float | None] = []
         notes: list[str | None] = []
         for resp in responses:

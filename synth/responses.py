@@ -7,8 +7,6 @@ so it is cached and resumed on its own.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import ClassVar
 
 import polars as pl
@@ -17,6 +15,7 @@ from pydantic import Field
 from curate.llm import Request
 from curate.records import META, conform, with_ids
 from curate.steps import Context, Step, StepResult
+from synth.base import teacher_meta, template_hash
 
 
 def prompt_turns(messages: list[dict]) -> list[dict]:
@@ -25,10 +24,6 @@ def prompt_turns(messages: list[dict]) -> list[dict]:
     while end and messages[end - 1]["role"] == "assistant":
         end -= 1
     return messages[:end]
-
-
-def template_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 class Responses(Step):
@@ -69,13 +64,7 @@ class Responses(Step):
                 continue
             kept_idx.append(row)
             kept_msgs.append(prompts[row] + [{"role": "assistant", "content": resp.text or ""}])
-            metas.append({
-                "teacher": ctx.llm.model, "backend": ctx.llm.backend.name,
-                "params": json.dumps(req.params(), sort_keys=True), "seed": req.seed, "sample": req.sample,
-                "template_hash": thash, "prompt_tokens": resp.prompt_tokens,
-                "completion_tokens": resp.completion_tokens,
-                "cost": ctx.llm.price.cost(resp.prompt_tokens, resp.completion_tokens),
-            })
+            metas.append(teacher_meta(ctx.llm, req, resp, thash))
         kept = df[kept_idx].with_columns(
             pl.Series("messages", kept_msgs, dtype=df.schema["messages"]),
             pl.Series("meta", metas, dtype=META),

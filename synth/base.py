@@ -1,0 +1,80 @@
+"""What every generator shares: prompt templates in files, the per-row `meta` record, and turning
+teacher responses into kept rows and rejects.
+
+Templates are plain text files with {name} placeholders filled by `render` (plain replacement, so
+braces in instructions and code stay as they are). A recipe overrides a generator's template with
+a path; the template's hash goes into every row's meta, so a changed prompt is visible in the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.errors import CurateError
+from curate.llm import LLM, Request, Response
+from curate.records import META, conform, with_ids
+
+PROMPTS = Path(__file__).parent / "prompts"
+
+
+def load_template(override: str | None, default_name: str) -> str:
+    """The template text: the recipe's file if given, else synth/prompts/<default_name>.txt."""
+    path = Path(override) if override else PROMPTS / f"{default_name}.txt"
+    if not path.exists():
+        raise CurateError(f"prompt template {path}: no such file")
+    return path.read_text(encoding="utf-8")
+
+
+def template_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def render(template: str, **fields: Any) -> str:
+    for name, value in fields.items():
+        template = template.replace("{" + name + "}", str(value))
+    return template
+
+
+def teacher_meta(llm: LLM, request: Request, response: Response, thash: str) -> dict[str, Any]:
+    """The `meta` struct of a generated row: who answered, with what settings, at what cost."""
+    return {
+        "teacher": llm.model,
+        "backend": llm.backend.name,
+        "params": json.dumps(request.params(), sort_keys=True),
+        "seed": request.seed,
+        "sample": request.sample,
+        "template_hash": thash,
+        "prompt_tokens": response.prompt_tokens,
+        "completion_tokens": response.completion_tokens,
+        "cost": llm.price.cost(response.prompt_tokens, response.completion_tokens),
+    }
+
+
+def build_rows(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """A record frame from dicts holding `messages`, `meta` and optional record/score fields."""
+    if not rows:
+        return conform(pl.DataFrame({"messages": []}, schema={"messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String}))}))
+    df = pl.DataFrame(rows, infer_schema_length=None)
+    if "meta" in df.columns:
+        df = df.with_columns(pl.Series("meta", [r.get("meta") for r in rows], dtype=META))
+    return with_ids(conform(df))
+
+
+def reject_rows(rows: list[dict[str, Any]]) -> pl.DataFrame | None:
+    """Rejects from dicts with `messages`, `reason` and `detail` (the raw output or the error)."""
+    if not rows:
+        return None
+    df = build_rows([{k: v for k, v in r.items() if k not in ("reason", "detail")} for r in rows])
+    return df.with_columns(
+        pl.Series("reason", [r["reason"] for r in rows], dtype=pl.String),
+        pl.Series("detail", [r.get("detail") for r in rows], dtype=pl.String),
+    )
+
+
+def chat(user: str, system: str | None = None) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
