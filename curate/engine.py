@@ -36,6 +36,8 @@ def load_inputs(recipe: Recipe) -> pl.DataFrame:
                          system=inp.system, gold=inp.gold, limit=inp.limit)
         )
     if not frames:
+        if recipe.steps and recipe.steps[0].is_source:
+            return concat([])
         raise CurateError(f"{recipe.path or 'recipe'}: no inputs given (add an `inputs:` list)")
     return concat(frames)
 

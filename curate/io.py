@@ -1,6 +1,7 @@
 """Reading datasets into records and writing them out.
 
-Readers accept jsonl, json, parquet, csv and a `datasets` dataset saved to disk, and map the common
+Readers accept jsonl, json, parquet, csv, plain text (a .txt file or a folder of them: one document
+per file, in a `text` column) and a `datasets` dataset saved to disk, and map the common
 shapes onto the record schema: messages (`messages`), ShareGPT (`conversations` with from/value),
 Alpaca (`instruction` / `input` / `output`), prompt/completion, and question/answer. A malformed line
 is reported with its file and line number; an input with no usable text column names the columns
@@ -43,6 +44,11 @@ def read_table(path: str | Path) -> pl.DataFrame:
         return _read_json(path)
     if name.endswith(".parquet"):
         return _nonempty(pl.read_parquet(path), path)
+    if name.endswith(".txt"):
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise CurateError(f"{path}: the file is empty")
+        return pl.DataFrame({"text": [text]})
     if name.endswith((".csv", ".tsv")):
         try:
             df = pl.read_csv(path, separator="\t" if name.endswith(".tsv") else ",")
@@ -51,7 +57,7 @@ def read_table(path: str | Path) -> pl.DataFrame:
         except pl.exceptions.ComputeError as exc:
             raise CurateError(f"{path}: cannot parse as CSV: {exc}") from None
         return _nonempty(df, path)
-    raise CurateError(f"{path}: unknown format (expected .jsonl, .json, .parquet, .csv or a datasets folder)")
+    raise CurateError(f"{path}: unknown format (expected .jsonl, .json, .parquet, .csv, .txt or a folder)")
 
 
 def read_records(
@@ -214,7 +220,10 @@ def _read_dataset_dir(path: Path) -> pl.DataFrame:
     files = sorted(path.glob("*.parquet"))
     if files:
         return _nonempty(pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed"), path)
-    raise CurateError(f"{path}: a folder must be a saved `datasets` dataset or hold .parquet files")
+    texts = sorted(path.glob("*.txt"))  # a folder of plain-text documents, one per file
+    if texts:
+        return pl.DataFrame({"text": [t.read_text(encoding="utf-8") for t in texts], "source": [t.stem for t in texts]})
+    raise CurateError(f"{path}: a folder must be a saved `datasets` dataset or hold .parquet or .txt files")
 
 
 def _nonempty(df: pl.DataFrame, path: Path) -> pl.DataFrame:

@@ -51,6 +51,8 @@ class Step(BaseModel):
     is_global: ClassVar[bool] = False
     # Steps that call an LLM need a Context with one.
     needs_llm: ClassVar[bool] = False
+    # Source steps make rows from nothing (Magpie): a recipe may start with one and have no inputs.
+    is_source: ClassVar[bool] = False
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         raise NotImplementedError

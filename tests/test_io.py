@@ -89,3 +89,14 @@ def test_writers_round_trip_through_arrow_and_datasets(tmp_path):
     back = read_records(tmp_path / "o.jsonl")
     assert back["messages"].to_list() == df["messages"].to_list()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+
+def test_plain_text_documents(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("First document.\n\nSecond paragraph.")
+    (tmp_path / "docs" / "b.txt").write_text("Another one.")
+    df = read_records(tmp_path / "docs")
+    assert df["messages"].to_list() == [[{"role": "user", "content": "First document.\n\nSecond paragraph."}],
+                                        [{"role": "user", "content": "Another one."}]]
+    assert df["source"].to_list() == ["a", "b"]
+    assert read_records(tmp_path / "docs" / "b.txt")["messages"][0].to_list()[0]["content"] == "Another one."
