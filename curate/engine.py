@@ -18,7 +18,8 @@ from typing import Any
 import polars as pl
 
 from curate.errors import CurateError
-from curate.io import read_records, write_json, write_jsonl, write_parquet
+from curate.io import read_records, write_json, write_parquet
+from curate.output import write_splits
 from curate.llm.teacher import build_llm
 from curate.records import concat
 from curate.recipe import Recipe
@@ -103,12 +104,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
 
     all_rejects = concat(rejects)
     write_parquet(all_rejects, out / "rejects.parquet")
-    train = df.select("id", "messages", "source")
-    data_files = {}
-    for fmt in cfg.output.formats:
-        path = out / "data" / f"train.{fmt}"
-        (write_parquet if fmt == "parquet" else write_jsonl)(train, path)
-        data_files[fmt] = str(path.relative_to(out))
+    data_files = write_splits(df, cfg.output, out, seed=cfg.seed)
     report = build_report(recipe, records, df, all_rejects, data_files, seconds=time.time() - started)
     write_json(report, out / "report.json")
     write_card(recipe, report, out / "README.md")

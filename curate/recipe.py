@@ -8,7 +8,7 @@
     steps:
       - responses: {n: 1, max_tokens: 256}
       - minhash_dedup: {threshold: 0.8}
-    output: {formats: [parquet, jsonl]}
+    output: {format: messages, files: [parquet, jsonl], validation: 0.05}
 
 Unknown keys and wrong types are errors naming the key path (`steps[1].minhash_dedup.treshold`).
 Overrides from the command line (`-o teacher.model=X`, `-o steps.1.minhash_dedup.threshold=0.9`,
@@ -18,13 +18,14 @@ or by step kind: `-o steps.minhash_dedup.threshold=0.9`) are applied before vali
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from curate.errors import CurateError
 from curate.llm.teacher import TeacherConfig
+from curate.output import OutputConfig
 from curate.registry import step_class
 from curate.steps import Step
 
@@ -40,11 +41,6 @@ class InputConfig(BaseModel):
     system: str | None = None
     gold: str | None = None
     limit: int | None = Field(None, ge=1)
-
-
-class OutputConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    formats: list[Literal["parquet", "jsonl"]] = Field(default_factory=lambda: ["parquet", "jsonl"])
 
 
 class RecipeConfig(BaseModel):

@@ -50,9 +50,10 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
 def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     """A short dataset card: what this is, how it was made, and how to rerun it."""
     cfg = recipe.config
+    # `configs` pins each split to one file, so `datasets.load_dataset(OUT)` reads parquet (or jsonl) only.
+    splits = [{"split": name, "path": files.get("parquet") or files["jsonl"]} for name, files in report["data_files"].items()]
     header = {"license": cfg.license or "other", "task_categories": ["text-generation"],
-              "configs": [{"config_name": "default",
-                           "data_files": [{"split": "train", "path": report["data_files"].get("parquet", "data/train.jsonl")}]}]}
+              "configs": [{"config_name": "default", "data_files": splits}]}
     lines = [
         "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
         f"# {cfg.name}", "", cfg.description or "SFT data made with curate.", "",

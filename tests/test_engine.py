@@ -43,7 +43,8 @@ def test_run_writes_steps_rejects_data_report_and_card(recipe_path, tmp_path):
     assert sorted(zip(rejects["step"], rejects["reason"])) == [
         ("01-heuristics", "empty response"), ("02-exact_dedup", "exact duplicate")]
     ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "train.parquet"), split="train")
-    assert len(ds) == 2 and ds[0]["messages"][0] == {"role": "user", "content": "What is rain?"}
+    assert len(ds) == 2
+    assert sorted(m[0]["content"] for m in ds["messages"]) == ["Name a planet.", "What is rain?"]
     assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 2
     assert json.loads((out / "report.json").read_text())["rows"] == {"in": 4, "out": 2, "rejected": 2}
     card = (out / "README.md").read_text()
