@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import yaml
 
 from curate.errors import CurateError
-from curate.io import read_records, write_json, write_parquet
+from curate.io import read_records, write_json, write_parquet, write_text
 from curate.output import write_splits
 from curate.llm.teacher import build_llm
 from curate.records import concat
@@ -49,8 +50,6 @@ def _hash(*parts: Any) -> str:
 
 def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> dict:
     """Run every step, write the outputs under `out`, and return the report (also in report.json)."""
-    from curate.report import build_report, write_card
-
     out = Path(out)
     started = time.time()
     df = load_inputs(recipe)
@@ -60,6 +59,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
         cache = recipe.resolve(cfg.cache) if cfg.cache else out / "cache" / "llm.sqlite"
         llm = build_llm(cfg.teacher, cache, show_progress=show_progress)
     out.mkdir(parents=True, exist_ok=True)
+    write_text(yaml.safe_dump(recipe.raw, sort_keys=False), out / "recipe.yaml")  # with overrides applied
     ctx = Context(out_dir=out, seed=cfg.seed, llm=llm, show_progress=show_progress)
     teacher_key = cfg.teacher.model_dump(include={"backend", "model", "model_path", "base_url"})
 
@@ -103,12 +103,45 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
             llm.close()
 
     all_rejects = concat(rejects)
+    write_parquet(df, out / "records.parquet")  # the kept rows with every score, before conversion
     write_parquet(all_rejects, out / "rejects.parquet")
     data_files = write_splits(df, cfg.output, out, seed=cfg.seed)
-    report = build_report(recipe, records, df, all_rejects, data_files, seconds=time.time() - started)
-    write_json(report, out / "report.json")
+    return publish_report(recipe, out, records, df, all_rejects, data_files, seconds=time.time() - started)
+
+
+def publish_report(recipe: Recipe, out: Path, steps: list[dict], final: pl.DataFrame, rejects: pl.DataFrame,
+                   data_files: dict, seconds: float) -> dict:
+    """Validate the final data, then write report.json / .md / .html and the dataset card."""
+    from curate.report import build_report, write_card, write_reports
+    from curate.validate import validate
+
+    validation = validate(final, recipe.steps) if final.height else None
+    report = build_report(recipe, steps, final, rejects, data_files, seconds, out, validation)
+    write_reports(report, out)
     write_card(recipe, report, out / "README.md")
     return report
+
+
+def rebuild_report(out: str | Path) -> dict:
+    """Regenerate the report and card of a finished run from its files, without rerunning anything."""
+    from curate.recipe import build_recipe
+
+    out = Path(out)
+    needed = [out / n for n in ("recipe.yaml", "report.json", "records.parquet", "rejects.parquet")]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise CurateError(f"{out}: not a finished run folder (missing {', '.join(missing)})")
+    recipe = build_recipe(yaml.safe_load((out / "recipe.yaml").read_text(encoding="utf-8")), base_dir=out,
+                          origin=str(out / "recipe.yaml"))
+    old = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    steps = [old["steps"][0]]
+    for i, step in enumerate(recipe.steps, 1):
+        marker = out / "steps" / f"{i:02d}-{step.kind}" / DONE
+        if not marker.exists():
+            raise CurateError(f"{marker}: missing; the run did not finish")
+        steps.append({**json.loads(marker.read_text(encoding="utf-8")), "skipped": False})
+    return publish_report(recipe, out, steps, pl.read_parquet(out / "records.parquet"),
+                          pl.read_parquet(out / "rejects.parquet"), old["data_files"], old["seconds"])
 
 
 def _as_rejects(rejected: pl.DataFrame | None, step: str) -> pl.DataFrame:

@@ -1,72 +1,280 @@
-"""The run report (report.json) and the dataset card (README.md in the output folder)."""
+"""The run report: report.json (every number), report.md, a self-contained report.html, and the
+dataset card (README.md in the output folder).
+
+Everything is computed from files a finished run leaves behind (the step folders, records.parquet,
+rejects.parquet, recipe.yaml), so `curate report OUT` rebuilds the report without rerunning.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+from html import escape
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import yaml
 
-from curate.io import write_text
+from curate.io import write_json, write_text
+from curate.plots import bars, histogram, histogram_data
 from curate.records import message_text
 from curate.recipe import Recipe
+from curate.steps import Filter
 
 LLM_FIELDS = ("requests", "sent", "cache_hits", "failures", "prompt_tokens", "completion_tokens", "cost")
+EXAMPLES = 3  # kept and dropped examples shown per filter
+SNIPPET = 400
+
+
+def _words(series: pl.Series) -> pl.Series:
+    return series.fill_null("").str.count_matches(r"\S+").cast(pl.Int64)
+
+
+def _summary(values: pl.Series) -> dict[str, float] | None:
+    v = values.drop_nulls().cast(pl.Float64)
+    v = v.filter(v.is_finite())
+    if v.len() == 0:
+        return None
+    q = {f"p{p}": round(float(v.quantile(p / 100, "linear")), 4) for p in (10, 50, 90)}
+    return {"n": v.len(), "mean": round(float(v.mean()), 4), "min": round(float(v.min()), 4), **q,
+            "max": round(float(v.max()), 4)}
+
+
+def _score_columns(df: pl.DataFrame) -> list[str]:
+    """Numeric score columns worth plotting (not row positions or cluster ids)."""
+    return [c for c, t in df.schema.items() if c.startswith("score_") and (t.is_numeric() or t == pl.Boolean)
+            and not c.endswith(("_row", "_rank"))]
+
+
+def _example(row: dict[str, Any]) -> dict[str, Any]:
+    msgs = row.get("messages") or []
+    prompt = "\n".join(m["content"] for m in msgs if m["role"] != "assistant")
+    answer = next((m["content"] for m in reversed(msgs) if m["role"] == "assistant"), "")
+    out = {"id": row.get("id"), "prompt": prompt[:SNIPPET], "response": (answer or "")[:SNIPPET]}
+    for key in ("reason", "detail"):
+        if row.get(key):
+            out[key] = str(row[key])[:SNIPPET]
+    return out
+
+
+def step_section(step, kept: pl.DataFrame, rejected: pl.DataFrame) -> dict[str, Any]:
+    """Score distributions (with thresholds) and examples of one filter step, from its own folder."""
+    seen = pl.concat([kept, rejected.select([c for c in kept.columns if c in rejected.columns])],
+                     how="diagonal_relaxed") if rejected.height else kept
+    cuts = step.thresholds() if isinstance(step, Filter) else {}
+    scores = {}
+    for col in _score_columns(seen):
+        values = seen[col].cast(pl.Float64)
+        marks = [float(t) for t in cuts.get(col, []) if t is not None]
+        scores[col] = {"summary": _summary(values), "thresholds": marks,
+                       "histogram": histogram_data(values.to_list(), marks)}
+    return {
+        "scores": scores,
+        "kept_examples": [_example(r) for r in kept.head(EXAMPLES).to_dicts()],
+        "dropped_examples": [_example(r) for r in rejected.head(EXAMPLES).to_dicts()],
+    }
 
 
 def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects: pl.DataFrame,
-                 data_files: dict, seconds: float) -> dict:
-    """All the numbers of a run: rows in/out per step and why rows were dropped, tokens, time."""
+                 data_files: dict, seconds: float, out: Path, validation: dict | None = None) -> dict:
+    """All the numbers of a run (what report.json holds)."""
     totals = {k: 0 for k in LLM_FIELDS}
     for s in steps:
         for k in LLM_FIELDS:
             totals[k] += (s.get("llm") or {}).get(k, 0)
     totals["cost"] = round(totals["cost"], 6)
-    funnel = [
-        {k: s.get(k) for k in ("step", "kind", "rows_in", "rows_out", "dropped", "seconds", "skipped", "llm")}
-        for s in steps
-    ]
-    resp_words = message_text(final, "response").str.count_matches(r"\S+") if final.height else pl.Series([], dtype=pl.UInt32)
+    funnel = [{k: s.get(k) for k in ("step", "kind", "rows_in", "rows_out", "dropped", "seconds", "skipped", "llm")}
+              for s in steps]
+    lengths = {}
+    for part in ("prompt", "response"):
+        words = _words(message_text(final, part)) if final.height else pl.Series([], dtype=pl.Int64)
+        lengths[part] = {"summary": _summary(words), "histogram": histogram_data(words.to_list())}
+    if "reasoning" in final.columns and final["reasoning"].null_count() < final.height:
+        words = _words(final["reasoning"].drop_nulls())
+        lengths["reasoning"] = {"summary": _summary(words), "histogram": histogram_data(words.to_list())}
+    sources = {}
+    if final.height:
+        text_words = _words(message_text(final, "text"))
+        mix = final.select("source", text_words.alias("w")).group_by("source").agg(pl.len().alias("rows"), pl.col("w").sum().alias("words"))
+        sources = {r["source"]: {"rows": r["rows"], "words": r["words"]} for r in mix.sort("source").iter_rows(named=True)}
+    sections = {}
+    for step, info in zip(recipe.steps, steps[1:]):
+        folder = out / "steps" / info["step"]
+        if (folder / "data.parquet").exists():
+            sections[info["step"]] = step_section(step, pl.read_parquet(folder / "data.parquet"),
+                                                  pl.read_parquet(folder / "rejects.parquet"))
     return {
         "recipe": recipe.config.name,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "seed": recipe.config.seed,
         "teacher": {"backend": recipe.config.teacher.backend, "model": recipe.config.teacher.model},
-        "rows": {"in": steps[0]["rows_out"], "out": final.height, "rejected": rejects.height},
+        "rows": {"in": steps[0]["rows_out"], "out": final.height, "rejected": rejects.height,
+                 "splits": {name: _rows_in(out / files.get("parquet", files.get("jsonl", ""))) for name, files in data_files.items()}},
         "steps": funnel,
         "llm": totals,
-        "sources": dict(final.group_by("source").len().sort("source").iter_rows()) if final.height else {},
-        "response_words": {
-            "mean": round(float(resp_words.mean() or 0), 1),
-            "median": float(resp_words.median() or 0),
-            "max": int(resp_words.max() or 0),
-        },
+        "sources": sources,
+        "lengths": lengths,
+        "filters": sections,
+        "validation": validation,
         "data_files": data_files,
     }
 
 
+def _rows_in(path: Path) -> int:
+    if path.suffix == ".parquet":
+        return pl.scan_parquet(path).select(pl.len()).collect().item()
+    return sum(1 for _ in path.open(encoding="utf-8"))
+
+
+# Markdown and HTML ----------------------------------------------------------------------------------
+
+def render_markdown(report: dict) -> str:
+    r = report
+    lines = [f"# Run report: {r['recipe']}", "",
+             f"{r['rows']['out']} rows kept of {r['rows']['in']} ({r['rows']['rejected']} rejected) in {r['seconds']:.1f}s; "
+             f"splits: " + ", ".join(f"{k} {v}" for k, v in r["rows"]["splits"].items()), "",
+             "| step | in | out | dropped | seconds |", "|---|---|---|---|---|"]
+    for s in r["steps"]:
+        dropped = ", ".join(f"{k}: {v}" for k, v in (s["dropped"] or {}).items()) or "-"
+        lines.append(f"| {s['step']} | {s['rows_in']} | {s['rows_out']} | {dropped} | {s['seconds']} |")
+    llm = r["llm"]
+    lines += ["", f"Teacher: {r['teacher']['backend']} {r['teacher']['model'] or ''}; {llm['requests']} requests "
+              f"({llm['sent']} sent, {llm['cache_hits']} cached, {llm['failures']} failed), {llm['prompt_tokens']} prompt + "
+              f"{llm['completion_tokens']} completion tokens, cost ${llm['cost']:.4f}", ""]
+    if r.get("validation"):
+        v = r["validation"]
+        lines.append(f"Validation ({v['engine']}): {v['passed']}/{v['total']} expectations met")
+        lines += [f"- {'PASS' if c['success'] else 'FAIL'} {c['expectation']}" for c in v["results"]]
+    return "\n".join(lines) + "\n"
+
+
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.plot .t{font-size:13px;font-weight:600}.plot .s{font-size:11px}
+.ex{font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap;max-width:520px}
+.pass{color:#2a7a2a}.fail{color:#b00020;font-weight:600}.muted{color:#777}"""
+
+
+def render_html(report: dict) -> str:
+    r = report
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>curate report: {escape(r['recipe'])}</title>"
+         f"<style>{CSS}</style></head><body>",
+         f"<h1>{escape(r['recipe'])}</h1><p>{r['rows']['out']} rows kept of {r['rows']['in']} "
+         f"({r['rows']['rejected']} rejected, see rejects.parquet) in {r['seconds']:.1f}s. Splits: "
+         + ", ".join(f"{escape(k)} {v}" for k, v in r["rows"]["splits"].items()) + f". Finished {escape(r['finished'])}.</p>"]
+    steps = r["steps"]
+    h.append("<h2>Funnel</h2><div class='grid'>")
+    h.append(bars([s["step"] for s in steps], [s["rows_out"] for s in steps], "rows after each step",
+                  dropped=[s["rows_in"] - s["rows_out"] if s["rows_in"] else 0 for s in steps]))
+    h.append("</div><table><tr><th>step</th><th>in</th><th>out</th><th>dropped, by reason</th><th>seconds</th></tr>")
+    for s in steps:
+        dropped = "<br>".join(f"{escape(k)}: {v}" for k, v in (s["dropped"] or {}).items()) or "-"
+        note = " <span class='muted'>(unchanged, reused)</span>" if s.get("skipped") else ""
+        h.append(f"<tr><td>{escape(s['step'])}{note}</td><td>{s['rows_in']}</td><td>{s['rows_out']}</td>"
+                 f"<td>{dropped}</td><td>{s['seconds']}</td></tr>")
+    h.append("</table>")
+    h.append("<h2>Scores</h2>")
+    any_scores = False
+    for step, sec in r.get("filters", {}).items():
+        plots = [histogram(v["histogram"], f"{step}: {col}", v["thresholds"]) for col, v in sec["scores"].items()]
+        plots = [p for p in plots if p]
+        if plots:
+            any_scores = True
+            h.append(f"<div class='grid'>{''.join(plots)}</div>")
+    if not any_scores:
+        h.append("<p class='muted'>No numeric scores in this run.</p>")
+    h.append("<h2>Lengths (words)</h2><div class='grid'>")
+    h += [histogram(v["histogram"], f"{part} length") for part, v in r["lengths"].items()]
+    h.append("</div><h2>Sources</h2><div class='grid'>")
+    src = r["sources"]
+    h.append(bars(list(src), [v["rows"] for v in src.values()], "rows per source"))
+    h.append(bars(list(src), [v["words"] for v in src.values()], "words per source"))
+    h.append("</div>")
+    llm = r["llm"]
+    h.append("<h2>Teacher usage</h2><table><tr><th>step</th><th>requests</th><th>sent</th><th>cached</th><th>failed</th>"
+             "<th>prompt tokens</th><th>completion tokens</th><th>cost (USD)</th></tr>")
+    for s in steps:
+        if s.get("llm"):
+            u = s["llm"]
+            h.append(f"<tr><td>{escape(s['step'])}</td><td>{u['requests']}</td><td>{u['sent']}</td><td>{u['cache_hits']}</td>"
+                     f"<td>{u['failures']}</td><td>{u['prompt_tokens']}</td><td>{u['completion_tokens']}</td><td>{u['cost']:.4f}</td></tr>")
+    h.append(f"<tr><th>total</th><th>{llm['requests']}</th><th>{llm['sent']}</th><th>{llm['cache_hits']}</th><th>{llm['failures']}</th>"
+             f"<th>{llm['prompt_tokens']}</th><th>{llm['completion_tokens']}</th><th>{llm['cost']:.4f}</th></tr></table>")
+    h.append(f"<p class='muted'>Teacher: {escape(str(r['teacher']['backend']))} {escape(str(r['teacher']['model'] or ''))}</p>")
+    h.append("<h2>Examples</h2>")
+    for step, sec in r.get("filters", {}).items():
+        if not (sec["kept_examples"] or sec["dropped_examples"]):
+            continue
+        h.append(f"<h3>{escape(step)}</h3><table><tr><th>kept</th><th>dropped</th></tr>")
+        for i in range(max(len(sec["kept_examples"]), len(sec["dropped_examples"]))):
+            cells = []
+            for group in ("kept_examples", "dropped_examples"):
+                ex = sec[group][i] if i < len(sec[group]) else None
+                if ex is None:
+                    cells.append("<td></td>")
+                    continue
+                why = f"<b>{escape(ex.get('reason', ''))}</b> {escape(ex.get('detail', '') or '')}\n" if ex.get("reason") else ""
+                cells.append(f"<td class='ex'>{why}<b>Q:</b> {escape(ex['prompt'])}\n<b>A:</b> {escape(ex['response'])}</td>")
+            h.append("<tr>" + "".join(cells) + "</tr>")
+        h.append("</table>")
+    v = r.get("validation")
+    h.append("<h2>Validation of the final data</h2>")
+    if v:
+        h.append(f"<p>{v['passed']} of {v['total']} expectations met ({escape(v['engine'])}).</p><table>"
+                 "<tr><th>result</th><th>expectation</th><th>details</th></tr>")
+        for c in v["results"]:
+            cls, word = ("pass", "PASS") if c["success"] else ("fail", "FAIL")
+            h.append(f"<tr><td class='{cls}'>{word}</td><td>{escape(c['expectation'])}</td><td>{escape(c.get('details') or '')}</td></tr>")
+        h.append("</table>")
+    else:
+        h.append("<p class='muted'>Not run.</p>")
+    h.append("</body></html>")
+    return "\n".join(h)
+
+
+def write_reports(report: dict, out: Path) -> None:
+    write_json(report, out / "report.json")
+    write_text(render_markdown(report), out / "report.md")
+    write_text(render_html(report), out / "report.html")
+
+
 def write_card(recipe: Recipe, report: dict, path: Path) -> None:
-    """A short dataset card: what this is, how it was made, and how to rerun it."""
+    """The dataset card: what this is, how it was made, and how to rerun it."""
     cfg = recipe.config
     # `configs` pins each split to one file, so `datasets.load_dataset(OUT)` reads parquet (or jsonl) only.
     splits = [{"split": name, "path": files.get("parquet") or files["jsonl"]} for name, files in report["data_files"].items()]
-    header = {"license": cfg.license or "other", "task_categories": ["text-generation"],
-              "configs": [{"config_name": "default", "data_files": splits}]}
+    n = report["rows"]["out"]
+    size = next(label for limit, label in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
+                                          (float("inf"), "n>1M")) if n < limit)
+    header = {"license": cfg.license or "other", "task_categories": ["text-generation"], "size_categories": [size],
+              "tags": ["synthetic", "sft", "curate"], "configs": [{"config_name": "default", "data_files": splits}]}
+    llm = report["llm"]
     lines = [
         "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
         f"# {cfg.name}", "", cfg.description or "SFT data made with curate.", "",
-        f"- Rows: {report['rows']['out']} kept of {report['rows']['in']} in ({report['rows']['rejected']} rejected, "
-        "see rejects.parquet)",
+        f"- Rows: {n} kept of {report['rows']['in']} in ({report['rows']['rejected']} rejected, see rejects.parquet); "
+        + ", ".join(f"{k}: {v}" for k, v in report["rows"]["splits"].items()),
+        f"- Format: {cfg.output.format}",
         f"- Teacher: {report['teacher']['backend']} {report['teacher']['model'] or ''}".rstrip(),
         f"- Seed: {cfg.seed}",
-        f"- Tokens: {report['llm']['prompt_tokens']} prompt, {report['llm']['completion_tokens']} completion"
-        + (f"; cost ${report['llm']['cost']:.4f}" if report["llm"]["cost"] else ""),
-        "", "## Steps", "", "| step | in | out | dropped |", "|---|---|---|---|",
+        f"- Tokens: {llm['prompt_tokens']} prompt, {llm['completion_tokens']} completion"
+        + (f"; cost ${llm['cost']:.4f}" if llm["cost"] else ""),
+        f"- Sources: " + (", ".join(f"{s} ({v['rows']} rows)" for s, v in report["sources"].items()) or "-"),
     ]
+    if report.get("validation"):
+        v = report["validation"]
+        lines.append(f"- Validation: {v['passed']}/{v['total']} expectations met")
+    lines += ["", "## Steps", "", "| step | in | out | dropped |", "|---|---|---|---|"]
     for s in report["steps"]:
-        dropped = ", ".join(f"{r}: {n}" for r, n in (s["dropped"] or {}).items()) or "-"
+        dropped = ", ".join(f"{r}: {c}" for r, c in (s["dropped"] or {}).items()) or "-"
         lines.append(f"| {s['step']} | {s['rows_in']} | {s['rows_out']} | {dropped} |")
-    lines += ["", "## Recipe", "", "```yaml", yaml.safe_dump(recipe.raw, sort_keys=False).rstrip(), "```", ""]
+    lines += ["", "## Recipe", "", "Rerun with `curate run recipe.yaml` (the same seed and cache give the same data).", "",
+              "```yaml", yaml.safe_dump(recipe.raw, sort_keys=False).rstrip(), "```", ""]
     write_text("\n".join(lines), path)
+
+
+def load_report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))

@@ -120,6 +120,14 @@ class Filter(Step):
         report can count rows per reason; row-specific facts go in `explain`."""
         raise NotImplementedError
 
+    def thresholds(self) -> dict[str, list[float]]:
+        """Cut-offs per score column, drawn on the report's histograms (none by default)."""
+        return {}
+
+    def score_ranges(self) -> dict[str, tuple[float | None, float | None]]:
+        """The values each score column can take, checked by the final-data validation."""
+        return {}
+
     def explain(self, df: pl.DataFrame) -> pl.Series:
         """Optional per-row detail for dropped rows (e.g. which row it duplicates); null by default."""
         return pl.Series("detail", [None] * len(df), dtype=pl.String)

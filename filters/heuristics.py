@@ -61,6 +61,14 @@ class Heuristics(Filter):
             response.str.contains(refusal).alias(refusal_col),
         )
 
+    def thresholds(self) -> dict[str, list[float]]:
+        words_col, copy_col, _ = self.score_columns()
+        return {words_col: [self.min_response_words, self.max_response_words], copy_col: [self.max_prompt_copy]}
+
+    def score_ranges(self) -> dict[str, tuple[float | None, float | None]]:
+        words_col, copy_col, _ = self.score_columns()
+        return {words_col: (0, None), copy_col: (0.0, 1.0)}
+
     def decide(self, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
         words_col, copy_col, refusal_col = self.score_columns()
         words, copy, refusal = pl.col(words_col), pl.col(copy_col), pl.col(refusal_col)

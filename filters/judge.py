@@ -142,6 +142,12 @@ class Judge(Filter):
             pl.Series(f"{self.column}_rationale", notes, dtype=pl.String),
         )
 
+    def thresholds(self) -> dict[str, list[float]]:
+        return {self.column: [self.min_score]} if self.min_score is not None else {}
+
+    def score_ranges(self) -> dict[str, tuple[float | None, float | None]]:
+        return {self.column: (1.0, float(self.scale))}
+
     def decide(self, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
         score = pl.col(self.column)
         threshold = -math.inf if self.min_score is None else self.min_score

@@ -46,7 +46,12 @@ def test_run_writes_steps_rejects_data_report_and_card(recipe_path, tmp_path):
     assert len(ds) == 2
     assert sorted(m[0]["content"] for m in ds["messages"]) == ["Name a planet.", "What is rain?"]
     assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 2
-    assert json.loads((out / "report.json").read_text())["rows"] == {"in": 4, "out": 2, "rejected": 2}
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"] == {"in": 4, "out": 2, "rejected": 2, "splits": {"train": 2}}
+    assert report["validation"]["passed"] == report["validation"]["total"] >= 5
+    assert report["filters"]["01-heuristics"]["scores"]["score_heuristics_response_words"]["thresholds"] == [2.0, 2000.0]
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") >= 5 and "http" not in html.replace("http://www.w3.org/2000/svg", "")
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "| 02-exact_dedup | 3 | 2 | exact duplicate: 1 |" in card
 
@@ -68,3 +73,17 @@ def test_bad_input_writes_nothing(tmp_path):
     with pytest.raises(CurateError, match=r"data\.jsonl:2: malformed JSON"):
         run_recipe(load_recipe(tmp_path / "r.yaml"), out, show_progress=False)
     assert not out.exists()
+
+
+def test_report_rebuilds_from_a_finished_run(recipe_path, tmp_path):
+    from curate.engine import rebuild_report
+
+    out = tmp_path / "out"
+    first = run_recipe(load_recipe(recipe_path), out, show_progress=False)
+    (out / "report.html").unlink()
+    again = rebuild_report(out)
+    assert (out / "report.html").exists()
+    for key in ("rows", "steps", "llm", "sources", "lengths", "filters", "validation", "data_files"):
+        assert again[key] == {**first, "steps": [{**s, "skipped": False} for s in first["steps"]]}[key], key
+    with pytest.raises(CurateError, match="not a finished run folder"):
+        rebuild_report(tmp_path)
