@@ -13,6 +13,11 @@ STEPS: dict[str, str] = {
     # generators
     "responses": "synth.responses:Responses",
     "best_of_n": "synth.best_of_n:BestOfN",
+    "evol_instruct": "synth.evol_instruct:EvolInstruct",
+    "backtranslation": "synth.backtranslation:Backtranslation",
+    "magpie": "synth.magpie:Magpie",
+    # mixing
+    "mix": "curate.mix:Mix",
     # filters
     "heuristics": "filters.heuristics:Heuristics",
     "exact_dedup": "filters.dedup:ExactDedup",

@@ -117,6 +117,7 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         "sources": sources,
         "lengths": lengths,
         "filters": sections,
+        "mix": next((s["mix"] for s in steps if s.get("mix")), None),
         "validation": validation,
         "data_files": data_files,
     }
@@ -193,6 +194,14 @@ def render_html(report: dict) -> str:
     h.append(bars(list(src), [v["rows"] for v in src.values()], "rows per source"))
     h.append(bars(list(src), [v["words"] for v in src.values()], "words per source"))
     h.append("</div>")
+    if r.get("mix"):
+        m = r["mix"]
+        h.append(f"<h3>Mixture: requested vs realized ({escape(m['unit'])})</h3><table><tr><th>source</th><th>requested</th>"
+                 "<th>share</th><th>realized</th><th>share</th><th>available</th><th>shortfall</th></tr>")
+        for s, v in m["sources"].items():
+            h.append(f"<tr><td>{escape(s)}</td><td>{v['requested']}</td><td>{v['requested_share']:.3f}</td><td>{v['realized']}</td>"
+                     f"<td>{v['realized_share']:.3f}</td><td>{v['available']}</td><td>{v['shortfall']}</td></tr>")
+        h.append("</table>")
     llm = r["llm"]
     h.append("<h2>Teacher usage</h2><table><tr><th>step</th><th>requests</th><th>sent</th><th>cached</th><th>failed</th>"
              "<th>prompt tokens</th><th>completion tokens</th><th>cost (USD)</th></tr>")

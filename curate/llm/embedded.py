@@ -53,6 +53,17 @@ def load_llama(model_path: str | Path | None = None, n_ctx: int = 2048, logits_a
         return _LOADED[key]
 
 
+def load_tokenizer(model_path: str | Path | None = None):
+    """The model's tokenizer alone (vocab-only load: fast, no weights), for counting tokens."""
+    llama_cpp = require("llama_cpp", extra="embedded", package="llama-cpp-python")
+    path = str(model_path or embedded_model_path())
+    key = (path, "vocab")
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+        return _LOADED[key]
+
+
 class EmbeddedBackend(Backend):
     """In-process llama.cpp. One request at a time: the model is compute-bound and not thread-safe."""
 
