@@ -73,6 +73,19 @@ def report(out_dir: Path = typer.Argument(..., help="A finished run folder.")):
     out.print(f"rebuilt {out_dir}/report.html ({rep['rows']['out']} rows, {len(rep['steps']) - 1} steps)")
 
 
+@app.command()
+def publish(
+    out_dir: Path = typer.Argument(..., help="A finished run folder."),
+    repo: str = typer.Option(..., "--repo", help="Dataset repository, owner/name."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+):
+    """Push the data, dataset card, recipe and reports of a run to the Hugging Face Hub (token from HF_TOKEN or `hf auth login`)."""
+    from curate.hub import publish as push
+
+    url = push(out_dir, repo, private=private)
+    out.print(f"published {out_dir} to {url}")
+
+
 def main() -> None:
     try:
         app()

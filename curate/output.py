@@ -1,7 +1,7 @@
 """The end of a run: shuffle, split into train/validation, convert to the trainer's format, write.
 
-Layout: `<out>/data/{train,validation}.{parquet,jsonl}`. The dataset card's YAML names these files
-per split, so `datasets.load_dataset(OUT)` loads the folder with the right splits.
+Layout: `<out>/data/{train,validation}.{parquet,jsonl}`: the file names `datasets` recognises as
+splits, so `datasets.load_dataset(OUT)` loads the folder with the right splits.
 """
 
 from __future__ import annotations

@@ -253,13 +253,14 @@ def write_reports(report: dict, out: Path) -> None:
 def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     """The dataset card: what this is, how it was made, and how to rerun it."""
     cfg = recipe.config
-    # `configs` pins each split to one file, so `datasets.load_dataset(OUT)` reads parquet (or jsonl) only.
-    splits = [{"split": name, "path": files.get("parquet") or files["jsonl"]} for name, files in report["data_files"].items()]
+    # No `configs` block: datasets infers the splits from data/{train,validation}.* by itself, while a
+    # local folder whose card has `configs` is cached by folder name in datasets 5.2, so loading
+    # another run's folder of the same name returned the first one's rows (seen in tests/test_hub.py).
     n = report["rows"]["out"]
     size = next(label for limit, label in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
                                           (float("inf"), "n>1M")) if n < limit)
     header = {"license": cfg.license or "other", "task_categories": ["text-generation"], "size_categories": [size],
-              "tags": ["synthetic", "sft", "curate"], "configs": [{"config_name": "default", "data_files": splits}]}
+              "tags": ["synthetic", "sft", "curate"]}
     llm = report["llm"]
     lines = [
         "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
