@@ -25,8 +25,10 @@ def histogram_data(values, thresholds: list[float] = (), bins: int = 30) -> dict
     if x.size == 0:
         return None
     lo, hi = float(x.min()), float(x.max())
-    for t in thresholds:
-        lo, hi = min(lo, t), max(hi, t)
+    span = max(hi - lo, 1e-9)
+    for t in thresholds:  # widen to show a nearby threshold; a far one would squash the data
+        if lo - 0.25 * span <= t <= hi + 0.25 * span:
+            lo, hi = min(lo, t), max(hi, t)
     if hi == lo:
         hi = lo + 1.0
     counts, edges = np.histogram(x, bins=bins, range=(lo, hi))
@@ -49,7 +51,11 @@ def histogram(data: dict | None, title: str, thresholds: list[float] = ()) -> st
         h = plot_h * c / top
         parts.append(f'<rect x="{PAD + i * bw:.1f}" y="{PAD + plot_h - h:.1f}" width="{max(bw - 1, 1):.1f}" '
                      f'height="{h:.1f}" fill="{BAR}"><title>{_fmt(edges[i])}–{_fmt(edges[i + 1])}: {c}</title></rect>')
-    for t in thresholds:
+    off = [t for t in thresholds if not lo <= t <= hi]
+    if off:
+        parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT - 12}" class="s" text-anchor="middle" fill="{LINE}">threshold '
+                     + ", ".join(_fmt(t) for t in off) + ' off the chart</text>')
+    for t in (t for t in thresholds if lo <= t <= hi):
         tx = PAD + plot_w * (t - lo) / (hi - lo)
         parts.append(f'<line class="threshold" x1="{tx:.1f}" x2="{tx:.1f}" y1="{PAD - 6}" y2="{PAD + plot_h}" '
                      f'stroke="{LINE}" stroke-width="2" stroke-dasharray="4 3"><title>threshold {_fmt(t)}</title></line>')

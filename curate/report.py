@@ -58,13 +58,14 @@ def _example(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def step_section(step, kept: pl.DataFrame, rejected: pl.DataFrame) -> dict[str, Any]:
-    """Score distributions (with thresholds) and examples of one filter step, from its own folder."""
+def step_section(step, kept: pl.DataFrame, rejected: pl.DataFrame, before: set[str]) -> dict[str, Any]:
+    """Score distributions (with thresholds) of the columns this step added (not in `before`), and
+    examples of the rows it kept and dropped, from its own folder."""
     seen = pl.concat([kept, rejected.select([c for c in kept.columns if c in rejected.columns])],
                      how="diagonal_relaxed") if rejected.height else kept
     cuts = step.thresholds() if isinstance(step, Filter) else {}
     scores = {}
-    for col in _score_columns(seen):
+    for col in (c for c in _score_columns(seen) if c not in before):
         values = seen[col].cast(pl.Float64)
         marks = [float(t) for t in cuts.get(col, []) if t is not None]
         scores[col] = {"summary": _summary(values), "thresholds": marks,
@@ -99,11 +100,13 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         mix = final.select("source", text_words.alias("w")).group_by("source").agg(pl.len().alias("rows"), pl.col("w").sum().alias("words"))
         sources = {r["source"]: {"rows": r["rows"], "words": r["words"]} for r in mix.sort("source").iter_rows(named=True)}
     sections = {}
+    before: set[str] = set()
     for step, info in zip(recipe.steps, steps[1:]):
         folder = out / "steps" / info["step"]
         if (folder / "data.parquet").exists():
-            sections[info["step"]] = step_section(step, pl.read_parquet(folder / "data.parquet"),
-                                                  pl.read_parquet(folder / "rejects.parquet"))
+            kept = pl.read_parquet(folder / "data.parquet")
+            sections[info["step"]] = step_section(step, kept, pl.read_parquet(folder / "rejects.parquet"), before)
+            before = set(kept.columns)
     return {
         "recipe": recipe.config.name,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
