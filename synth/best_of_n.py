@@ -16,28 +16,23 @@ from pydantic import Field
 
 from curate.llm import Usage
 from curate.records import concat
-from curate.steps import Context, Step, StepResult
+from curate.steps import Context, StepResult
 from filters.judge import Judge
 from synth.responses import Responses
 
 CANDIDATE = pl.Struct({"content": pl.String, "score": pl.Float64})
 
 
-class BestOfN(Step):
+class BestOfN(Responses):
+    """The `responses` step's sampling settings, plus the judge that picks the best candidate."""
+
     kind: ClassVar[str] = "best_of_n"
-    needs_llm: ClassVar[bool] = True
     n: int = Field(4, ge=2)
     temperature: float = Field(0.9, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(512, ge=1)
-    system_prompt: str | None = None
-    seed: int | None = None
     judge: Judge = Field(default_factory=lambda: Judge(method="rating", scale=10))
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
-        sampler = Responses(n=self.n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-                            system_prompt=self.system_prompt, seed=self.seed)
-        generated = sampler.run(df.with_row_index("_prompt_row"), ctx)
+        generated = super().run(df.with_row_index("_prompt_row"), ctx)
         judge = self.judge.model_copy()
         judge.use(ctx.llm)
         scored = judge.score(generated.kept)
