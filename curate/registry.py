@@ -16,6 +16,8 @@ STEPS: dict[str, str] = {
     "evol_instruct": "synth.evol_instruct:EvolInstruct",
     "backtranslation": "synth.backtranslation:Backtranslation",
     "magpie": "synth.magpie:Magpie",
+    "self_instruct": "synth.self_instruct:SelfInstruct",
+    "verified_cot": "synth.cot:VerifiedCoT",
     # mixing
     "mix": "curate.mix:Mix",
     # filters
@@ -23,6 +25,13 @@ STEPS: dict[str, str] = {
     "exact_dedup": "filters.dedup:ExactDedup",
     "minhash_dedup": "filters.dedup:MinHashDedup",
     "judge": "filters.judge:Judge",
+    "perplexity": "filters.perplexity:Perplexity",
+    "ifd": "filters.ifd:IFD",
+    "nuggets": "filters.nuggets:Nuggets",
+    "decontaminate": "filters.decontaminate:Decontaminate",
+    "fasttext": "filters.fasttext_filter:FastTextClassifier",
+    "language_id": "filters.fasttext_filter:LanguageID",
+    "diversity": "filters.diversity:Diversity",
 }
 
 

