@@ -328,11 +328,10 @@ def test_safe_from_threads():
     assert got == [j[2] for j in jobs]
 
 
-def test_many_calls_are_fast():
+def test_many_calls_all_match():
+    # (speed is not asserted here: timings belong in bench/, not in tests; ~0.5 s on an idle machine)
     pairs = [(str(i), str(i)) for i in range(2000)] + [(f"\\frac{{{i}}}{{2}}", str(i / 2)) for i in range(2000)]
-    t = time.time()
     assert all(answers_match(a, b) for a, b in pairs)
-    assert time.time() - t < 10  # ~0.5 s on an idle machine
 
 
 # ---- real data: MATH test (4,500) and GSM8K train ----------------------------------------------
