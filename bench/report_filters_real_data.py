@@ -9,7 +9,8 @@ distributions (JSON to --out) and a printed summary.
   the others (Cherry Alpaca, Alpaca-GPT4 NUGGETS rows, GSM8K, T0) measure what a real training set
   overlaps, and T0 (55k rows) the speed.
 - Diversity (DEITA greedy): the hashing embedder on the 9,038 NUGGETS-scored Alpaca-GPT4 rows
-  sorted by their golden score, and on Cherry Alpaca; the llama.cpp embedder (SmolLM2-135M, mean
+  sorted by their golden score, on Cherry Alpaca, and on 10k random T0 rows (prompt templates
+  filled with recurring passages: many near-copies); the llama.cpp embedder (SmolLM2-135M, mean
   pooled) on a subset, with its speed, and how far the two embedders agree.
 - fastText: AlpacaEval outputs of 7 models labelled by GPT-4's per-example preference against
   text-davinci-003 ("win" = model output preferred); split by prompt (every 5th prompt held out,
@@ -129,7 +130,7 @@ def decontamination(t0_limit: int | None) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def diversity(llama_rows: int, llama_tokens: int) -> dict:
+def diversity(llama_rows: int, llama_tokens: int, t0_rows: int) -> dict:
     report: dict = {}
     taus = [0.5, 0.7, 0.8, 0.9, 0.95]
     # NUGGETS-scored Alpaca-GPT4 rows, sorted by their golden score: DEITA's "score first, then diverse".
@@ -137,8 +138,11 @@ def diversity(llama_rows: int, llama_tokens: int) -> dict:
     nug = to_records(raw, source="alpaca_gpt4_bad").with_columns(raw["score"].alias("score_nuggets"))
     alp = read_records(DATA / "quality_cherry_alpaca_ifd" / "cherry_alpaca_5_percent.jsonl")
     alp = alp.with_columns(message_text(alp, "response").str.count_matches(r"\S+").cast(pl.Float64).alias("score_len"))
+    t0 = read_records(DATA / "dedup_t0_templates" / "t0_train_50k_per_template.jsonl.gz")
+    t0 = t0.sample(n=min(t0_rows, len(t0)), seed=0, shuffle=True)
     for name, df, sort_by in (("alpaca_gpt4_bad_scored (sort: NUGGETS score)", nug, "score_nuggets"),
-                              ("cherry_alpaca_5_percent (sort: response words)", alp, "score_len")):
+                              ("cherry_alpaca_5_percent (sort: response words)", alp, "score_len"),
+                              (f"t0_train random {len(t0)} rows (input order; templated near-copies)", t0, None)):
         f = Diversity(sort_by=sort_by, tau=0.9)
         start = time.perf_counter()
         scored = f.score(df)
@@ -222,9 +226,9 @@ def fasttext_quality() -> dict:
     majority = max(y.mean(), 1 - y.mean())
     out["majority_baseline_accuracy"] = round(float(majority), 3)
     configs = {
-        "default (lowercase, split punctuation, wordNgrams 2, dim 64, epoch 10, lr 0.5)": {},
+        "default (lowercase, split punctuation, wordNgrams 2, dim 64, epoch 25, lr 0.1)": {},
         "no text normalisation": {"lowercase": False, "split_punctuation": False},
-        "epoch 25": {"epoch": 25},
+        "epoch 10, lr 0.5": {"epoch": 10, "lr": 0.5},
         "response only (field=response)": {"field": "response"},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,6 +268,7 @@ def main() -> None:
     ap.add_argument("--t0-limit", type=int, default=None, help="rows of T0 for decontamination (default all 55,185)")
     ap.add_argument("--llama-rows", type=int, default=100, help="rows embedded with llama.cpp (0: skip)")
     ap.add_argument("--llama-max-tokens", type=int, default=128)
+    ap.add_argument("--t0-diversity-rows", type=int, default=10_000, help="random T0 rows for the diversity run")
     ap.add_argument("--only", choices=["decontaminate", "diversity", "fasttext"], action="append")
     args = ap.parse_args()
     only = set(args.only or ["decontaminate", "diversity", "fasttext"])
@@ -271,7 +276,7 @@ def main() -> None:
     if "decontaminate" in only:
         report["decontaminate"] = decontamination(args.t0_limit)
     if "diversity" in only:
-        report["diversity"] = diversity(args.llama_rows, args.llama_max_tokens)
+        report["diversity"] = diversity(args.llama_rows, args.llama_max_tokens, args.t0_diversity_rows)
     if "fasttext" in only:
         report["fasttext"] = fasttext_quality()
     report["load_average_1m_at_end"] = round(os.getloadavg()[0], 1)

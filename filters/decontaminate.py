@@ -12,8 +12,8 @@ How it works (vectorized, no per-row Python loop):
    an item's prompt fields (instruction + input):
    - a field of >= `ngram` words: every word `ngram`-gram (64-bit hash);
    - a field of k < `ngram` words with k >= `min_words`: the whole field as one shingle, found in
-     a training row that holds those k words contiguously (GPT-3 likewise shortened n for short
-     items, but not below 8);
+     a training row that holds those k words contiguously (GPT-3 likewise used a shorter n for
+     sets of short items, never below 8);
    - a field of fewer than `min_words` words: the whole field as one shingle, found only in a
      training row whose checked text is exactly those words (a 5-word phrase like "what is the
      capital of" would otherwise flag half of a dataset).
