@@ -85,7 +85,7 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         for k in LLM_FIELDS:
             totals[k] += (s.get("llm") or {}).get(k, 0)
     totals["cost"] = round(totals["cost"], 6)
-    funnel = [{k: s.get(k) for k in ("step", "kind", "rows_in", "rows_out", "dropped", "seconds", "skipped", "llm")}
+    funnel = [{k: s.get(k) for k in ("step", "kind", "rows_in", "rows_out", "dropped", "seconds", "skipped", "llm", "generation")}
               for s in steps]
     lengths = {}
     for part in ("prompt", "response"):

@@ -245,6 +245,8 @@ class EvolInstruct(Step):
             kept_frames.append(kept)
             stats["rounds"].append(round_stats)
 
+        # generated = rewrites asked for, parsed = rewrites that passed the cheap checks (and the
+        # equality check), kept = evolutions that also passed the response checks.
         evolved = sum(r["evolved"] for r in stats["rounds"])
         attempted = sum(r["attempted"] for r in stats["rounds"])
         stats.update(evolved_rows=evolved, generated=attempted,
