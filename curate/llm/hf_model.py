@@ -130,6 +130,7 @@ def convert_gguf(gguf: str | Path, dest: str | Path, dtype: str = "float32") -> 
                 indent=2,
             )
         )
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
         try:
             tmp.rename(dest)
         except OSError:  # another process renamed its copy first (or a stale incomplete folder is there)

@@ -27,7 +27,7 @@ class TeacherConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    backend: Literal["embedded", "openai"] = "embedded"
+    backend: Literal["embedded", "openai", "vllm"] = "embedded"
     model: str | None = None
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
@@ -38,9 +38,25 @@ class TeacherConfig(BaseModel):
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
     price: PriceConfig = Field(default_factory=PriceConfig)
+    # vllm: model = HF id or folder, model_path = a .gguf to convert; neither = the embedded model
+    dtype: str | None = None
+    max_model_len: int | None = Field(None, gt=0)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool | None = None  # None: True on CPU, vLLM's default on GPU
 
 
 def build_backend(cfg: TeacherConfig) -> Backend:
+    if cfg.backend == "vllm":
+        from curate.llm.vllm_backend import VLLMBackend
+
+        return VLLMBackend(
+            cfg.model_path or cfg.model,
+            max_concurrency=cfg.max_concurrency if "max_concurrency" in cfg.model_fields_set else 256,
+            dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            tensor_parallel_size=cfg.tensor_parallel_size, enforce_eager=cfg.enforce_eager,
+        )
     if cfg.backend == "embedded":
         from curate.llm.embedded import EmbeddedBackend
 

