@@ -19,7 +19,7 @@ package, such settings are rejected up front), and training is not reproducible 
 thread and a fixed seed: on a 36-sentence set, 23 distinct models in 30 runs and 1-2 NaN failures
 per 30 (word bigrams), about 1 failure in 4 with character n-grams; a NaN run is retried up to
 twice. fasttext-community 0.11.9 has none of this (30 of 30 runs identical, no NaN, unigrams
-train). Applying a model trained elsewhere (lid.176.bin) is unaffected.
+train), so the extra installs it. Applying a model trained elsewhere (lid.176.bin) is unaffected.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ _LOCK = threading.Lock()
 
 
 def _fasttext():
-    return require("fasttext", extra="fasttext", package="fasttext-numpy2")
+    return require("fasttext", extra="fasttext", package="fasttext-community")
 
 
 @functools.lru_cache(maxsize=1)
@@ -128,7 +128,7 @@ def train_model(
                 if "NaN" not in str(exc) or attempt == 2:
                     raise CurateError(
                         f"fastText training failed ({exc}); fasttext-numpy2 sometimes diverges at random: "
-                        "retry, lower lr, or install fasttext-community, which does not"
+                        "retry, lower lr, or install fasttext-community (pip install 'curate-sft[fasttext]')"
                     ) from None
     with atomic_path(path) as out:  # a crash never leaves half a model where a rerun would load it
         model.save_model(str(out))

@@ -152,7 +152,7 @@ def test_missing_fasttext_names_the_extra(tmp_path, monkeypatch):
     f = FastTextClassifier(train_file=write_jsonl(tmp_path / "t.jsonl", [{"instruction": "a", "label": "x"},
                                                                         {"instruction": "b", "label": "y"}]),
                            label="x", model_out=str(tmp_path / "m.bin"))
-    with pytest.raises(MissingExtra, match=r"fasttext-numpy2.*curate-sft\[fasttext\]"):
+    with pytest.raises(MissingExtra, match=r"fasttext-community.*curate-sft\[fasttext\]"):
         f.score(held_out_frame())
 
 
@@ -224,7 +224,7 @@ def test_language_id_with_a_model_file(lid_model):
     f = LanguageID(model_path=lid_model, languages=["en"], min_prob=0.4)
     scored = f.score(lang_frame())
     assert scored["score_language_id_lang"].to_list() == ["en", "fr", "de"]
-    # fasttext-numpy2 training is not reproducible: 0.55-0.99 seen over 30 runs; chance is 0.33.
+    # with fasttext-numpy2, training is not reproducible: 0.55-0.99 seen over 30 runs; chance is 0.33.
     assert all(p > 0.4 for p in scored["score_language_id_prob"].to_list())
     kept, rejected = f.split(lang_frame())
     assert len(kept) == 1 and rejected["reason"].to_list() == ["wrong language"] * 2
