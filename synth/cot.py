@@ -14,11 +14,13 @@ Checking one sample (synth.answers; the reason goes to rejects, the raw solution
 row's assistant turn, the extracted answer in `detail` and `answer`):
   "teacher request failed" / "truncated" (cut at `max_tokens`: not a finished solution) /
   "no final answer" (with `strict_format`, only a stated answer counts: "The answer is X",
-  "Final answer: X", "Answer: X", "#### X" or \\boxed{X}; without it the last number also counts;
+  "Final answer: X", "Answer: X", "#### X", \\boxed{X}, or the looser "The answer to ... is X" /
+  "The final result is X"; without it the last number also counts; see `final_answer`;
   `detail` is the solution's last line) /
   "wrong answer" (answers_match(pred, gold, style) is False) /
   "duplicate rationale" (a correct solution identical to one already kept for the question) /
   "over quota" (correct, but the question's quota was already full).
+Input rows without a gold answer (or without a question) are rejected before sampling ("no gold").
 
 Quotas (the number of correct rationales to keep per question):
   uniform    every question gets `quota` (DART-Math "Uniform").
@@ -35,16 +37,25 @@ is full or capped.
 
 Rationalization (STaR), with `rationalize`: a question never solved in any sample is asked again
 `rationalize_samples` times with the gold answer as a hint; the solution must still state the gold
-answer and must not mention the hint ("mentions the hint"). Kept rationalizations are marked
+answer and must not mention the hint or state the answer before its reasoning ("mentions the
+hint": a heuristic; a small model that restates the hint in other words gets through). Kept rationalizations are marked
 (`rationalized` = true, source "<source>+rationalized") and their user turn is the plain question.
 They do not count in the pass rate.
 
-Kept rows: the input's prompt turns + assistant = the full solution; `reasoning` = the solution up
-to its final-answer statement (the statement and anything after it removed, and a dangling "So,";
-if the answer is only given inline, as in "... so she has \\boxed{5} apples.", the whole solution);
-`answer` = the extracted answer; `gold`; `score_cot_pass_rate` = correct / samples for the
+Kept rows follow the record contract (curate/records.py: reasoning kept apart from the answer):
+the solution is cut where its last final-answer statement begins; `reasoning` = the part before
+(the rationale), the assistant turn = the statement ("So, the answer is 72."), after the input's
+prompt turns (the plain question, never the template). The output converter puts the reasoning
+back: inline (`output.reasoning: inline`, default wrapper "<think>...</think>" before the answer;
+`reasoning_wrapper: "{reasoning}\n{answer}"` gives the plain full solution) or as a field. A
+solution with no statement before which there is reasoning (the answer only inline, as in "...
+so she has \\boxed{5} apples.") stays whole in the assistant turn with `reasoning` null.
+Also: `answer` = the extracted answer; `gold`; `score_cot_pass_rate` = correct / samples for the
 question (all first-try samples, duplicates included); `cot_samples`, `cot_correct`, `cot_quota`.
-Stats: stats["cot"] holds the pass-rate distribution, quota fill and per-question numbers.
+Stats: stats["cot"] holds the pass-rate distribution (mean, histogram, solved questions), the
+quota fill (total, filled, fill rate, questions full / capped at max_samples / empty), the
+rationalization counts and, for up to 200 questions, the per-question numbers; stats["generation"]
+the samples drawn and rows kept. With quota_mode prop2diff the step is global (one budget).
 """
 
 from __future__ import annotations
@@ -58,21 +69,29 @@ import polars as pl
 from pydantic import Field
 
 from curate.llm import LLM, Request, Response, Usage
-from curate.records import concat
 from curate.steps import Context, Step, StepResult
 from synth.answers import answers_match, extract_answer
-from synth.base import build_rows, chat, load_template, reject_rows, render, teacher_meta, template_hash
+from synth.base import (
+    build_rows,
+    chat,
+    load_template,
+    reject_rows,
+    render,
+    teacher_meta,
+    template_hash,
+)
 from synth.responses import prompt_turns
 
 # Where a solution states its final answer (cf. synth.answers): the reasoning is what comes before.
 _FINAL_STATEMENT = re.compile(
-    r"(?im)(?:####|\b(?:the\s+)?final\s+answer\s*(?:is|:)|\bthe\s+(?:correct\s+)?answer\b[^\n.]{0,60}?\b(?:is|was|equals)\b"
+    r"(?im)(?:####|\b(?:the\s+)?final\s+answer\s*(?:is|:)"
+    r"|\bthe\s+(?:(?:correct\s+)?answer|final\s+result)\b[^\n.]{0,60}?\b(?:is|was|equals)\b"
     r"|^\W*answer\s*:)")
 _DANGLING = re.compile(r"(?i)[\s,;:*]*(?:\b(?:so|thus|therefore|hence|finally|in conclusion)\b)?[\s,;:*]*$")
 _MENTIONS_HINT = re.compile(r"(?i)\b(?:hint|(?:was|were|am|are|been)\s+told|(?:was|were|is|been)\s+given\s+"
                             r"(?:that|the answer)|given\s+answer|answer\s+(?:was|is)\s+given)\b")
-# "The answer to the problem is X", "the answer for both is X" (one line)
-_LOOSE_STATEMENT = re.compile(r"(?i)\banswer\b[^\n.]{0,60}?\b(?:is|was|equals)\b\s*:?\s*([^\n]+)")
+# "The answer to the problem is X", "The final result is X" (one line)
+_LOOSE_STATEMENT = re.compile(r"(?i)\b(?:answer|final\s+result)\b[^\n.]{0,60}?\b(?:is|was|equals)\b\s*:?\s*([^\n]+)")
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?")
 _NUMBER_ONLY = re.compile(r"^\s*" + _NUMBER.pattern + r"\s*$")
 PASS_RATE_BINS = ("0", "(0, 0.25]", "(0.25, 0.5]", "(0.5, 0.75]", "(0.75, 1)", "1")
@@ -81,26 +100,31 @@ PASS_RATE_BINS = ("0", "(0, 0.25]", "(0.25, 0.5]", "(0.5, 0.75]", "(0.75, 1)", "
 # ---------------------------------------------------------------------------------------------
 # Pure functions (unit-tested)
 
-def split_reasoning(solution: str) -> str:
-    """The solution without its final-answer statement (see the module docstring)."""
+def split_solution(solution: str) -> tuple[str | None, str]:
+    """(reasoning, final statement): the solution cut where its last final-answer statement begins
+    (with a leading "So," / "Therefore" kept in the statement). No statement, or nothing before
+    it: (None, the whole solution)."""
     text = solution.strip()
     last = None
     for last in _FINAL_STATEMENT.finditer(text):
         pass
     if last is None:
-        return text
-    head = text[: last.start()]
-    return _DANGLING.sub("", head).strip() or text
+        return None, text
+    head = _DANGLING.sub("", text[: last.start()]).rstrip()
+    if not head.strip():
+        return None, text
+    return head.strip(), text[len(head):].strip()
 
 
 def final_answer(text: str | None, style: str = "auto", strict: bool = True) -> str | None:
     """The answer a solution states (synth.answers.extract_answer), made checkable.
 
     strict: only a stated answer counts (\\boxed{}, "The answer is", "Final answer:", "Answer:",
-    "####"), plus the looser "The answer to the question is X" small models write; not strict:
-    extract_answer's last-number fallback too. A stated "3 + 4 = 7" is taken as what follows the
-    last "=" (style gsm8k; auto only when that is a plain number; not in LaTeX), and for gsm8k a
-    stated phrase without LaTeX as its last number ("7 apples in all" -> 7)."""
+    "####", and the looser "The answer to the question is X" / "The final result is X" that small
+    models write); not strict: extract_answer's last-number fallback too. A stated "3 + 4 = 7"
+    is taken as what follows the last "=" (style gsm8k; auto only when that is a plain number;
+    never in LaTeX), and for gsm8k a stated phrase without LaTeX as its last number
+    ("7 apples in all" -> 7)."""
     if not text:
         return None
     pred = extract_answer(text, "math" if strict else style)  # "math" extraction has no last-number fallback
@@ -132,6 +156,14 @@ def grade(text: str | None, gold: str, *, style: str = "auto", strict: bool = Tr
     if not answers_match(pred, gold, style, timeout=timeout):
         return pred, "wrong answer"
     return pred, None
+
+
+def _leaks_hint(solution: str) -> bool:
+    """A rationalization that mentions its hint, or states the answer before reasoning to it."""
+    if _MENTIONS_HINT.search(solution):
+        return True
+    reasoning, _ = split_solution(solution)
+    return bool(reasoning) and _FINAL_STATEMENT.search(reasoning) is not None
 
 
 def prop2diff_quotas(fail_rates: list[float], budget: int, floor: int = 1) -> list[int]:
@@ -323,7 +355,7 @@ class VerifiedCoT(Step):
             rejects.append({**base, "reason": "truncated", "detail": f"cut at max_tokens={self.max_tokens}"})
             return False
         pred, why = grade(text, q.gold, style=self.style, strict=self.strict_format, timeout=self.answer_timeout)
-        if why is None and rationalized and _MENTIONS_HINT.search(text):
+        if why is None and rationalized and _leaks_hint(text):
             why = "mentions the hint"
         if why:
             last_line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
@@ -335,7 +367,9 @@ class VerifiedCoT(Step):
                             "detail": "identical to a kept solution of the same question"})
             return True
         q.texts.add(text)
-        q.kept.append({**base, "reasoning": split_reasoning(text), "answer": pred, "rationalized": rationalized,
+        reasoning, statement = split_solution(text)
+        base["messages"] = q.turns + [{"role": "assistant", "content": statement}]
+        q.kept.append({**base, "reasoning": reasoning, "answer": pred, "rationalized": rationalized,
                        "meta": teacher_meta(llm, req, resp, thash)})
         return True
 
@@ -396,4 +430,4 @@ def _generate(llm: LLM, requests: list[Request], label: str, usage: Usage) -> li
     return responses
 
 
-__all__ = ["VerifiedCoT", "final_answer", "grade", "pass_rate_histogram", "prop2diff_quotas", "split_reasoning"]
+__all__ = ["VerifiedCoT", "final_answer", "grade", "pass_rate_histogram", "prop2diff_quotas", "split_solution"]

@@ -12,12 +12,20 @@ import datasets
 import polars as pl
 import pytest
 
+from curate.formats import convert
 from curate.llm import LLM, Request, Response
 from curate.llm.base import Backend
-from curate.records import make_frame
 from curate.recipe import load_recipe
+from curate.records import make_frame
 from curate.steps import Context
-from synth.cot import VerifiedCoT, final_answer, grade, pass_rate_histogram, prop2diff_quotas, split_reasoning
+from synth.cot import (
+    VerifiedCoT,
+    final_answer,
+    grade,
+    pass_rate_histogram,
+    prop2diff_quotas,
+    split_solution,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,19 +50,22 @@ def test_final_answer_forms_small_models_write():
     assert final_answer("The answer is 7 apples in all.", "gsm8k") == "7"
     assert final_answer("Answer: 2/3", "gsm8k") == "2/3"
     assert final_answer("So the answer is $\\frac{1}{2}$. Done", "gsm8k") == "\\frac{1}{2}"
+    assert final_answer("1. 15 - 6 = 9\n\nThe final result is 21.", "gsm8k") == "21"
     assert final_answer("I think it is 7", "gsm8k") is None
     assert final_answer("I think it is 7", "gsm8k", strict=False) == "7"
     assert grade("The answer to the problem is 3 + 4 = 7.", "7", style="gsm8k") == ("7", None)
 
 
-def test_split_reasoning():
-    assert split_reasoning("48 / 2 = 24.\n48 + 24 = 72.\nSo, the answer is 72.") == "48 / 2 = 24.\n48 + 24 = 72."
-    assert split_reasoning("3 + 4 = 7. Therefore the final answer is 7") == "3 + 4 = 7."
-    assert split_reasoning("Work.\n#### 72") == "Work."
+def test_split_solution():
+    assert split_solution("48 / 2 = 24.\n48 + 24 = 72.\nSo, the answer is 72.") == (
+        "48 / 2 = 24.\n48 + 24 = 72.", "So, the answer is 72.")
+    assert split_solution("3 + 4 = 7. Therefore the final answer is 7") == ("3 + 4 = 7.", "Therefore the final answer is 7")
+    assert split_solution("Work.\n#### 72") == ("Work.", "#### 72")
     inline = "Adding, she has $\\boxed{5}$ apples."
-    assert split_reasoning(inline) == inline
-    assert split_reasoning("The answer is 5.") == "The answer is 5."  # nothing before it: keep the text
-    assert split_reasoning("3 + 4 = 7.\nThe answer to the problem is 7.") == "3 + 4 = 7."
+    assert split_solution(inline) == (None, inline)
+    assert split_solution("The answer is 5.") == (None, "The answer is 5.")  # nothing before it
+    assert split_solution("3 + 4 = 7.\nThe answer to the problem is 7.") == ("3 + 4 = 7.", "The answer to the problem is 7.")
+    assert split_solution("3 + 4 = 7.\nThe final result is 7.") == ("3 + 4 = 7.", "The final result is 7.")
 
 
 def test_prop2diff_quotas():
@@ -94,7 +105,8 @@ class RuleSolver(Backend):
         if "The correct final result is" in prompt:
             mode = re.search(r"\[hint (\w+)\]", question).group(1)
             text = {"ok": f"Working it out carefully, step {request.sample}.\nThe answer is {gold}.",
-                    "leak": f"Since the hint says so, step {request.sample}.\nThe answer is {gold}.",
+                    "leak": [f"Since the hint says so, step {request.sample}.\nThe answer is {gold}.",
+                             f"It starts by saying that the answer is {gold}.\nSo the answer is {gold}."][request.sample % 2],
                     "wrong": "Step.\nThe answer is -1."}[mode]
             return Response(text=text, prompt_tokens=10, completion_tokens=10)
         pattern = re.search(r"\[p (\w+)\]", question).group(1)
@@ -135,16 +147,21 @@ def per_question(result):
 
 def test_correct_wrong_no_answer_truncated_and_pass_rate():
     step = VerifiedCoT(k=4, quota=1, max_samples=4)
-    result, backend = run(step, questions(("CWNT", "7")))
+    result, _ = run(step, questions(("CWNT", "7")))
     kept = result.kept
     assert kept.height == 1
     row = kept.row(0, named=True)
     assert row["answer"] == "7" and row["gold"] == "7" and row["source"] == "toy"
-    assert row["messages"][-1]["content"] == "Step 0: add things up.\nThe answer is 7."
-    assert row["messages"][0]["content"] == "Question 0 [p CWNT] [gold 7]"  # the plain question, no template
+    # the record contract: reasoning apart, the assistant turn is the final statement
     assert row["reasoning"] == "Step 0: add things up."
+    assert row["messages"][-1]["content"] == "The answer is 7."
+    assert row["messages"][0]["content"] == "Question 0 [p CWNT] [gold 7]"  # the plain question, no template
     assert row["score_cot_pass_rate"] == 0.25 and row["cot_samples"] == 4 and row["cot_correct"] == 1
     assert row["rationalized"] is False and row["meta"]["teacher"] == "rule" and row["meta"]["sample"] == 0
+    # the converter puts the reasoning back in front of the answer
+    full = convert(kept, "messages", reasoning="inline", wrapper="{reasoning}\n{answer}")
+    assert full["messages"][0][-1]["content"] == "Step 0: add things up.\nThe answer is 7."
+    assert "<think>\nStep 0: add things up.\n</think>" in convert(kept, "messages")["messages"][0][-1]["content"]
     rej = {r["reason"]: r for r in result.rejected.to_dicts()}
     assert set(rej) == {"wrong answer", "no final answer", "truncated"}
     assert rej["wrong answer"]["detail"] == "97 (gold 7)" and rej["wrong answer"]["answer"] == "97"
@@ -177,7 +194,7 @@ def test_uniform_quota_stops_sampling_when_met():
 
 def test_uniform_quota_samples_again_until_full_and_over_quota():
     step = VerifiedCoT(k=3, quota=4, max_samples=30)
-    result, backend = run(step, questions(("C", "6")))
+    result, _ = run(step, questions(("C", "6")))
     assert per_question(result)[0]["samples"] == 6 and result.kept.height == 4
     assert result.rejected["reason"].to_list() == ["over quota"] * 2  # correct but beyond the quota
     step = VerifiedCoT(k=4, quota=1, max_samples=30)
@@ -202,7 +219,7 @@ def test_cap_is_respected():
 def test_prop2diff_gives_harder_questions_more():
     # probe (k=4) failure rates 0, .25, .5, .75 -> quotas 1, 2, 3, 4 of a budget of 10
     step = VerifiedCoT(k=4, quota_mode="prop2diff", quota=10, max_samples=12)
-    result, backend = run(step, questions(("C", "1"), ("CCCW", "2"), ("CCWW", "3"), ("CWWW", "4")))
+    result, _ = run(step, questions(("C", "1"), ("CCCW", "2"), ("CCWW", "3"), ("CWWW", "4")))
     pq = per_question(result)
     assert [q["quota"] for q in pq] == [1, 2, 3, 4]
     # the hardest needs 16 samples for 4 distinct correct ones: capped at 12 with 3
@@ -266,7 +283,7 @@ def test_rows_without_gold_and_failed_requests():
 
     df = make_frame([{"messages": [{"role": "user", "content": "Question [p C] [gold 2]"}], "gold": "2"},
                      {"messages": [{"role": "user", "content": "No gold here"}], "gold": None}])
-    result, backend = run(VerifiedCoT(k=2, quota=1, max_samples=2), df, Failing())
+    result, _ = run(VerifiedCoT(k=2, quota=1, max_samples=2), df, Failing())
     assert sorted(result.rejected["reason"].to_list()) == ["no gold", "teacher request failed"]
     assert result.stats["cot"]["without_gold"] == 1 and result.kept.height == 1
     assert per_question(result)[0]["pass_rate"] == 0.5  # a failed request counts as a failed sample
@@ -308,8 +325,12 @@ def test_recipe_on_embedded_model(tmp_path):
                                         "over quota", "mentions the hint", "teacher request failed"}
     if report["rows"]["out"]:
         ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "train.parquet"), split="train")
-        for row in ds:
-            assert row["answer"] is not None and row["gold"] is not None and 0 <= row["score_cot_pass_rate"] <= 1
+        records = pl.read_parquet(out / "records.parquet")  # the kept rows with every column
+        assert records["answer"].null_count() == 0 and records["gold"].null_count() == 0
+        assert records["score_cot_pass_rate"].is_between(0, 1).all()
+        for row in ds:  # the output: the reasoning put back before the final answer (recipe's wrapper)
+            assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+            assert "<think>" not in row["messages"][-1]["content"]
     print(f"\nmath-cot: {json.dumps({k: v for k, v in cot.items() if k != 'per_question'})}\n"
           f"per question: {[(q['pass_rate'], q['samples'], q['kept']) for q in cot['per_question']]}\n"
           f"dropped: {steps[1]['dropped']}")
