@@ -15,6 +15,9 @@ pool or `max_rounds` have run:
        "malformed"                 does not start with a letter, digit or quote (list debris);
        "unusable keyword"          names something a text model cannot handle (image, picture,
                                    graph, file, video, ... : `unusable_words`, whole words);
+       "copied prompt words"       80% of its words appear in order in the generation prompt's
+                                   own text, or it has a `scaffold_phrases` entry ("new tasks",
+                                   "the numbering", ...): it is about the prompt, not a task;
        "similar to pool"           ROUGE-L F >= `rouge_threshold` (0.7) against any instruction
                                    already in the pool, seeds and earlier kept candidates of the
                                    same round included (synth.rouge.NoveltyFilter: exact, indexed);
@@ -22,7 +25,9 @@ pool or `max_rounds` have run:
   4. instance generation, input first, for every accepted instruction: the teacher sees
      `instance_examples` seed tasks with their input and output, then the new task, and writes
      "Input: ..." (or <none>) and "Output: ...". A reply with neither label is taken as the output
-     of a task with no input. Drops: "instance truncated", "no output", "output repeats input",
+     of a task with no input. Drops: "instance truncated", "unparsable instance" (an input label
+     without an output label, or text before "Output:" with no input label), "no output",
+     "output repeats input",
      and with `instances_per_task` > 1, "duplicate instance" (same input and output) and
      "same input, different output" (the paper's instance filters; the first instance is kept).
 The paper's classification branch (output-first instance generation for classification tasks,
@@ -52,9 +57,16 @@ from curate.errors import CurateError
 from curate.llm import LLM, Request, Response, Usage
 from curate.records import concat
 from curate.steps import Context, Step, StepResult
-from synth.base import build_rows, chat, load_template, reject_rows, render, template_hash
+from synth.base import (
+    build_rows,
+    chat,
+    load_template,
+    reject_rows,
+    render,
+    template_hash,
+)
 from synth.evol_instruct import combined_meta
-from synth.rouge import NoveltyFilter
+from synth.rouge import NoveltyFilter, lcs_length, tokenize
 
 # Things a text-only model cannot see, hear, open or produce (Self-Instruct drops instructions that
 # mention such things). Matched as whole words, case-insensitive.
@@ -65,10 +77,16 @@ UNUSABLE_WORDS = [
     "audio", "sound", "music", "recording", "website", "url", "link", "browse", "go to", "screenshot",
 ]
 
+# Words of the generation prompt that no real task needs: an instruction with them is about the prompt.
+SCAFFOLD_PHRASES = ["new tasks", "tasks above", "the numbering", "numbered line", "text-based ai assistant",
+                    "tasks for the set", "in the set", "from each other"]
+
 # "9. text", "9) text", "Task 9: text", "**9.** text", "- 9. text", "#9: text"
 _ITEM = re.compile(r"^\s*(?:[-*]\s*)?(?:\*\*)?(?:(?:task|instruction)\s*)?#?\s*(\d{1,3})\s*(?:\*\*)?\s*[.):\-]"
                    r"(?:\*\*)?\s*(.*)$", re.IGNORECASE)
-_LEAD_LABEL = re.compile(r"^(?:\*\*)?\s*(?:new\s+)?(?:task|instruction)\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*", re.IGNORECASE)
+# "Task:", "**New instruction:**", "No 5:", "Task 3 -" in front of the instruction itself
+_LEAD_LABEL = re.compile(r"^(?:\*\*)?\s*(?:(?:new\s+)?(?:task|instruction)\s*(?:#?\d+)?|no\.?\s*\d+|#\d+)\s*(?:\*\*)?"
+                         r"\s*[:\-]\s*(?:\*\*)?\s*", re.IGNORECASE)
 # "Input:", "**Input:**", "## Output:" at the start of a line
 _INPUT = re.compile(r"^[ \t*_#>-]{0,4}input[ \t*_]{0,4}:[ \t*_]*", re.IGNORECASE | re.MULTILINE)
 _OUTPUT = re.compile(r"^[ \t*_#>-]{0,4}output[ \t*_]{0,4}:[ \t*_]*", re.IGNORECASE | re.MULTILINE)
@@ -128,23 +146,36 @@ def instruction_failure(text: str, *, min_words: int = 3, max_words: int = 150,
     return None
 
 
+def copies_prompt(text: str, prompt_tokens: list[str], share: float = 0.8) -> bool:
+    """True when `share` of the instruction's words appear, in order, in the prompt's own text
+    (the model listed the prompt's wording instead of a task: cf. Evol-Instruct's scaffold check)."""
+    words = tokenize(text)
+    return bool(words) and bool(prompt_tokens) and lcs_length(words, prompt_tokens) >= share * len(words)
+
+
 def parse_instance(text: str | None) -> tuple[str, str] | None:
     """(input, output) from an instance reply: "Input: ... Output: ..." ("<none>" input -> "").
 
-    A reply with neither label is all output (a task with no input); one with an input label but
-    no output label gives None. Anything from a following "Task:" line on is ignored."""
+    A reply with neither label is all output (a task with no input). None (unparsable) when there
+    is an input label but no output label, or text before an output label but no input label (is
+    it the input or the answer?). The output ends at a following "Task:" / "Input:" / "Output:"
+    line (the model starting another example)."""
     text = (text or "").strip()
     nxt = _NEXT_TASK.search(text)
     if nxt and nxt.start() > 0:
         text = text[: nxt.start()].rstrip()
     mi, mo = _INPUT.search(text), _OUTPUT.search(text)
     if mo is None:
-        return None if mi else ("", text)
+        return None if mi or "<none>" in text.lower() else ("", text)  # "<none>" unlabelled: format debris
     if mi is not None and mi.start() < mo.start():
         inp = text[mi.end(): mo.start()].strip()
+    elif text[: mo.start()].strip():
+        return None
     else:
         inp = ""
-    out = text[mo.end():].strip()
+    out = text[mo.end():]
+    again = [m.start() for m in (_INPUT.search(out), _OUTPUT.search(out)) if m is not None and m.start() > 0]
+    out = (out[: min(again)] if again else out).strip()
     if inp.strip("*_ .`\"'").lower() in _NO_INPUT or inp.strip().lower() in _NO_INPUT:
         inp = ""
     return inp, out
@@ -182,6 +213,7 @@ class SelfInstruct(Step):
     min_words: int = Field(3, ge=1)
     max_words: int = Field(150, ge=1)
     unusable_words: list[str] = Field(default_factory=lambda: list(UNUSABLE_WORDS))
+    scaffold_phrases: list[str] = Field(default_factory=lambda: list(SCAFFOLD_PHRASES))
     # Instances
     instances_per_task: int = Field(1, ge=1)
     instance_examples: int = Field(2, ge=0)  # seed tasks with outputs shown in the instance prompt
@@ -211,6 +243,8 @@ class SelfInstruct(Step):
         usage = Usage()
         rejects: list[dict[str, Any]] = []
         unusable = _word_pattern(self.unusable_words)
+        # the prompt's own words (placeholders out), for the "copied prompt words" check
+        prompt_tokens = tokenize(re.sub(r"\{\w+\}", " ", gen_t))
         human = [s["instruction"] for s in seeds]
         novelty = NoveltyFilter(human, self.rouge_threshold)
         # accepted: (instruction, round, request, response)
@@ -253,6 +287,12 @@ class SelfInstruct(Step):
                 for text in items:
                     why = instruction_failure(text, min_words=self.min_words, max_words=self.max_words,
                                               unusable=unusable)
+                    if why is None:
+                        low = text.lower()
+                        phrase = next((p for p in self.scaffold_phrases if p.lower() in low), None)
+                        if phrase or copies_prompt(text, prompt_tokens):
+                            why = ("copied prompt words",
+                                   f"contains {phrase!r}" if phrase else "repeats the generation prompt's wording")
                     if why:
                         drop(text, *why)
                     else:
@@ -325,7 +365,9 @@ class SelfInstruct(Step):
                 reason = "instance truncated"
             else:
                 parsed = parse_instance(resp.text)
-                if parsed is None or not parsed[1].strip():
+                if parsed is None:
+                    reason = "unparsable instance"
+                elif not parsed[1].strip():
                     reason = "no output"
                 elif parsed[0] and parsed[1].strip() == parsed[0].strip():
                     reason = "output repeats input"

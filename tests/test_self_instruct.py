@@ -2,6 +2,7 @@
 target, instance generation and its filters, with a rule-based teacher (no network, no model)."""
 
 import asyncio
+import itertools
 import json
 import re
 import subprocess
@@ -16,18 +17,19 @@ from curate.errors import CurateError
 from curate.io import read_records
 from curate.llm import LLM, Request, Response
 from curate.llm.base import Backend
-from curate.records import make_frame
 from curate.recipe import load_recipe
+from curate.records import make_frame
 from curate.steps import Context
-from synth.rouge import rouge_l
+from synth.rouge import rouge_l, tokenize
 from synth.self_instruct import (
+    UNUSABLE_WORDS,
     SelfInstruct,
     _word_pattern,
+    copies_prompt,
     instruction_failure,
     parse_instance,
     parse_numbered,
     split_seed,
-    UNUSABLE_WORDS,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +49,8 @@ to someone who has never ridden one.
 Task 12: Convert 5 kilometres to miles.
 - 13. "List four uses of baking soda."
 14. **Instruction:** Give a synonym for "happy".
-15.
+15. No 15: "Name a primary colour."
+16.
 
 I hope these help!
 16 is my favourite number."""
@@ -58,6 +61,7 @@ I hope these help!
         "Convert 5 kilometres to miles.",
         "List four uses of baking soda.",
         'Give a synonym for "happy".',
+        "Name a primary colour.",
         "",
     ]
     assert parse_numbered("") == [] and parse_numbered(None) == []
@@ -66,7 +70,7 @@ I hope these help!
 
 def test_unusable_filter():
     pat = _word_pattern(UNUSABLE_WORDS)
-    fail = lambda t: instruction_failure(t, min_words=3, max_words=12, unusable=pat)  # noqa: E731
+    fail = lambda t: instruction_failure(t, min_words=3, max_words=12, unusable=pat)
     assert fail("Do it.") == ("too short", "2 words < 3")
     assert fail(" ".join(["word"] * 13))[0] == "too long"
     assert fail("Describe the image below in detail.") == ("unusable keyword", "image")
@@ -87,8 +91,33 @@ def test_parse_instance():
     assert parse_instance("**Input:** None\n**Output:** Done.") == ("", "Done.")
     assert parse_instance("Just an answer with no labels.") == ("", "Just an answer with no labels.")
     assert parse_instance("Input: something but no output") is None
+    assert parse_instance("def f(x):\n    return x\n\nOutput: 10") is None  # input or answer? unparsable
+    assert parse_instance("Input: <none>\nOutput: A\n\nOutput: B") == ("", "A")  # a second example is cut
+    assert parse_instance("Input: a\nOutput: b\nInput: c\nOutput: d") == ("a", "b")
+    assert parse_instance("Output: \n") == ("", "")
+    assert parse_instance("[\n<none>\n*No output") is None
     assert parse_instance("Output: first\n\nTask: another task\nInput: x\nOutput: y") == ("", "first")
     assert parse_instance("Output: an answer") == ("", "an answer")
+
+
+def test_copied_prompt_words():
+    prompt = tokenize((ROOT / "synth" / "prompts" / "self_instruct_instructions.txt").read_text())
+    assert copies_prompt("Writing, rewriting, classifying, summarising, planning, calculating, coding.", prompt)
+    assert not copies_prompt("Write a limerick about a forgetful octopus.", prompt)
+    assert not copies_prompt("", prompt)
+
+
+def test_scaffold_phrases_are_dropped():
+    class Meta(RuleTeacher):
+        async def acomplete(self, request):
+            if "continuing the numbering" in request.message_dicts()[-1]["content"]:
+                return Response(text="9. Give me eight new tasks, continuing the numbering from 9.\n"
+                                     "10. Writing, rewriting, classifying, summarising, planning, calculating, coding.")
+            return await super().acomplete(request)
+
+    result, _ = run(SelfInstruct(target=1, max_rounds=1, requests_per_round=1), backend=Meta())
+    assert result.rejected["reason"].to_list() == ["copied prompt words"] * 2
+    assert result.rejected["detail"].to_list() == ["contains 'new tasks'", "repeats the generation prompt's wording"]
 
 
 def test_split_seed():
@@ -137,7 +166,7 @@ class RuleTeacher(Backend):
             start = int(re.search(r"numbering from (\d+)", prompt).group(1))
             s = request.seed
             items = [
-                "Explain why the sky looks blue during the daytime.",  # near-copy of a seed
+                "Write a haiku about the first snow of the winter.",  # near-copy of a seed
                 "Do it.",  # too short
                 "Describe the picture of a sunset in detail.",  # unusable
                 NOVEL[(2 * s) % len(NOVEL)],
@@ -152,6 +181,8 @@ class RuleTeacher(Backend):
             return Response(text="Input: hello\nOutput: hello")
         if task.startswith("Blank"):
             return Response(text="Input: some input only")
+        if task.startswith("Translate"):
+            return Response(text="Here is my answer.\nOutput: Hola")
         if task.startswith("Sort"):
             return Response(text="Input: 3, 1, 2\nOutput: 1, 2, 3")
         if "interview" in task:
@@ -171,20 +202,22 @@ def run(step, df=None, backend=None):
 
 def test_rounds_filters_instances_and_accounting():
     step = SelfInstruct(target=8, max_rounds=3, requests_per_round=2, new_per_request=5)
-    result, backend = run(step)
+    result, _ = run(step)
     gen = result.stats["generation"]
     rej = result.rejected
     reasons = rej["reason"].to_list()
     # round 1: seeds 0 and 1; seed 1 parses nothing
     assert "no instructions parsed" in reasons
     # the near-copy of a seed, the short one and the picture one are dropped every time
-    assert reasons.count("too short") == reasons.count("unusable keyword") == gen["requests"] - reasons.count(
-        "no instructions parsed")
+    answered = gen["requests"] - reasons.count("no instructions parsed")
     sims = rej.filter(pl.col("reason") == "similar to pool")
-    assert "Explain why the sky looks blue during the day" in sims["detail"][0]
+    assert reasons.count("too short") == reasons.count("unusable keyword") == answered
+    assert sum(d.endswith("vs: Write a haiku about the first snow of winter.") for d in sims["detail"]) == answered
+    assert sims["detail"][0].endswith("vs: Write a haiku about the first snow of winter.")  # the seed it copies
     assert sims["detail"][0].startswith("ROUGE-L ")
     # every parsed candidate is accepted or dropped at the instruction stage
-    inst_reasons = {"too short", "too long", "malformed", "unusable keyword", "similar to pool", "over target", "truncated"}
+    inst_reasons = {"too short", "too long", "malformed", "unusable keyword", "similar to pool", "over target",
+                    "truncated", "copied prompt words"}
     assert gen["parsed"] == gen["accepted_instructions"] + sum(r in inst_reasons for r in reasons)
     assert gen["accepted_instructions"] == 8 == gen["target"]
     assert gen["pool_size"] >= 22 + 8
@@ -195,7 +228,10 @@ def test_rounds_filters_instances_and_accounting():
     assert set(kept["source"]) == {"self_instruct"}
     users = kept["messages"].list.first().struct.field("content").to_list()
     answers = kept["messages"].list.last().struct.field("content").to_list()
-    assert all(not u.startswith(("Echo", "Blank")) for u in users)
+    assert all(not u.startswith(("Echo", "Blank")) and not u.startswith("Translate") for u in users)
+    inst = rej.filter(pl.col("reason").is_in(["output repeats input", "unparsable instance", "instance truncated"]))
+    assert sorted(inst["reason"].to_list()) == ["instance truncated", "output repeats input", "unparsable instance",
+                                                "unparsable instance"]
     for u, a in zip(users, answers):
         if u.startswith("Sort"):
             assert u.endswith("\n\n3, 1, 2") and a == "1, 2, 3"
@@ -292,7 +328,7 @@ def test_recipe_on_embedded_model(tmp_path):
     dropped = sum(si["dropped"].values())
     assert dropped >= gen["parsed"] - gen["accepted_instructions"] + gen["instances_dropped"]
     assert si["llm"]["requests"] == gen["requests"] + gen["instances_generated"]
-    for prev, s in zip(steps[1:], steps[2:]):
+    for prev, s in itertools.pairwise(steps[1:]):
         assert s["rows_in"] == prev["rows_out"] and s["rows_in"] == s["rows_out"] + sum(s["dropped"].values())
     rejects = pl.read_parquet(out / "rejects.parquet")
     assert rejects["reason"].null_count() == 0
