@@ -27,7 +27,8 @@ Anchors: a file (`anchors`, any format `curate.io.read_records` reads), or K rep
 pool: k-means over embeddings, then the real row nearest to each centroid (the repo: mean of
 LLaMA-7B's last hidden state, KMeans(100, random_state=0)). `embedding="model"` mean-pools the
 scoring model's last hidden state, one forward pass per row, about 1/K of the scoring cost;
-`embedding="hashing"` uses hashed word vectors, no model pass, for quick or model-free runs.
+`embedding="hashing"` uses hashed word vectors, no model pass, for quick or model-free runs. As in
+the repo, a row chosen as an anchor is also scored against itself (at most 1/K of its GS).
 
 Cost. Scoring is N*K anchor passes; what is left after the tricks below is the anchor tokens
 themselves, which must be recomputed for every candidate because they attend to it:
@@ -36,20 +37,23 @@ themselves, which must be recomputed for every candidate because they attend to 
   candidate, the anchor query or the response's last token (`LlamaCppScorer.score_ids_after_prefix`);
 - `parallel` anchors per decode as sequences sharing the candidate's KV cells (measured no faster on
   a 2-core CPU; kept for machines where bigger batches pay);
-- `early_stop`: stop a candidate once its side of the threshold is settled. The decision is the one
-  exact scoring gives; the score is then an interval, stored as `_low` / `_high`.
+- `early_stop`: stop a candidate once its side of the threshold is settled, scoring the shortest
+  anchors first. The decision is the one exact scoring gives; the score is then an interval,
+  stored as `_low` / `_high`.
 bench/bench_nuggets.py compares this with scoring every pair from scratch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -165,17 +169,22 @@ def golden_scores(
     zero = zero_shot(scorer, anchors) if zero is None else zero
     one = np.full((len(prefixes), k), np.nan)
     need = wins_needed(stop_at, k) if stop_at is not None else None
+    # With early stopping the rule counts anchors, so score the cheapest first: any order gives the
+    # same decision, and this one stops after the fewest tokens.
+    order = np.arange(k)
+    if need is not None:
+        order = np.argsort([len(q) + len(a) for q, a in anchors], kind="stable")
+    queue = [anchors[j] for j in order]
 
     def settled(done: list[np.ndarray]) -> bool:
-        n = len(done)
-        wins = sum(float(lp.sum()) > zero[j] for j, lp in enumerate(done))
-        return wins >= need or wins + (k - n) < need
+        wins = sum(float(lp.sum()) > zero[order[j]] for j, lp in enumerate(done))
+        return wins >= need or wins + (k - len(done)) < need
 
     for i, prefix in enumerate(prefixes):
         done = scorer.score_ids_after_prefix(
-            prefix, anchors, parallel=parallel, stop=settled if need is not None else None
+            prefix, queue, parallel=parallel, stop=settled if need is not None else None
         )
-        one[i, : len(done)] = [lp.sum() for lp in done]
+        one[i, order[: len(done)]] = [lp.sum() for lp in done]
         if progress:
             progress(i + 1, len(prefixes))
     return _result(one, zero)
@@ -208,7 +217,7 @@ def hashing_vectors(texts: Sequence[str], dim: int = 1024) -> np.ndarray:
     cache: dict[str, tuple[int, float]] = {}
     for i, text in enumerate(texts):
         words = re.findall(r"\w+", text.lower())
-        for gram in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
+        for gram in words + [f"{a} {b}" for a, b in itertools.pairwise(words)]:
             if gram not in cache:
                 h = int.from_bytes(hashlib.blake2b(gram.encode(), digest_size=8).digest(), "little")
                 cache[gram] = (h % dim, 1.0 if (h >> 63) else -1.0)
@@ -318,6 +327,7 @@ class Nuggets(Filter):
 
             return record_parts(read_records(self.anchors))
         parts = record_parts(df)
+        log.info("nuggets: choosing %d anchors among %d rows", self.num_anchors, len(parts))
         if self.embedding == "model":
             scorer = scorer or self.scorer()
             vectors = scorer.embed([render(*p) for p in parts])
@@ -325,9 +335,10 @@ class Nuggets(Filter):
             vectors = hashing_vectors([render(*p) for p in parts])
         eligible = None
         if scorer is not None:  # a query that fills the anchor budget alone leaves nothing to score
-            eligible = np.array([len(scorer.tokenize(render_query(*p[:2]))) < self.max_anchor_tokens for p in parts])
-        rows = representatives(vectors, self.num_anchors, self.seed, eligible if eligible is not None and eligible.any() else None)
-        return [parts[r] for r in rows]
+            budget = self.max_anchor_tokens
+            eligible = np.array([len(scorer.tokenize(render_query(i, n))) < budget for i, n, _ in parts])
+            eligible = eligible if eligible.any() else None
+        return [parts[r] for r in representatives(vectors, self.num_anchors, self.seed, eligible)]
 
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
         p = self.column
@@ -377,9 +388,9 @@ class Nuggets(Filter):
         return reasons(low > t, "golden score at or below threshold")
 
     def explain(self, df: pl.DataFrame) -> pl.Series:
-        p = self.column
         out = []
-        for s, lo, hi, n in zip(df[p].to_list(), df[f"{p}_low"].to_list(), df[f"{p}_high"].to_list(), df[f"{p}_anchors"].to_list()):
+        cols = [df[c].to_list() for c in self.score_columns()]
+        for s, lo, hi, n in zip(*cols):
             if s is None:
                 out.append(None)
             elif lo == hi:

