@@ -1,6 +1,6 @@
 """NUGGETS golden score: our route against scoring every (candidate, anchor) pair from scratch.
 
-    python bench/bench_nuggets.py [--candidates 6 --anchors 20 --rank 16 --threads 1]
+    python bench/bench_nuggets.py [--candidates 6 --anchors 20 --rank 12 --threads 1]
 
 Data: ../shared/data/nuggets_alpaca_gpt4 (NUGGETS' own 100 k-means anchors and the 9,038 Alpaca-GPT4
 examples its LLaMA-7B scorer gave GS <= 0.5; CC BY-NC, read here, never copied). Anchors: the first
@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate.llm.scoring import LlamaCppScorer  # noqa: E402
-from filters.nuggets import (  # noqa: E402
+from curate.llm.scoring import LlamaCppScorer
+from filters.nuggets import (
     golden_scores,
     golden_scores_naive,
     prepare_anchors,
@@ -81,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--candidates", type=int, default=6, help="part 1: candidates, half bad, half non-bad")
     ap.add_argument("--anchors", type=int, default=20)
-    ap.add_argument("--rank", type=int, default=16, help="part 2: candidates per group (0: skip)")
+    ap.add_argument("--rank", type=int, default=12, help="part 2: candidates per group (0: skip)")
     ap.add_argument("--threshold", type=float, default=0.5, help="early-stopping threshold")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads for both routes")
     ap.add_argument("--parallel", type=int, default=1, help="anchors per decode in our route")
@@ -94,7 +94,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     anchor_rows = json.loads((args.data / "alpaca_gpt4_kmeans_100_anchor.json").read_text())
     bad_rows = [json.loads(line) for line in (args.data / "alpaca_gpt4_bad_scored.jsonl").open()]
-    key = lambda r: (r["instruction"], r.get("input") or "", r["output"])  # noqa: E731
+    key = lambda r: (r["instruction"], r.get("input") or "", r["output"])
     bad_keys = {key(r) for r in bad_rows}
     anchor_rows = [anchor_rows[i] for i in rng.permutation(len(anchor_rows))]
     anchors_used, held_out = anchor_rows[: args.anchors], anchor_rows[args.anchors :]
@@ -115,12 +115,23 @@ def main() -> None:
           f"{n_a / len(anchors):.0f} response tokens (cut at {args.max_anchor_tokens})")
 
     # ---------------------------------------------------------------------------------- part 1
+    zero_fast = zero_shot(scorer, anchors)
+    if args.candidates > 0:
+        results = speed(args, scorer, anchors, bad, nonbad, zero_fast, n_q + n_a)
+    else:
+        results = []
+    if args.rank > 0:
+        ranking(args, scorer, anchors, bad, nonbad, zero_fast, results)
+
+
+def speed(args, scorer, anchors, bad, nonbad, zero_fast, anchor_tokens):
+    """Part 1: naive vs ours on the same candidates, interleaved; returns [(group, row, exact result)]."""
     n_bad = args.candidates // 2
     speed_rows = [("bad", r) for r in bad[:n_bad]] + [("non-bad", r) for r in nonbad[: args.candidates - n_bad]]
     prefixes = prepare_candidates(scorer, [parts(r) for _, r in speed_rows], args.separator)
 
     zero_naive, zw_n, zc_n = timed(lambda: np.array([scorer.score_ids(q, a).sum() for q, a in anchors]))
-    zero_fast, zw_f, zc_f = timed(lambda: zero_shot(scorer, anchors))
+    _, zw_f, zc_f = timed(lambda: zero_shot(scorer, anchors))
     tot = {"naive": [zw_n, zc_n], "exact": [zw_f, zc_f], "early": [zw_f, zc_f]}
     results = {"naive": [], "exact": [], "early": []}
     runs = {
@@ -138,7 +149,7 @@ def main() -> None:
         order = ["naive", "exact", "early"] if i % 2 == 0 else ["early", "exact", "naive"]
         times = {}
         for name in order:
-            res, w, c = timed(lambda: runs[name](p))
+            res, w, c = timed(lambda run=runs[name], p=p: run(p))
             results[name].append(res)
             times[name] = (w, c)
             tot[name][0] += w
@@ -147,7 +158,7 @@ def main() -> None:
         diff = float(np.abs(n.one_shot - e.one_shot).max())
         tokens_naive += sum(len(p) + len(q) + len(a) for q, a in anchors)
         tokens_exact += len(p) + sum(len(q) + len(a) for q, a in anchors)
-        tokens_early += len(p) + sum(len(q) + len(a) for q, a in anchors[: int(s.evaluated[0])])
+        tokens_early += len(p) + sum(len(q) + len(a) for (q, a), v in zip(anchors, s.one_shot[0]) if not np.isnan(v))
         print(f"{group:8} {len(p):4d} {n.score[0]:8.3f} {e.score[0]:8.3f} {diff:10.2e} "
               f"{f'[{s.low[0]:.2f}, {s.high[0]:.2f}]':>15} {int(s.evaluated[0]):5d} "
               + " ".join(f"{times[k][0]:5.1f}/{times[k][1]:5.1f}" for k in ("naive", "exact", "early")))
@@ -168,18 +179,20 @@ def main() -> None:
     print(f"tokens decoded: naive {tokens_naive} ({tokens_naive / nw:.0f}/s), ours {tokens_exact} "
           f"({tokens_exact / ew:.0f}/s), early stop {tokens_early}; token ratio naive/ours "
           f"{tokens_naive / tokens_exact:.2f}x (the exact route's ceiling without logits savings)")
+    per_anchor = anchor_tokens / len(anchors)
     for group in ("bad", "non-bad"):
         idx = [i for i, (g, _) in enumerate(speed_rows) if g == group]
         if idx:
-            pl_ = np.mean([len(prefixes[i]) for i in idx])
-            ceiling = (pl_ + (n_q + n_a) / len(anchors)) / ((n_q + n_a) / len(anchors) + pl_ / len(anchors))
-            print(f"  {group}: mean candidate {pl_:.0f} tokens -> token-count ceiling {ceiling:.2f}x")
+            c = np.mean([len(prefixes[i]) for i in idx])
+            ceiling = (c + per_anchor) / (per_anchor + c / len(anchors))
+            print(f"  {group}: mean candidate {c:.0f} tokens -> token-count ceiling {ceiling:.2f}x")
+    return [(g, r, res) for (g, r), res in zip(speed_rows, results["exact"])]
 
-    # ---------------------------------------------------------------------------------- part 2
-    if args.rank <= 0:
-        return
+
+def ranking(args, scorer, anchors, bad, nonbad, zero_fast, scored):
+    """Part 2: how the original's "bad" rows rank under our exact GS, against held-out non-bad rows."""
     groups = {"bad": bad[: args.rank], "non-bad": nonbad[: args.rank]}
-    known = {id(r): res.score[0] for (g, r), res in zip(speed_rows, results["exact"])}
+    known = {id(r): res.score[0] for _, r, res in scored}
     gs = {}
     t0 = time.perf_counter()
     for g, rows in groups.items():

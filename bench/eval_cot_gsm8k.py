@@ -1,10 +1,12 @@
 """Verified chain-of-thought on a sample of GSM8K train with the embedded model, uniform vs Prop2Diff.
 
-    python bench/eval_cot_gsm8k.py [--questions 20 --k 4 --max-samples 8 --quota 1 --max-tokens 256]
-                                   [--rationalize] [--threads N] [--out DIR] [--seed 0]
+    python bench/eval_cot_gsm8k.py [--questions 20 --k 4 --max-samples 8 --quota 2 --max-tokens 256]
+                                   [--rationalize] [--threads N] [--out DIR] [--seed 0] [--data FILE]
 
 Data: ../shared/data/gsm8k_train/train.jsonl (openai/grade-school-math, MIT; `final_answer` is the
-gold number); `--questions` rows drawn at random with `--seed`.
+gold number); `--questions` rows drawn at random with `--seed`. `--data FILE` takes another file of
+the same shape instead, e.g. recipes/data/math_word_problems.jsonl (8 easy problems the embedded
+model sometimes solves, so that Prop2Diff has different difficulties to work with).
 
 What runs: the `verified_cot` step (synth/cot.py) twice on the same questions and the same teacher,
 once with quota_mode=uniform (`--quota` correct rationales per question) and once with
@@ -47,8 +49,8 @@ from synth.cot import VerifiedCoT
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_train" / "train.jsonl"
 
 
-def load_questions(n: int, seed: int) -> pl.DataFrame:
-    df = read_records(DATA, source="gsm8k", gold="final_answer")
+def load_questions(path: Path, n: int, seed: int) -> pl.DataFrame:
+    df = read_records(path, source=path.stem, gold="final_answer")
     idx = sorted(random.Random(seed).sample(range(df.height), min(n, df.height)))
     return df[idx]
 
@@ -115,24 +117,26 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=20)
     ap.add_argument("--k", type=int, default=4, help="samples per question per round")
     ap.add_argument("--max-samples", type=int, default=8, help="cap on samples per question")
-    ap.add_argument("--quota", type=int, default=1, help="uniform: per question; prop2diff gets quota x questions")
+    ap.add_argument("--quota", type=int, default=2, help="uniform: per question; prop2diff gets quota x questions")
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--rationalize", action="store_true", help="STaR hints for never-solved questions")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the library's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="folder for the rows and the response cache (default: a temp dir)")
+    ap.add_argument("--data", type=Path, default=DATA,
+                    help="another GSM8K-shaped jsonl (question, final_answer), e.g. recipes/data/math_word_problems.jsonl")
     args = ap.parse_args()
-    if not DATA.exists():
-        sys.exit(f"{DATA} not found (the shared data folder beside the repository)")
+    if not args.data.exists():
+        sys.exit(f"{args.data} not found (GSM8K is in the shared data folder beside the repository)")
 
     out = Path(args.out or tempfile.mkdtemp(prefix="eval_cot_gsm8k_"))
     out.mkdir(parents=True, exist_ok=True)
-    df = load_questions(args.questions, args.seed)
+    df = load_questions(args.data, args.questions, args.seed)
     llm = LLM(make_backend(args.threads), cache=ResponseCache(out / "cache.sqlite"), show_progress=False)
     rate = probe(llm, args.max_tokens)
     first_round = df.height * min(args.k, args.max_samples)
-    print(f"{df.height} GSM8K train questions (seed {args.seed}); embedded model {llm.model}, "
+    print(f"{df.height} questions from {args.data.name} (seed {args.seed}); embedded model {llm.model}, "
           f"threads {args.threads or os.cpu_count()}; throughput probe {rate:.1f} completion tok/s")
     print(f"first round: {first_round} samples x <= {args.max_tokens} tokens: up to "
           f"{first_round * args.max_tokens / rate / 60:.1f} min at that rate (later rounds only for questions not full)")

@@ -88,9 +88,13 @@ def rank(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(a, b) -> float:
-    ra, rb = rank(np.asarray(a, float)), rank(np.asarray(b, float))
-    return float(np.corrcoef(ra, rb)[0, 1])
+def spearman(a, b) -> float | None:
+    """Spearman's rho over the pairs where both values are present."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = ~(np.isnan(a) | np.isnan(b))
+    if ok.sum() < 3:
+        return None
+    return float(np.corrcoef(rank(a[ok]), rank(b[ok]))[0, 1])
 
 
 def pairwise(df: pl.DataFrame, col: str, sign: int, good="text-davinci-003", bad="davinci") -> dict:
@@ -256,7 +260,8 @@ def main(argv=None) -> int:
     for col, r in results.items():
         pw = r["pairwise_003_vs_davinci"]
         acc = "n/a" if pw["accuracy"] is None else f"{pw['accuracy']:.3f}"
-        print(f"{col:<28} {r['better']:<7} {r['spearman_mean_vs_human']:>15.3f} {r['spearman_median_vs_human']:>17.3f} {acc:>12} {pw['n']:>4}")
+        rho = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        print(f"{col:<28} {r['better']:<7} {rho(r['spearman_mean_vs_human']):>15} {rho(r['spearman_median_vs_human']):>17} {acc:>12} {pw['n']:>4}")
     print(f"\n{len(df)} rows scored in {elapsed:.0f}s ({timings}); report written to {args.out}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
