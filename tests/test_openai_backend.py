@@ -275,16 +275,17 @@ def test_bad_schema_is_an_error_not_an_exception(server):
 
 def test_rpm_spaces_requests(server):
     # 1200 rpm = 20/s with a burst of 20: 30 requests need at least (30 - 20) / 20 = 0.5 s.
+    # A limiter must never be faster than its rate; a loaded machine only makes it slower, so the
+    # lower bounds are tight and the upper bounds loose.
     t0 = time.monotonic()
     responses = run(backend(server.base_url, rpm=1200), *(chat(f"paced {i}") for i in range(30)))
     elapsed = time.monotonic() - t0
     assert all(r.ok for r in responses)
-    assert 0.45 <= elapsed < 2.0
-    # As the server saw it: after the burst, arrivals about 1/20 s apart. The median gap, since
-    # on a loaded machine single arrivals jitter (a request held up lets the next look early).
+    assert 0.45 <= elapsed < 5.0
+    # As the server saw it (same clock: the server runs in this process): the bucket, full when the
+    # backend was made (after t0), lets the k-th request (k >= 20) go no earlier than (k - 19) / 20 s.
     times = sorted(e["t"] for e in server.log() if e["prompt"].startswith("paced "))
-    gaps = sorted(b - a for a, b in zip(times[20:], times[21:], strict=False))
-    assert 0.04 <= gaps[len(gaps) // 2] <= 0.075
+    assert all(times[k] - t0 >= (k - 19) / 20 - 0.005 for k in range(20, 30)), [round(t - t0, 3) for t in times]
 
 
 def test_token_bucket_waits_for_debt():
