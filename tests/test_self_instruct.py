@@ -312,6 +312,7 @@ def test_recipe_validates():
 
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a minute idle; far longer on a loaded shared machine
 def test_recipe_on_embedded_model(tmp_path):
     pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     out = tmp_path / "out"
