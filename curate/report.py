@@ -259,11 +259,16 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     # No `configs` block: datasets infers the splits from data/{train,validation}.* by itself, while a
     # local folder whose card has `configs` is cached by folder name in datasets 5.2, so loading
     # another run's folder of the same name returned the first one's rows (seen in tests/test_hub.py).
+    # `dataset_info.splits` names the splits and their sizes instead; datasets checks num_examples
+    # against the files when it loads them, so a card that no longer matches its data is an error.
     n = report["rows"]["out"]
     size = next(label for limit, label in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
                                           (float("inf"), "n>1M")) if n < limit)
     header = {"license": cfg.license or "other", "task_categories": ["text-generation"], "size_categories": [size],
               "tags": ["synthetic", "sft", "curate"]}
+    splits = _split_infos(path.parent, report["data_files"])
+    if splits:
+        header["dataset_info"] = {"splits": splits, "dataset_size": sum(s["num_bytes"] for s in splits)}
     llm = report["llm"]
     lines = [
         "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
@@ -287,6 +292,19 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     lines += ["", "## Recipe", "", "Rerun with `curate run recipe.yaml` (the same seed and cache give the same data).", "",
               "```yaml", yaml.safe_dump(recipe.raw, sort_keys=False).rstrip(), "```", ""]
     write_text("\n".join(lines), path)
+
+
+def _split_infos(out: Path, data_files: dict) -> list[dict]:
+    """The card's split sizes: rows, and bytes as Arrow holds them (what the Hub shows as size)."""
+    import pyarrow.parquet as pq
+
+    infos = []
+    for name, files in data_files.items():
+        if "parquet" not in files:
+            return []  # jsonl-only output: let datasets count the rows itself
+        table = pq.read_table(out / files["parquet"])
+        infos.append({"name": name, "num_bytes": int(table.nbytes), "num_examples": table.num_rows})
+    return infos
 
 
 def load_report(out: Path) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import yaml
 
 from curate.engine import run_recipe
 from curate.errors import CurateError
@@ -55,6 +56,8 @@ def test_publish_sends_data_card_recipe_and_reports(run_dir):
                             "data/validation.parquet", "recipe.yaml", "rejects.parquet", "report.html", "report.json", "report.md"]
     card = (run_dir / "README.md").read_text()
     assert "license: cc-by-4.0" in card and "size_categories" in card and "train: 8, validation: 2" in card
+    meta = yaml.safe_load(card.split("---")[1])  # the YAML header the Hub reads
+    assert [(s["name"], s["num_examples"]) for s in meta["dataset_info"]["splits"]] == [("train", 8), ("validation", 2)]
 
 
 def test_the_published_folder_loads_to_the_same_rows(run_dir):
