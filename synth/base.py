@@ -55,6 +55,19 @@ def teacher_meta(llm: LLM, request: Request, response: Response, thash: str) -> 
     }
 
 
+def combined_meta(llm: LLM, calls: list[tuple[str, Request, Response]], thash: str) -> dict[str, Any]:
+    """One row's meta when several teacher calls made it (e.g. an instruction, then its answer):
+    the first call's seed and sample, the params of every call under its name, and tokens and cost
+    summed, so that a row's cost covers every request behind it."""
+    _, req, resp = calls[0]
+    meta = teacher_meta(llm, req, resp, thash)
+    meta["params"] = json.dumps({n: r.params() for n, r, _ in calls}, sort_keys=True)
+    meta["prompt_tokens"] = sum(r.prompt_tokens for _, _, r in calls)
+    meta["completion_tokens"] = sum(r.completion_tokens for _, _, r in calls)
+    meta["cost"] = llm.price.cost(meta["prompt_tokens"], meta["completion_tokens"])
+    return meta
+
+
 def build_rows(rows: list[dict[str, Any]]) -> pl.DataFrame:
     """A record frame from dicts holding `messages`, `meta` and optional record/score fields."""
     if not rows:

@@ -33,11 +33,12 @@ from curate.errors import CurateError
 from curate.llm import Request, Usage
 from curate.records import concat
 from curate.steps import Context, Step, StepResult
-from synth.base import build_rows, reject_rows, template_hash
-from synth.evol_instruct import combined_meta, normalize_instruction
+from synth.base import build_rows, combined_meta, reject_rows, template_hash
+from synth.evol_instruct import normalize_instruction
 
 RAW_PROMPT_ERROR = ("magpie needs a backend that accepts raw prompts "
-                    "(embedded, vllm, or an OpenAI-compatible /completions endpoint)")
+                    "(embedded, vllm, or an OpenAI-compatible /completions endpoint); "
+                    "this teacher takes chat requests only (e.g. teacher.chat_only: true)")
 
 
 @dataclass(frozen=True)

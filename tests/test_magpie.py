@@ -153,6 +153,28 @@ def test_chat_only_backend_is_a_clear_error():
     assert "embedded, vllm, or an OpenAI-compatible /completions endpoint" in str(err.value)
 
 
+def test_chat_only_teacher_config_stops_magpie_before_any_request():
+    """`teacher.chat_only: true` on an OpenAI-compatible teacher: the clear error, not a table of rejects."""
+    import pydantic
+
+    from curate.llm.teacher import TeacherConfig, build_llm
+
+    # Port 9 (discard) on localhost: a request that were sent would fail as a connection error.
+    cfg = TeacherConfig(backend="openai", model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1", chat_only=True,
+                        max_retries=0)
+    llm = build_llm(cfg, cache_path=None, show_progress=False)
+    assert llm.backend.supports_raw_prompt is False
+    with pytest.raises(CurateError) as err:
+        Magpie(n=2).run(build_rows([]), Context(llm=llm, seed=0))
+    assert str(err.value) == RAW_PROMPT_ERROR and "chat_only" in str(err.value)
+    # Other code sending a raw prompt anyway gets an error response without a request going out.
+    resp = asyncio.run(llm.backend.acomplete(Request(prompt="<|im_start|>user\n")))
+    assert not resp.ok and "chat-only" in resp.error and "connection" not in resp.error
+    assert build_llm(TeacherConfig(backend="openai", model="m"), None, False).backend.supports_raw_prompt is True
+    with pytest.raises(pydantic.ValidationError, match="chat_only"):
+        TeacherConfig(backend="embedded", chat_only=True)
+
+
 def test_unknown_model_names_the_field():
     backend = RuleCompleter()
     backend.model = "mistral-7b-instruct"

@@ -110,6 +110,29 @@ def test_bad_requests_fail_alone(backend):
     assert usage.failures == 2
 
 
+def test_timeout_aborts_the_request_in_the_engine(backend):
+    from curate.llm.vllm_backend import VLLMBackend
+
+    # The same engine (the timeout is not an engine setting). 0.3 s: long enough for the request to
+    # be running in the engine (a shorter one may cancel it while still queued: no abort needed),
+    # far too short for a 1500-token story.
+    timed = VLLMBackend(**SETTINGS, timeout=0.3)
+    engine = timed.engine()
+    assert engine is backend.engine()
+    aborted = []
+    real_abort = engine.engine.abort_request
+    engine.engine.abort_request = lambda ids, *a, **kw: (aborted.extend(ids), real_abort(ids, *a, **kw))
+    try:
+        story = chat("Write a long story about a dragon, at least 800 words.", max_tokens=1500, temperature=0.8, seed=3)
+        (slow,), _ = LLM(timed, show_progress=False).generate([story])
+        (after,), _ = LLM(backend, show_progress=False).generate([chat("Say hi.", max_tokens=4, temperature=0)])
+    finally:
+        del engine.engine.abort_request
+    assert not slow.ok and "timeout after 0.3s" in slow.error
+    assert len(aborted) == 1  # stopped in the engine, not only abandoned by the caller
+    assert after.ok and after.text and engine.dead is None
+
+
 def test_batch_throughput(backend):
     llm = LLM(backend, show_progress=False)
     reqs = [chat(f"Write a sentence about the number {i}.", max_tokens=32, temperature=0.7, seed=i) for i in range(16)]

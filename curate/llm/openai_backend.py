@@ -147,12 +147,17 @@ class OpenAIBackend(Backend):
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         structured_output: str = "json_schema",
+        raw_prompts: bool = True,
     ):
         """`structured_output` says how a request's json_schema is sent: "json_schema" (OpenAI,
-        vLLM, SGLang) or "json_object" (llama-cpp-python's server, which rejects the former)."""
+        vLLM, SGLang) or "json_object" (llama-cpp-python's server, which rejects the former).
+        `raw_prompts=False` declares a chat-only server (no /completions): `supports_raw_prompt`
+        is then False, so steps that need raw prompts refuse to start, and a raw request that still
+        arrives fails at once without being sent."""
         if structured_output not in ("json_schema", "json_object"):
             raise ValueError(f"structured_output must be 'json_schema' or 'json_object', not {structured_output!r}")
         self.structured_output = structured_output
+        self.supports_raw_prompt = raw_prompts
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
         # Kept private and out of repr/errors; local servers (vLLM, llama.cpp) need none.
@@ -224,6 +229,8 @@ class OpenAIBackend(Backend):
         if request.messages is not None:
             url = self.base_url + "/chat/completions"
             body["messages"] = request.message_dicts()
+        elif not self.supports_raw_prompt:
+            raise ValueError("raw prompt on a chat-only teacher (chat_only: true); this server has no /completions")
         else:
             url = self.base_url + "/completions"
             body["prompt"] = request.prompt

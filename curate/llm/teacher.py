@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.llm.base import Backend
 from curate.llm.cache import ResponseCache
@@ -24,6 +24,9 @@ class TeacherConfig(BaseModel):
     To use a real teacher, e.g. a vLLM server or OpenAI:
         teacher: {backend: openai, model: Qwen/Qwen2.5-7B-Instruct, base_url: http://localhost:8000/v1}
     The API key is read from the environment variable named by `api_key_env`, never from the recipe.
+    `chat_only: true` says the server has no raw-completion (/completions) endpoint, as with most
+    hosted chat APIs: steps that need raw prompts (Magpie) then stop with a clear error up front
+    instead of sending requests that all fail.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -35,8 +38,11 @@ class TeacherConfig(BaseModel):
     max_concurrency: int = Field(16, ge=1)
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)
+    # Seconds per request. vllm: no limit unless set here, since requests queue behind the engine's
+    # running batch and 120 s is a normal wait for one on CPU.
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    chat_only: bool = False  # openai: the server only serves /chat/completions
     price: PriceConfig = Field(default_factory=PriceConfig)
     # vllm: model = HF id or folder, model_path = a .gguf to convert; neither = the embedded model
     dtype: str | None = None
@@ -44,6 +50,13 @@ class TeacherConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool | None = None  # None: True on CPU, vLLM's default on GPU
+
+    @model_validator(mode="after")
+    def _chat_only_needs_http(self) -> TeacherConfig:
+        """The in-process backends always take raw prompts; a flag that would change nothing is a mistake."""
+        if self.chat_only and self.backend != "openai":
+            raise ValueError(f"chat_only applies to backend 'openai' only; '{self.backend}' always accepts raw prompts")
+        return self
 
 
 def build_backend(cfg: TeacherConfig) -> Backend:
@@ -56,6 +69,7 @@ def build_backend(cfg: TeacherConfig) -> Backend:
             dtype=cfg.dtype, max_model_len=cfg.max_model_len,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             tensor_parallel_size=cfg.tensor_parallel_size, enforce_eager=cfg.enforce_eager,
+            timeout=cfg.timeout if "timeout" in cfg.model_fields_set else None,
         )
     if cfg.backend == "embedded":
         from curate.llm.embedded import EmbeddedBackend
@@ -75,6 +89,7 @@ def build_backend(cfg: TeacherConfig) -> Backend:
         tpm=cfg.tpm,
         timeout=cfg.timeout,
         max_retries=cfg.max_retries,
+        raw_prompts=not cfg.chat_only,
     )
     if cfg.base_url:
         kwargs["base_url"] = cfg.base_url

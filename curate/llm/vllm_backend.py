@@ -10,7 +10,9 @@ is unfinished. New requests join the running batch at the next step (continuous 
 long answer never holds up the rest, which a "collect for a few ms, then one `LLM.generate` call"
 micro-batch would do. When the engine is idle, the thread waits `gather_ms` after the first
 request so that a burst starts as one prefill batch. A request that vLLM rejects (prompt too long,
-bad schema) fails alone, as `Response(error=...)`.
+bad schema) fails alone, as `Response(error=...)`. With a `timeout`, a request still unfinished
+after that many seconds is aborted in the engine (its slot and KV cache freed) and answered with
+`Response(error="vllm: timeout ...")`, so one runaway generation cannot stall a run.
 
 Prompts are token ids: chat messages go through the tokenizer's chat template, then are encoded
 without special tokens (the template carries them); raw prompts are encoded the way vLLM's
@@ -71,6 +73,18 @@ _ENGINES_LOCK = threading.Lock()
 _STOP = object()
 _USER_KV_SPACE = "VLLM_CPU_KVCACHE_SPACE" in os.environ
 _LOADS = 0  # engines started in this process (tests check that the model is loaded once)
+
+
+class _Abort:
+    """Queue item asking the engine thread to abort the request behind `fut` (a timed-out one)."""
+
+    def __init__(self, fut: cf.Future):
+        self.fut = fut
+
+
+def _future_of(item) -> cf.Future | None:
+    """The caller's future of a queued request; None for control items (stop, abort)."""
+    return None if item is _STOP or isinstance(item, _Abort) else item[2]
 
 
 def engines_started() -> int:
@@ -254,6 +268,13 @@ class _Engine:
             self._fail_queued()
         return fut
 
+    def abort(self, fut: cf.Future) -> None:
+        """Stop working on the request behind `fut` (queued or running) and fail it; safe to call
+        for a request that has finished meanwhile (then nothing happens)."""
+        if fut.cancel() or fut.done():  # still queued (the engine thread will skip it) or already over
+            return
+        self._queue.put(_Abort(fut))
+
     def sampling_params(self, **kw):
         kw.setdefault("output_kind", self._sp.RequestOutputKind.FINAL_ONLY)
         return self._sp.SamplingParams(**kw)
@@ -306,9 +327,17 @@ class _Engine:
             for i, item in enumerate(items):
                 if item is _STOP:
                     self.dead = self.dead or RuntimeError("the vLLM engine was shut down")
-                    for fut in [*pending.values(), *(it[2] for it in items[i + 1 :] if it is not _STOP)]:
+                    queued = [f for it in items[i + 1 :] if (f := _future_of(it)) is not None]
+                    for fut in [*pending.values(), *queued]:
                         _fail(fut, self.dead)
                     return
+                if isinstance(item, _Abort):
+                    rid = next((r for r, f in pending.items() if f is item.fut), None)
+                    if rid is not None:
+                        del pending[rid]
+                        self.engine.abort_request([rid])
+                    _fail(item.fut, TimeoutError("aborted"))
+                    continue
                 prompt, params, fut = item
                 if not fut.set_running_or_notify_cancel():
                     continue
@@ -333,8 +362,8 @@ class _Engine:
 
     def _fail_queued(self) -> None:
         for item in self._take(block=False):
-            if item is not _STOP:
-                _fail(item[2], self.dead or RuntimeError("the vLLM engine stopped"))
+            if (fut := _future_of(item)) is not None:
+                _fail(fut, self.dead or RuntimeError("the vLLM engine stopped"))
 
     def shutdown(self) -> None:
         if self._thread.is_alive():
@@ -377,7 +406,12 @@ def _top_logprobs(positions, k: int) -> list[dict[str, float]]:
 class VLLMBackend(Backend):
     """The offline vLLM engine as a teacher. Default model: the embedded SmolLM2-135M-Instruct
     (converted to an HF folder once). `close()` keeps the engine: it is shared by the whole run;
-    `shutdown_engines()` frees it."""
+    `shutdown_engines()` frees it.
+
+    `timeout` (seconds, None = no limit) bounds each request from the moment it is queued on the
+    engine (starting the engine does not count); a request over it is aborted and becomes
+    `Response(error=...)`, like a timed-out HTTP request of the OpenAI backend. Requests queue
+    behind the running batch, so set it well above a full batch's generation time."""
 
     name = "vllm"
     supports_raw_prompt = True
@@ -395,7 +429,11 @@ class VLLMBackend(Backend):
         seed: int = 0,
         cpu_kv_cache_gb: int = 2,
         engine_kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ):
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be positive or None, not {timeout!r}")
+        self.timeout = timeout
         self._args = dict(
             dtype=dtype, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager, seed=seed,
@@ -440,7 +478,17 @@ class VLLMBackend(Backend):
             engine = self._engine
             if engine is None or engine.dead is not None:
                 engine = await asyncio.to_thread(self.engine)  # the first call loads the model: not on the loop
-            out = await asyncio.wrap_future(self.submit(request, engine))
+            fut = self.submit(request, engine)
+            try:
+                # On timeout wait_for cancels the wrapper, which cancels `fut` only while it is still
+                # queued; abort() also stops it once it runs in the engine.
+                out = await asyncio.wait_for(asyncio.wrap_future(fut), self.timeout)
+            except asyncio.TimeoutError:  # the builtin TimeoutError from 3.11 on
+                engine.abort(fut)
+                return Response(error=f"vllm: timeout after {self.timeout:g}s (request aborted)")
+            except asyncio.CancelledError:
+                engine.abort(fut)  # the run was cancelled: free the engine's slot too
+                raise
         except Exception as exc:  # per request: rejected prompt, bad schema, engine failure
             return Response(error=f"vllm: {type(exc).__name__}: {exc}")
         return self.to_response(out, request)
