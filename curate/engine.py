@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,19 @@ from curate.recipe import Recipe
 from curate.steps import Context, StepResult
 
 DONE = "_DONE.json"
+log = logging.getLogger(__name__)
 
 
 def load_inputs(recipe: Recipe) -> pl.DataFrame:
     """Read and concatenate the recipe's inputs (before anything is written, so bad input leaves no trace)."""
     frames = []
     for i, inp in enumerate(recipe.config.inputs):
+        path = recipe.resolve(inp.path)
+        if not path.exists():
+            raise CurateError(f"{recipe.path or 'recipe'}: inputs[{i}].path {inp.path!r}: no such file or folder "
+                              f"(looked in the recipe's folder {recipe.base_dir} and the working directory)")
         frames.append(
-            read_records(recipe.resolve(inp.path), source=inp.source, prompt=inp.prompt, response=inp.response,
+            read_records(path, source=inp.source, prompt=inp.prompt, response=inp.response,
                          system=inp.system, gold=inp.gold, limit=inp.limit)
         )
     if not frames:
@@ -42,6 +48,22 @@ def load_inputs(recipe: Recipe) -> pl.DataFrame:
             return concat([])
         raise CurateError(f"{recipe.path or 'recipe'}: no inputs given (add an `inputs:` list)")
     return concat(frames)
+
+
+def run_step(step, df: pl.DataFrame, ctx: Context) -> StepResult:
+    """Run a step on its rows: all of them, or with `sources` set only those sources' rows, the
+    others passing through unchanged after the step's output (counted in the stats as `routed`)."""
+    if step.sources is None:
+        return step.run(df, ctx)
+    mine = df["source"].is_in(step.sources)
+    result = step.run(df.filter(mine), ctx)
+    present = set(df["source"].unique().to_list())
+    routed = {"sources": step.sources, "rows": int(mine.sum()), "passed_through": int((~mine).sum()),
+              "absent": [s for s in step.sources if s not in present]}
+    if routed["absent"]:
+        log.warning("%s: no rows from source(s) %s (the data has %s)", step.kind, routed["absent"], sorted(present, key=str))
+    return StepResult(kept=concat([result.kept, df.filter(~mine)]), rejected=result.rejected,
+                      stats={**result.stats, "routed": routed})
 
 
 def _hash(*parts: Any) -> str:
@@ -84,7 +106,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
                 must_run = True
                 marker.unlink(missing_ok=True)
                 t0 = time.time()
-                result: StepResult = step.run(df, ctx)
+                result: StepResult = run_step(step, df, ctx)
                 df, rejected = result.kept, _as_rejects(result.rejected, name)
                 write_parquet(df, folder / "data.parquet")
                 write_parquet(rejected, folder / "rejects.parquet")
@@ -158,5 +180,6 @@ def _as_rejects(rejected: pl.DataFrame | None, step: str) -> pl.DataFrame:
 def _reason_counts(rejected: pl.DataFrame) -> dict[str, int]:
     if rejected.height == 0:
         return {}
-    counts = rejected.group_by("reason").len().sort("len", descending=True)
+    # ties in name order: group_by's order varies from run to run, and the card must not
+    counts = rejected.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
     return {r: n for r, n in counts.iter_rows()}

@@ -10,6 +10,12 @@
       - minhash_dedup: {threshold: 0.8}
     output: {format: messages, files: [parquet, jsonl], validation: 0.05}
 
+Relative file paths in a recipe (inputs, `cache`, `teacher.model_path`, and step settings typed
+`RecipePath`: eval sets, anchor files, prompt templates, model files) are read from the recipe's
+folder, so `data/seeds.jsonl` beside the recipe works from any working directory; a path that is
+not there but exists from the working directory (e.g. given with `-o` on the command line) is
+taken from there (`resolve_path`).
+
 Unknown keys and wrong types are errors naming the key path (`steps[1].minhash_dedup.treshold`).
 Overrides from the command line (`-o teacher.model=X`, `-o steps.1.minhash_dedup.threshold=0.9`,
 or by step kind: `-o steps.minhash_dedup.threshold=0.9`) are applied before validation.
@@ -17,6 +23,7 @@ or by step kind: `-o steps.minhash_dedup.threshold=0.9`) are applied before vali
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,7 @@ from curate.errors import CurateError
 from curate.llm.teacher import TeacherConfig
 from curate.output import OutputConfig
 from curate.registry import step_class
-from curate.steps import Step
+from curate.steps import Step, path_settings
 
 
 class InputConfig(BaseModel):
@@ -63,8 +70,44 @@ class Recipe:
         self.config, self.steps, self.base_dir, self.raw, self.path = config, steps, base_dir, raw, path
 
     def resolve(self, rel: str) -> Path:
-        p = Path(rel).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
+        return Path(resolve_path(rel, self.base_dir))
+
+
+def resolve_path(rel: str, base_dir: Path) -> str:
+    """Where a recipe's relative path points: the recipe's folder first; else the working
+    directory if the file is there (a path typed on the command line); else it is left as given
+    (it may be a model id, or a file a step creates)."""
+    p = Path(rel).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if (base_dir / p).exists():
+        return str(base_dir / p)
+    return str(p)
+
+
+def _resolve_settings(cls: type, params: dict, base_dir: Path) -> dict:
+    """A copy of a step's settings with the RecipePath values resolved, also inside a nested step
+    (best_of_n's `judge`)."""
+    def fix(value: Any) -> Any:
+        if isinstance(value, str):
+            return resolve_path(value, base_dir)
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        return value  # a wrong type: validation names it
+
+    paths = path_settings(cls)
+    out = {}
+    for key, value in params.items():
+        field = cls.model_fields.get(key)
+        nested = field.annotation if field else None
+        if key in paths:
+            value = fix(value)
+        elif isinstance(value, dict) and isinstance(nested, type) and issubclass(nested, BaseModel):
+            value = _resolve_settings(nested, value, base_dir)
+        out[key] = value
+    return out
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -85,8 +128,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>", path: Path | None = None) -> Recipe:
+    """Validate `raw` and build its steps. `raw` is kept as written (for recipe.yaml and the card);
+    the built config and steps hold the resolved paths."""
+    checked = copy.deepcopy(raw)
+    teacher = checked.get("teacher")
+    if isinstance(teacher, dict) and isinstance(teacher.get("model_path"), str):
+        teacher["model_path"] = resolve_path(teacher["model_path"], base_dir)
     try:
-        config = RecipeConfig.model_validate(raw)
+        config = RecipeConfig.model_validate(checked)
     except ValidationError as exc:
         raise CurateError(f"{origin}: invalid recipe:\n{_format_errors(exc)}") from None
     steps = []
@@ -99,7 +148,7 @@ def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>"
         except CurateError as exc:
             raise CurateError(f"{origin}: steps[{i}]: {exc}") from None
         try:
-            steps.append(cls.model_validate(params or {}))
+            steps.append(cls.model_validate(_resolve_settings(cls, params or {}, base_dir)))
         except ValidationError as exc:
             raise CurateError(f"{origin}: invalid recipe:\n{_format_errors(exc, prefix=f'steps[{i}].{kind}')}") from None
     return Recipe(config, steps, base_dir, raw, path)

@@ -14,12 +14,35 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, get_args
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from curate.records import concat
+
+
+class _RecipePathMarker:
+    """Metadata tag of `RecipePath`."""
+
+    def __repr__(self) -> str:
+        return "RecipePath"
+
+
+# A setting that names a file: in a recipe, a relative value is resolved against the recipe's folder
+# (curate.recipe), so a recipe runs from any working directory; in Python it is used as given.
+RecipePath = Annotated[str, _RecipePathMarker()]
+
+
+def path_settings(model: type[BaseModel]) -> list[str]:
+    """The fields of a step (or config) class that hold RecipePaths, alone or in a list or dict."""
+    def marked(annotation: Any) -> bool:
+        if any(isinstance(m, _RecipePathMarker) for m in getattr(annotation, "__metadata__", ())):
+            return True
+        return any(marked(a) for a in get_args(annotation))
+
+    return [name for name, f in model.model_fields.items()
+            if marked(f.annotation) or any(isinstance(m, _RecipePathMarker) for m in f.metadata)]
 
 
 @dataclass
@@ -47,6 +70,10 @@ class Step(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     kind: ClassVar[str] = "step"
+    # Run the step on the rows of these sources only; the engine passes the other rows through
+    # unchanged, after the step's own (e.g. answer one input's instructions, then mix with the rest).
+    # Routing is the engine's (curate.engine.run_step): score/split/run in Python take the frame given.
+    sources: list[str] | None = Field(None, min_length=1)
     # Global steps need the whole dataset at once (dedup, percentile thresholds, anchors).
     is_global: ClassVar[bool] = False
     # Steps that call an LLM need a Context with one.
@@ -153,4 +180,4 @@ def _as_polars(df):
     raise TypeError(f"expected a polars DataFrame or a datasets.Dataset, got {type(df).__name__}")
 
 
-__all__ = ["Step", "Filter", "StepResult", "Context", "reasons", "concat"]
+__all__ = ["Step", "Filter", "StepResult", "Context", "RecipePath", "reasons", "concat"]

@@ -44,7 +44,7 @@ from pydantic import PrivateAttr
 from curate.errors import CurateError
 from curate.io import read_table
 from curate.records import message_text
-from curate.steps import Filter, reasons
+from curate.steps import Filter, RecipePath, reasons
 from filters.dedup import TextPart, _arrow_strings, _batches, _shingle_hashes, _tokenize
 
 # Eval-file columns read by default (matched case-insensitively): the prompt, then reference answers.
@@ -215,7 +215,7 @@ class Decontaminate(Filter):
 
     kind: ClassVar[str] = "decontaminate"
 
-    eval_sets: list[str] = Setting(min_length=1)
+    eval_sets: list[RecipePath] = Setting(min_length=1)
     eval_fields: list[str] | None = None
     ngram: int = Setting(13, ge=1)
     min_words: int = Setting(8, ge=1)

@@ -47,7 +47,7 @@ from pydantic import Field as Setting
 
 from curate.errors import require
 from curate.records import message_text
-from curate.steps import Filter, reasons
+from curate.steps import Filter, RecipePath, reasons
 from filters.dedup import TextPart, _arrow_strings, _batches, _fmix64, _shingle_hashes, _tokenize
 
 _U = np.uint64
@@ -240,7 +240,7 @@ class Diversity(Filter):
     embedder: Literal["hashing", "llama_cpp"] = "hashing"
     field: TextPart = "text"
     dim: int = Setting(1024, ge=8)  # hashing
-    model_path: str | None = None  # llama_cpp: a GGUF file; default the embedded SmolLM2-135M
+    model_path: RecipePath | None = None  # llama_cpp: a GGUF file; default the embedded SmolLM2-135M
     max_tokens: int = Setting(512, ge=8)  # llama_cpp: tokens of each row embedded
     center: bool = True  # llama_cpp: subtract the mean embedding (see the module docstring)
     pooling: Literal["mean", "last"] = "mean"  # llama_cpp: average the tokens' states, or the last token's

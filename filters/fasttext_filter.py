@@ -43,7 +43,7 @@ from pydantic import PrivateAttr, model_validator
 from curate.errors import CurateError, require
 from curate.io import atomic_path, read_records, read_table, to_records
 from curate.records import message_text
-from curate.steps import Filter, reasons
+from curate.steps import Filter, RecipePath, reasons
 from filters.dedup import TextPart
 
 _PREFIX = "__label__"
@@ -166,10 +166,10 @@ class FastTextClassifier(Filter):
 
     kind: ClassVar[str] = "fasttext"
 
-    model_path: str | None = None
-    train_positive: str | None = None
-    train_negative: str | None = None
-    train_file: str | None = None
+    model_path: RecipePath | None = None
+    train_positive: RecipePath | None = None
+    train_negative: RecipePath | None = None
+    train_file: RecipePath | None = None
     label_column: str = "label"
     label: str = "pos"
     min_prob: float = Setting(0.5, ge=0.0, le=1.0)
@@ -305,7 +305,7 @@ class LanguageID(Filter):
 
     kind: ClassVar[str] = "language_id"
 
-    model_path: str
+    model_path: RecipePath
     languages: list[str] = Setting(default_factory=lambda: ["en"], min_length=1)
     min_prob: float = Setting(0.65, ge=0.0, le=1.0)
     field: TextPart = "text"

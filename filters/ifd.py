@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from curate.llm.scorers import get_scorer
 from curate.records import message_text
-from curate.steps import Filter, reasons
+from curate.steps import Filter, RecipePath, reasons
 from filters.perplexity import fit_target, mean_nll
 
 ALPACA_NO_INPUT = (
@@ -66,7 +66,7 @@ class IFD(Filter):
     is_global: ClassVar[bool] = True
     variant: Literal["cherry", "superfiltering"] = "cherry"
     scorer: Literal["llama_cpp", "transformers"] = "llama_cpp"
-    model_path: str | None = None
+    model_path: RecipePath | None = None
     max_length: int | None = Field(None, ge=8)  # None: 512 for cherry, 1024 for superfiltering
     fraction: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
@@ -103,6 +103,10 @@ class IFD(Filter):
             pl.Series(c_direct, direct_nll, dtype=pl.Float64),
             pl.Series(c_tokens, [len(lp) for lp in scored[0::2]], dtype=pl.Int64),
         )
+
+    def thresholds(self) -> dict[str, list[float]]:
+        """IFD >= 1 is always dropped; the report draws that line (the top-fraction cut depends on the data)."""
+        return {self.column: [1.0]}
 
     def decide(self, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
         col, variant = self.score_columns()[:2]

@@ -26,7 +26,7 @@ from pydantic import Field, PrivateAttr
 from curate.errors import CurateError
 from curate.llm import LLM, Request, TeacherConfig, Usage, build_llm
 from curate.records import message_text
-from curate.steps import Context, Filter, StepResult, reasons
+from curate.steps import Context, Filter, RecipePath, StepResult, reasons
 
 PROMPTS = Path(__file__).parent / "prompts"
 _SCORE = re.compile(r"score\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -72,7 +72,7 @@ class Judge(Filter):
     aspect: Literal["quality", "complexity"] = "quality"
     scale: int = Field(5, ge=2, le=10)
     min_score: float | None = None
-    prompt_file: str | None = None
+    prompt_file: RecipePath | None = None
     max_tokens: int = Field(96, ge=1)
     top_logprobs: int = Field(20, ge=1, le=20)
     # Used only outside a recipe (a notebook): the judge model. Inside a recipe, the recipe's teacher.
@@ -158,6 +158,16 @@ class Judge(Filter):
         return reasons(reason.is_null(), reason)
 
     def explain(self, df: pl.DataFrame) -> pl.Series:
-        return pl.select(pl.format("score {}: {}", pl.Series(df[self.column]).round(2),
-                                   df[f"{self.column}_rationale"].str.slice(0, 300))).to_series()
+        """The score and the start of the judge's reply; for a missing score, why there is none, so
+        that a reject table of unparseable outputs shows what the judge wrote instead of null."""
+        score = pl.Series(df[self.column]).round(2)
+        note = df[f"{self.column}_rationale"].str.slice(0, 300)
+        # Failed requests and the expected-score mode already write their own reason into the note.
+        own_reason = note.str.starts_with("judge request failed:") | note.str.starts_with("no digit ")
+        detail = (pl.when(score.is_not_null() & note.is_null()).then(pl.format("score {}", score))
+                  .when(score.is_not_null()).then(pl.format("score {}: {}", score, note))
+                  .when(note.is_null() | (note.str.strip_chars() == "")).then(pl.lit("no score: the judge's reply was empty"))
+                  .when(own_reason).then(note)
+                  .otherwise(pl.format("no score in the judge's reply: {}", note)))
+        return pl.select(detail.alias("detail")).to_series()
 

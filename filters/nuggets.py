@@ -60,7 +60,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from curate.records import message_text
-from curate.steps import Filter, reasons
+from curate.steps import Filter, RecipePath, reasons
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class Nuggets(Filter):
     kind: ClassVar[str] = "nuggets"
     is_global: ClassVar[bool] = True
 
-    anchors: str | None = None  # anchor file; None: k-means representatives of the data
+    anchors: RecipePath | None = None  # anchor file; None: k-means representatives of the data
     num_anchors: int = Field(100, ge=1)
     embedding: Literal["model", "hashing"] = "model"  # vectors for k-means
     seed: int = 0
@@ -299,7 +299,7 @@ class Nuggets(Filter):
     separator: str = "\n\n"  # between the candidate and the anchor; the repo used ""
     max_anchor_tokens: int = Field(200, ge=2)
     max_candidate_tokens: int = Field(512, ge=1)
-    model_path: str | None = None  # a GGUF; default: the embedded SmolLM2-135M
+    model_path: RecipePath | None = None  # a GGUF; default: the embedded SmolLM2-135M
 
     @model_validator(mode="after")
     def _one_rule(self):
@@ -366,6 +366,10 @@ class Nuggets(Filter):
             pl.Series(f"{p}_high", res.high, dtype=pl.Float64),
             pl.Series(f"{p}_anchors", res.evaluated, dtype=pl.Int64),
         )
+
+    def thresholds(self) -> dict[str, list[float]]:
+        """The GS threshold, drawn on the report's histogram (none with a top fraction)."""
+        return {self.column: [self.threshold]} if self.fraction is None and self.threshold is not None else {}
 
     def decide(self, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
         p = self.column

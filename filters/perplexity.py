@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from curate.llm.scorers import chat_prompt, get_scorer
 from curate.records import message_text
-from curate.steps import Filter, reasons
+from curate.steps import Filter, RecipePath, reasons
 
 
 # Shared with filters.ifd -----------------------------------------------------------------------
@@ -82,7 +82,7 @@ class Perplexity(Filter):
 
     kind: ClassVar[str] = "perplexity"
     scorer: Literal["llama_cpp", "transformers"] = "llama_cpp"
-    model_path: str | None = None
+    model_path: RecipePath | None = None
     template: Literal["chat", "plain"] = "chat"
     max_length: int = Field(1024, ge=8)
     on: Literal["response", "text"] = "response"
@@ -147,6 +147,11 @@ class Perplexity(Filter):
         highs = [self.max] + ([percentile(values, self.max_percentile)] if self.max_percentile is not None else [])
         lows, highs = [x for x in lows if x is not None], [x for x in highs if x is not None]
         return (max(lows) if lows else None), (min(highs) if highs else None)
+
+    def thresholds(self) -> dict[str, list[float]]:
+        """The absolute bounds, drawn on the report's histogram (percentile bounds depend on the data)."""
+        cuts = [x for x in (self.min, self.max) if x is not None]
+        return {self.score_columns()[0 if self.on == "response" else 1]: cuts} if cuts else {}
 
     def decide(self, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
         col = pl.col(self.score_columns()[0 if self.on == "response" else 1])

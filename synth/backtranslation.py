@@ -19,10 +19,12 @@ mentioning the prompt itself ("the passage", "the user": `scaffold_phrases`, as 
 elimination does for copied prompt words). The model's wrapping (a "Here is the instruction:" line,
 a label, 'The user asked, "..."') is removed first.
 
-Self-curation is the next step of the recipe, the `judge` filter (method rating, scale 5,
-min_score 4), which grades how well the response (the segment) answers the instruction; see
-recipes/backtranslation.yaml. Humpback's own model is fine-tuned in both directions first; here the
-teacher is used as it is, through the LLM layer only.
+Self-curation is the next step of a recipe, the `judge` filter; Humpback's rule is `method: rating,
+scale: 5, min_score: 4`, which grades how well the response (the segment) answers the instruction.
+The embedded demo (recipes/backtranslation.yaml) uses the judge's expected-score mode with a low
+threshold instead, since the 135M judge writes no readable score; its comments say why and how to
+go back. Humpback's own model is fine-tuned in both directions first; here the teacher is used as
+it is, through the LLM layer only.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pydantic import Field, model_validator
 
 from curate.llm import Request
 from curate.records import message_text
-from curate.steps import Context, Step, StepResult
+from curate.steps import Context, RecipePath, Step, StepResult
 from synth.base import build_rows, chat, load_template, reject_rows, render, teacher_meta, template_hash
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -149,7 +151,7 @@ class Backtranslation(Step):
     needs_llm: ClassVar[bool] = True
     max_words: int = Field(300, ge=1)  # segment length bound
     min_words: int = Field(40, ge=1)  # shorter segments are dropped ("segment too short")
-    template: str | None = None  # prompt file with {document}; default synth/prompts/backtranslation_instruction.txt
+    template: RecipePath | None = None  # prompt file with {document}; default synth/prompts/backtranslation_instruction.txt
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(128, ge=1)

@@ -69,7 +69,7 @@ import polars as pl
 from pydantic import Field
 
 from curate.llm import LLM, Request, Response, Usage
-from curate.steps import Context, Step, StepResult
+from curate.steps import Context, RecipePath, Step, StepResult
 from synth.answers import answers_match, extract_answer
 from synth.base import (
     build_rows,
@@ -243,8 +243,8 @@ class VerifiedCoT(Step):
     rationalize: bool = False
     rationalize_samples: int = Field(2, ge=1)
     seed: int | None = None  # default: the recipe's seed
-    template: str | None = None  # default synth/prompts/cot_solve.txt ({question})
-    rationalize_template: str | None = None  # default synth/prompts/cot_rationalize.txt ({question}, {gold})
+    template: RecipePath | None = None  # default synth/prompts/cot_solve.txt ({question})
+    rationalize_template: RecipePath | None = None  # default synth/prompts/cot_rationalize.txt ({question}, {gold})
 
     @property
     def is_global(self) -> bool:  # type: ignore[override]

@@ -28,7 +28,6 @@ seed row's id, so a rerun (or a reordered input) makes the same choices.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from typing import Any, ClassVar, Literal
@@ -38,8 +37,17 @@ from pydantic import Field, field_validator
 
 from curate.llm import LLM, Request, Response, Usage
 from curate.records import concat, message_text
-from curate.steps import Context, Step, StepResult
-from synth.base import build_rows, chat, load_template, reject_rows, render, teacher_meta, template_hash
+from curate.steps import Context, RecipePath, Step, StepResult
+from synth.base import (
+    build_rows,
+    chat,
+    combined_meta,
+    load_template,
+    reject_rows,
+    render,
+    teacher_meta,
+    template_hash,
+)
 
 Operation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"]
 OPERATIONS: tuple[str, ...] = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input",
@@ -153,18 +161,6 @@ def last_user(messages: list[dict] | None) -> str:
     return next((m["content"] or "" for m in reversed(messages or []) if m["role"] == "user"), "")
 
 
-def combined_meta(llm: LLM, calls: list[tuple[str, Request, Response]], thash: str) -> dict[str, Any]:
-    """One row's meta when several teacher calls made it: the first call's seed and sample, the
-    params of every call under its name, and tokens and cost summed. (Candidate for synth/base.py.)"""
-    _, req, resp = calls[0]
-    meta = teacher_meta(llm, req, resp, thash)
-    meta["params"] = json.dumps({n: r.params() for n, r, _ in calls}, sort_keys=True)
-    meta["prompt_tokens"] = sum(r.prompt_tokens for _, _, r in calls)
-    meta["completion_tokens"] = sum(r.completion_tokens for _, _, r in calls)
-    meta["cost"] = llm.price.cost(meta["prompt_tokens"], meta["completion_tokens"])
-    return meta
-
-
 # ---------------------------------------------------------------------------------------------
 
 class EvolInstruct(Step):
@@ -189,7 +185,7 @@ class EvolInstruct(Step):
     max_instruction_words: int = Field(300, ge=1)
     scaffold_phrases: list[str] = Field(default_factory=lambda: list(SCAFFOLD_PHRASES))
     # Prompt templates: operation name (or "equal") -> file; default synth/prompts/evol_<name>.txt
-    templates: dict[str, str] = Field(default_factory=dict)
+    templates: dict[str, RecipePath] = Field(default_factory=dict)
 
     @field_validator("operations")
     @classmethod

@@ -56,16 +56,16 @@ from pydantic import Field, model_validator
 from curate.errors import CurateError
 from curate.llm import LLM, Request, Response, Usage
 from curate.records import concat
-from curate.steps import Context, Step, StepResult
+from curate.steps import Context, RecipePath, Step, StepResult
 from synth.base import (
     build_rows,
     chat,
+    combined_meta,
     load_template,
     reject_rows,
     render,
     template_hash,
 )
-from synth.evol_instruct import combined_meta
 from synth.rouge import NoveltyFilter, lcs_length, tokenize
 
 # Things a text-only model cannot see, hear, open or produce (Self-Instruct drops instructions that
@@ -221,8 +221,8 @@ class SelfInstruct(Step):
     instance_max_tokens: int = Field(384, ge=1)
     keep_seeds: bool = False  # also output the seed rows that have an answer
     seed: int | None = None  # default: the recipe's seed
-    instruction_template: str | None = None  # default synth/prompts/self_instruct_instructions.txt
-    instance_template: str | None = None  # default synth/prompts/self_instruct_instance.txt
+    instruction_template: RecipePath | None = None  # default synth/prompts/self_instruct_instructions.txt
+    instance_template: RecipePath | None = None  # default synth/prompts/self_instruct_instance.txt
 
     @model_validator(mode="after")
     def _some_context(self):

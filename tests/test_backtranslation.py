@@ -182,6 +182,8 @@ def test_recipe_on_embedded_model(tmp_path):
     assert report["rows"]["out"] == steps[-1]["rows_out"]
     judge = steps[-1]
     assert judge["llm"]["requests"] == judge["rows_in"]
+    # the demo's expected-score judge always reads a score (the written rating did not: see the recipe)
+    assert "judge output unparseable" not in judge["dropped"]
     ds = load_train(out)
     assert len(ds) == report["rows"]["out"]
     segments = {json.loads(line)["text"] for line in (ROOT / "recipes/data/backtranslation_docs.jsonl").open()}

@@ -87,3 +87,45 @@ def test_report_rebuilds_from_a_finished_run(recipe_path, tmp_path):
         assert again[key] == {**first, "steps": [{**s, "skipped": False} for s in first["steps"]]}[key], key
     with pytest.raises(CurateError, match="not a finished run folder"):
         rebuild_report(tmp_path)
+
+
+def test_step_with_sources_runs_on_those_rows_and_passes_the_rest_through(tmp_path, caplog):
+    """`sources` routes: a generator answers one source's rows only (the mixture recipe's seeds);
+    the other sources' rows come through untouched, after the step's own output."""
+    from typing import ClassVar
+
+    from curate.engine import run_step
+    from curate.records import make_frame
+    from curate.steps import Context, Step, StepResult
+
+    class Shout(Step):  # a stand-in generator: replaces every row it is given
+        kind: ClassVar[str] = "shout"
+
+        def run(self, df, ctx):
+            msgs = [[m[0], {"role": "assistant", "content": m[0]["content"].upper()}] for m in df["messages"].to_list()]
+            return StepResult(kept=make_frame([{"messages": m, "source": s} for m, s in zip(msgs, df["source"])]),
+                              stats={"rows_seen": df.height})
+
+    df = make_frame([{"messages": [{"role": "user", "content": f"q{i}"}], "source": s}
+                     for i, s in enumerate(["seeds", "local", "seeds", "other"])])
+    result = run_step(Shout(sources=["seeds", "missing"]), df, Context())
+    assert result.kept["source"].to_list() == ["seeds", "seeds", "local", "other"]
+    assert [m[-1]["content"] for m in result.kept["messages"].to_list()] == ["Q0", "Q2", "q1", "q3"]
+    assert result.kept.filter(pl.col("source") != "seeds")["id"].to_list() == df["id"].to_list()[1::2]
+    assert result.stats == {"rows_seen": 2, "routed": {"sources": ["seeds", "missing"], "rows": 2, "passed_through": 2,
+                                                         "absent": ["missing"]}}
+    assert "no rows from source(s) ['missing']" in caplog.text
+    assert run_step(Shout(), df, Context()).stats == {"rows_seen": 4}  # no sources: every row
+
+
+def test_filter_with_sources_in_a_recipe(tmp_path):
+    rows = [{"prompt": "Name a colour.", "completion": "Blue."}, {"prompt": "Name a planet.", "completion": "Mars."}]
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "r.yaml").write_text("name: routed\ninputs: [{path: a.jsonl, source: a}, {path: b.jsonl, source: b}]\n"
+                                     "steps: [{heuristics: {min_response_words: 2, sources: [a]}}]\n")
+    report = run_recipe(load_recipe(tmp_path / "r.yaml"), tmp_path / "out", show_progress=False)
+    assert report["steps"][1]["dropped"] == {"response too short": 2}
+    assert {s: v["rows"] for s, v in report["sources"].items()} == {"b": 2}
+    with pytest.raises(CurateError, match=r"steps\[0\]\.heuristics\.sources"):
+        load_recipe(tmp_path / "r.yaml", ["steps.heuristics.sources=[]"])

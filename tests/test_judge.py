@@ -66,6 +66,21 @@ def test_judge_scores_and_keeps(method, expected):
     assert mask.to_list() == [True, True, False]
 
 
+def test_reject_detail_says_why_there_is_no_score():
+    df = rows(("Explain rain.", "A bad answer."), ("garbled", "x"))
+    for method, scored, why in (("rating", "score 2.0: Score: 2\nReason: rule.", "no score in the judge's reply: I like turtles"),
+                                ("expected", "score 1.5", "no digit 1-6 among top tokens: 'I like turtles'")):
+        judge = Judge(method=method, scale=6, min_score=3).use(LLM(RuleJudge(), show_progress=False))
+        _, rejected = judge.split(judge.score(df))
+        assert rejected["detail"].to_list() == [scored, why]
+    # a failed request, and an empty reply
+    scored = rows(("a", "b"), ("c", "d")).with_columns(
+        pl.Series("score_judge", [None, None], dtype=pl.Float64),
+        pl.Series("score_judge_rationale", ["judge request failed: HTTP 500", "  "]))
+    _, rejected = Judge(min_score=3).split(scored)
+    assert rejected["detail"].to_list() == ["judge request failed: HTTP 500", "no score: the judge's reply was empty"]
+
+
 def test_custom_prompt_file(tmp_path):
     (tmp_path / "p.txt").write_text("Grade {instruction} -> {response} out of {scale}. {not a field}")
     judge = Judge(prompt_file=str(tmp_path / "p.txt"), scale=10)

@@ -70,8 +70,81 @@ def test_overrides_by_index_kind_and_top_level(tmp_path):
         load_recipe(recipe(tmp_path), ["seed"])
 
 
-def test_shipped_recipes_validate():
-    from pathlib import Path
+PATHS = """
+name: paths
+teacher: {model_path: models/tiny.gguf}
+inputs: [{path: data/rows.jsonl, source: s}]
+steps:
+  - decontaminate: {eval_sets: [data/eval.jsonl, shared_eval.jsonl, /abs/eval.jsonl, missing.jsonl]}
+  - nuggets: {anchors: data/eval.jsonl, num_anchors: 2}
+"""
 
-    for path in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
-        assert load_recipe(path).steps, path
+
+def test_relative_paths_resolve_from_the_recipe_folder(tmp_path, monkeypatch):
+    """Paths in a recipe are read from its folder (whatever the working directory); one that is not
+    there but exists from the working directory (typed with -o) is taken from there; others stay."""
+    folder = tmp_path / "recipes"
+    (folder / "data").mkdir(parents=True)
+    (folder / "models").mkdir()
+    for name in ("data/rows.jsonl", "data/eval.jsonl"):
+        (folder / name).write_text(json.dumps({"prompt": "p", "completion": "an answer here"}) + "\n")
+    (folder / "models" / "tiny.gguf").write_bytes(b"")
+    (folder / "r.yaml").write_text(PATHS)
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    (elsewhere / "shared_eval.jsonl").write_text("{}\n")
+    monkeypatch.chdir(elsewhere)
+
+    r = load_recipe(folder / "r.yaml")
+    assert r.steps[0].eval_sets == [str(folder / "data/eval.jsonl"), "shared_eval.jsonl", "/abs/eval.jsonl", "missing.jsonl"]
+    assert r.steps[1].anchors == str(folder / "data/eval.jsonl")
+    assert r.config.teacher.model_path == str(folder / "models/tiny.gguf")
+    assert r.resolve(r.config.inputs[0].path) == folder / "data/rows.jsonl"
+    # the recipe as written (recipe.yaml in the output, the card) keeps the user's relative paths
+    assert r.raw["steps"][0]["decontaminate"]["eval_sets"][0] == "data/eval.jsonl"
+    assert r.raw["teacher"]["model_path"] == "models/tiny.gguf"
+    # a recipe path given relative to the working directory stays relative (no absolute paths in hashes)
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("recipes/r.yaml").steps[1].anchors == "recipes/data/eval.jsonl"
+    # an override naming a file in the working directory
+    (tmp_path / "mine.jsonl").write_text("{}\n")
+    assert load_recipe("recipes/r.yaml", ["inputs.0.path=mine.jsonl"]).resolve("mine.jsonl").resolve() == tmp_path / "mine.jsonl"
+
+
+def test_recipe_runs_from_another_working_directory(tmp_path, monkeypatch):
+    from curate.engine import run_recipe
+
+    folder = tmp_path / "recipes"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "rows.jsonl").write_text(
+        json.dumps({"instruction": "Name the largest planet of the solar system please now", "output": "Jupiter is."}) + "\n"
+        + json.dumps({"instruction": "Name a colour.", "output": "Blue is a colour."}) + "\n")
+    (folder / "data" / "eval.jsonl").write_text(json.dumps({"question": "Name the largest planet of the solar system please now"}) + "\n")
+    (folder / "r.yaml").write_text("name: x\ninputs: [{path: data/rows.jsonl}]\n"
+                                   "steps: [{decontaminate: {eval_sets: [data/eval.jsonl]}}]\n")
+    monkeypatch.chdir(tmp_path.parent)
+    report = run_recipe(load_recipe(folder / "r.yaml"), tmp_path / "out", show_progress=False)
+    assert report["rows"]["out"] == 1 and report["steps"][1]["dropped"] == {"overlaps eval set": 1}
+    with pytest.raises(CurateError, match=r"inputs\[0\]\.path 'nowhere\.jsonl': no such file or folder \(looked in"):
+        run_recipe(load_recipe(folder / "r.yaml", ["inputs.0.path=nowhere.jsonl"]), tmp_path / "o2", show_progress=False)
+
+
+def test_paths_inside_a_nested_step_resolve_too(tmp_path):
+    """best_of_n carries a judge step: its file settings are read from the recipe's folder as well."""
+    from typing import ClassVar
+
+    from curate.recipe import _resolve_settings
+    from curate.steps import RecipePath, Step
+
+    class Inner(Step):
+        kind: ClassVar[str] = "inner"
+        prompt_file: RecipePath | None = None
+
+    class Outer(Step):
+        kind: ClassVar[str] = "outer"
+        judge: Inner = Inner()
+        note: str = ""
+
+    (tmp_path / "judge.txt").write_text("{instruction}")
+    got = _resolve_settings(Outer, {"judge": {"prompt_file": "judge.txt"}, "note": "judge.txt"}, tmp_path)
+    assert got == {"judge": {"prompt_file": str(tmp_path / "judge.txt")}, "note": "judge.txt"}
