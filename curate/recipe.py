@@ -48,6 +48,7 @@ class InputConfig(BaseModel):
     system: str | None = None
     gold: str | None = None
     limit: int | None = Field(None, ge=1)
+    license: str | None = None  # of this input, listed in the dataset card
 
 
 class RecipeConfig(BaseModel):

@@ -11,11 +11,13 @@ import datetime as dt
 import json
 from html import escape
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
 import yaml
 
+from curate.errors import MissingExtra
 from curate.io import write_json, write_text
 from curate.plots import bars, histogram, histogram_data
 from curate.records import message_text
@@ -29,6 +31,19 @@ SNIPPET = 400
 
 def _words(series: pl.Series) -> pl.Series:
     return series.fill_null("").str.count_matches(r"\S+").cast(pl.Int64)
+
+
+def _length_counter() -> tuple[Callable[[pl.Series], pl.Series], str]:
+    """Token counts with the embedded model's tokenizer (what `mix` budgets in) when the `embedded`
+    extra is installed, otherwise words; the report names the unit it used."""
+    try:
+        from curate.llm.embedded import load_tokenizer
+        from curate.mix import count_tokens
+
+        load_tokenizer()
+    except MissingExtra:
+        return _words, "words"
+    return (lambda texts: pl.Series(count_tokens(texts.fill_null("").to_list()), dtype=pl.Int64)), "tokens"
 
 
 def _summary(values: pl.Series) -> dict[str, float] | None:
@@ -72,9 +87,27 @@ def step_section(step, kept: pl.DataFrame, rejected: pl.DataFrame, before: set[s
                        "histogram": histogram_data(values.to_list(), marks)}
     return {
         "scores": scores,
-        "kept_examples": [_example(r) for r in kept.head(EXAMPLES).to_dicts()],
-        "dropped_examples": [_example(r) for r in rejected.head(EXAMPLES).to_dicts()],
+        "kept_examples": [_example(r) for r in _kept_examples(kept, scores).to_dicts()],
+        "dropped_examples": [_example(r) for r in _dropped_examples(rejected).to_dicts()],
     }
+
+
+def _kept_examples(kept: pl.DataFrame, scores: dict[str, dict]) -> pl.DataFrame:
+    """The kept rows closest to a drawn threshold (the borderline cases say most about a filter);
+    without one, a fixed sample, so that each step shows its own rows rather than the first ones."""
+    for col, sc in scores.items():
+        if sc["thresholds"] and col in kept.columns and kept[col].null_count() < kept.height:
+            gap = pl.min_horizontal([(pl.col(col).cast(pl.Float64) - t).abs() for t in sc["thresholds"]])
+            return kept.filter(pl.col(col).is_not_null()).sort(gap, "id").head(EXAMPLES)
+    return kept.sample(min(EXAMPLES, kept.height), seed=0) if kept.height else kept
+
+
+def _dropped_examples(rejected: pl.DataFrame) -> pl.DataFrame:
+    """One dropped row per reason first (so each reason is seen), then more of the commonest."""
+    if not rejected.height or "reason" not in rejected.columns:
+        return rejected.head(EXAMPLES)
+    ranked = rejected.with_row_index("_i").with_columns(pl.int_range(pl.len()).over("reason").alias("_nth"))
+    return ranked.sort("_nth", "_i").head(EXAMPLES).drop("_i", "_nth")
 
 
 def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects: pl.DataFrame,
@@ -87,18 +120,19 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
     totals["cost"] = round(totals["cost"], 6)
     funnel = [{k: s.get(k) for k in ("step", "kind", "rows_in", "rows_out", "dropped", "seconds", "skipped", "llm", "generation")}
               for s in steps]
+    count, unit = _length_counter()
     lengths = {}
     for part in ("prompt", "response"):
-        words = _words(message_text(final, part)) if final.height else pl.Series([], dtype=pl.Int64)
-        lengths[part] = {"summary": _summary(words), "histogram": histogram_data(words.to_list())}
+        n = count(message_text(final, part)) if final.height else pl.Series([], dtype=pl.Int64)
+        lengths[part] = {"summary": _summary(n), "histogram": histogram_data(n.to_list())}
     if "reasoning" in final.columns and final["reasoning"].null_count() < final.height:
-        words = _words(final["reasoning"].drop_nulls())
-        lengths["reasoning"] = {"summary": _summary(words), "histogram": histogram_data(words.to_list())}
+        n = count(final["reasoning"].drop_nulls())
+        lengths["reasoning"] = {"summary": _summary(n), "histogram": histogram_data(n.to_list())}
     sources = {}
     if final.height:
-        text_words = _words(message_text(final, "text"))
-        mix = final.select("source", text_words.alias("w")).group_by("source").agg(pl.len().alias("rows"), pl.col("w").sum().alias("words"))
-        sources = {r["source"]: {"rows": r["rows"], "words": r["words"]} for r in mix.sort("source").iter_rows(named=True)}
+        per_row = count(message_text(final, "text"))
+        mix = final.select("source", per_row.alias("n")).group_by("source").agg(pl.len().alias("rows"), pl.col("n").sum().alias(unit))
+        sources = {r["source"]: {"rows": r["rows"], unit: r[unit]} for r in mix.sort("source").iter_rows(named=True)}
     sections = {}
     before: set[str] = set()
     for step, info in zip(recipe.steps, steps[1:]):
@@ -118,6 +152,7 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         "steps": funnel,
         "llm": totals,
         "sources": sources,
+        "length_unit": unit,
         "lengths": lengths,
         "filters": sections,
         "mix": next((s["mix"] for s in steps if s.get("mix")), None),
@@ -190,12 +225,13 @@ def render_html(report: dict) -> str:
             h.append(f"<div class='grid'>{''.join(plots)}</div>")
     if not any_scores:
         h.append("<p class='muted'>No numeric scores in this run.</p>")
-    h.append("<h2>Lengths (words)</h2><div class='grid'>")
+    unit = r.get("length_unit", "words")
+    h.append(f"<h2>Lengths ({unit})</h2><div class='grid'>")
     h += [histogram(v["histogram"], f"{part} length") for part, v in r["lengths"].items()]
     h.append("</div><h2>Sources</h2><div class='grid'>")
     src = r["sources"]
     h.append(bars(list(src), [v["rows"] for v in src.values()], "rows per source"))
-    h.append(bars(list(src), [v["words"] for v in src.values()], "words per source"))
+    h.append(bars(list(src), [v[unit] for v in src.values()], f"{unit} per source"))
     h.append("</div>")
     if r.get("mix"):
         m = r["mix"]
@@ -276,7 +312,8 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
         f"- Rows: {n} kept of {report['rows']['in']} in ({report['rows']['rejected']} rejected, see rejects.parquet); "
         + ", ".join(f"{k}: {v}" for k, v in report["rows"]["splits"].items()),
         f"- Format: {cfg.output.format}",
-        f"- Teacher: {report['teacher']['backend']} {report['teacher']['model'] or ''}".rstrip(),
+        ("- Teacher: " + f"{report['teacher']['backend']} {report['teacher']['model'] or ''}".rstrip()
+         if any(step.needs_llm for step in recipe.steps) else "- Teacher: none (no step calls a model)"),
         f"- Seed: {cfg.seed}",
         f"- Tokens: {llm['prompt_tokens']} prompt, {llm['completion_tokens']} completion"
         + (f"; cost ${llm['cost']:.4f}" if llm["cost"] else ""),
@@ -285,13 +322,31 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     if report.get("validation"):
         v = report["validation"]
         lines.append(f"- Validation: {v['passed']}/{v['total']} expectations met")
+    raw_inputs = recipe.raw.get("inputs") or []  # as written in the recipe: no machine-specific paths
+    if raw_inputs:
+        lines += ["", "## Inputs", "", "| path | source | license |", "|---|---|---|"]
+        for raw, inp in zip(raw_inputs, cfg.inputs):
+            lines.append(f"| {raw.get('path', inp.path)} | {inp.source or '-'} | {inp.license or 'not stated'} |")
+        if any(step.needs_llm for step in recipe.steps):
+            lines += ["", "Rows a teacher wrote also fall under the teacher's terms of use."]
     lines += ["", "## Steps", "", "| step | in | out | dropped |", "|---|---|---|---|"]
     for s in report["steps"]:
         dropped = ", ".join(f"{r}: {c}" for r, c in (s["dropped"] or {}).items()) or "-"
         lines.append(f"| {s['step']} | {s['rows_in']} | {s['rows_out']} | {dropped} |")
+    scored = [(step, col, sc) for step, sec in report["filters"].items() for col, sc in sec.get("scores", {}).items()]
+    if scored:
+        lines += ["", "## Scores and thresholds", "", "| step | score | thresholds | p10 | median | p90 |", "|---|---|---|---|---|---|"]
+        for step, col, sc in scored:
+            q = sc["summary"]
+            cuts = ", ".join(f"{t:g}" for t in sc.get("thresholds") or []) or "-"
+            lines.append(f"| {step} | {col} | {cuts} | {_fmt(q.get('p10'))} | {_fmt(q.get('p50'))} | {_fmt(q.get('p90'))} |")
     lines += ["", "## Recipe", "", "Rerun with `curate run recipe.yaml` (the same seed and cache give the same data).", "",
               "```yaml", yaml.safe_dump(recipe.raw, sort_keys=False).rstrip(), "```", ""]
     write_text("\n".join(lines), path)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
 
 
 def _split_infos(out: Path, data_files: dict) -> list[dict]:

@@ -61,9 +61,13 @@ def expectations(steps: list, df: pl.DataFrame) -> list[tuple[str, str, dict[str
 def _describe(kind: str, column: str, kw: dict) -> str:
     if kind == "unique":
         return f"{column} values are unique"
+    if kind == "in_set" and column == "roles_alternate":
+        return "roles alternate (user/assistant, system first if any)"
     if kind == "in_set":
         return f"{column} is always {kw['value_set'][0]}"
     lo, hi = kw.get("min_value"), kw.get("max_value")
+    if column == "empty_turns" and lo == hi == 0:
+        return "no empty messages (empty_turns = 0)"
     return f"{column} between {lo if lo is not None else '-inf'} and {hi if hi is not None else 'inf'}"
 
 

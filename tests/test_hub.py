@@ -56,6 +56,8 @@ def test_publish_sends_data_card_recipe_and_reports(run_dir):
                             "data/validation.parquet", "recipe.yaml", "rejects.parquet", "report.html", "report.json", "report.md"]
     card = (run_dir / "README.md").read_text()
     assert "license: cc-by-4.0" in card and "size_categories" in card and "train: 8, validation: 2" in card
+    assert "| d.jsonl | - | not stated |" in card  # every input with its license (none given here)
+    assert "Teacher: none (no step calls a model)" in card
     meta = yaml.safe_load(card.split("---")[1])  # the YAML header the Hub reads
     assert [(s["name"], s["num_examples"]) for s in meta["dataset_info"]["splits"]] == [("train", 8), ("validation", 2)]
 

@@ -45,7 +45,7 @@ def test_dom_has_the_plots_and_tables(report_html):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert dom.count("<svg") >= 6  # funnel, score histograms, lengths, sources
     assert 'class="threshold"' in dom  # thresholds drawn on the heuristics histograms
-    for heading in ("Funnel", "Scores", "Lengths (words)", "Sources", "Teacher usage", "Examples", "Validation of the final data"):
+    for heading in ("Funnel", "Scores", "Lengths (tokens)", "Sources", "Teacher usage", "Examples", "Validation of the final data"):
         assert f">{heading}<" in dom, heading
     assert "expectations met (great-expectations)" in dom or "expectations met (polars" in dom
 
