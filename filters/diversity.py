@@ -112,12 +112,10 @@ def hashing_embeddings(texts: pl.Series | list[str], dim: int = 1024, seed: int 
 def load_embedding_model(model_path: str | Path | None = None, max_tokens: int = 512, pooling: str = "mean",
                          threads: int | None = None):
     """A llama.cpp model in embedding mode, pooling "mean" or "last" (loaded once per process)."""
-    import os
+    from curate.llm.embedded import default_threads, embedded_model_path
 
     llama_cpp = require("llama_cpp", extra="embedded", package="llama-cpp-python")
     if model_path is None:
-        from curate.llm.embedded import embedded_model_path
-
         model_path = embedded_model_path()
     key = (str(model_path), max_tokens, pooling)
     kinds = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "last": llama_cpp.LLAMA_POOLING_TYPE_LAST}
@@ -130,7 +128,7 @@ def load_embedding_model(model_path: str | Path | None = None, max_tokens: int =
                 n_ctx=max_tokens,
                 n_batch=max_tokens,  # embed() truncates each text to n_batch tokens
                 n_ubatch=max_tokens,
-                n_threads=threads or max(1, os.cpu_count() or 1),
+                n_threads=threads or default_threads(),
                 verbose=False,
             )
         return _LLAMA[key]

@@ -94,3 +94,18 @@ def test_top_logprobs_of_both_openai_shapes():
     text = {"logprobs": {"tokens": ["4"], "top_logprobs": [{"4": -0.1, "5": -2.5}]}}
     assert top_logprobs_of(chat) == top_logprobs_of(text) == [{"4": -0.1, "5": -2.5}]
     assert top_logprobs_of({"text": "x"}) is None
+
+
+def test_llama_thread_count_from_the_environment(monkeypatch):
+    import os
+
+    from curate.errors import CurateError
+    from curate.llm.embedded import default_threads
+
+    monkeypatch.delenv("CURATE_THREADS", raising=False)
+    assert default_threads() == max(1, os.cpu_count() or 1)
+    monkeypatch.setenv("CURATE_THREADS", "1")
+    assert default_threads() == 1
+    monkeypatch.setenv("CURATE_THREADS", "two")
+    with pytest.raises(CurateError, match="CURATE_THREADS"):
+        default_threads()
