@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from curate.errors import CurateError
-from curate.llm import LLM, Request, Response
+from curate.llm import LLM, Request, Response, Usage
 from curate.records import META, conform, with_ids
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -53,6 +53,15 @@ def teacher_meta(llm: LLM, request: Request, response: Response, thash: str) -> 
         "completion_tokens": response.completion_tokens,
         "cost": llm.price.cost(response.prompt_tokens, response.completion_tokens),
     }
+
+
+def generate(llm: LLM, requests: list[Request], label: str, usage: Usage) -> list[Response]:
+    """One batch of teacher calls, its usage added to the step's running total (`usage`)."""
+    if not requests:
+        return []
+    responses, used = llm.generate(requests, label=label)
+    usage.add(used)
+    return responses
 
 
 def combined_meta(llm: LLM, calls: list[tuple[str, Request, Response]], thash: str) -> dict[str, Any]:

@@ -74,6 +74,7 @@ from synth.answers import answers_match, extract_answer
 from synth.base import (
     build_rows,
     chat,
+    generate,
     load_template,
     reject_rows,
     render,
@@ -289,7 +290,7 @@ class VerifiedCoT(Step):
                 for s in range(q.samples, q.samples + n):
                     requests.append(self._request(prompt, seed + s, s))
                     owners.append(q)
-            responses = _generate(llm, requests, f"{self.kind} round {rounds}", usage)
+            responses = generate(llm, requests, f"{self.kind} round {rounds}", usage)
             for q, req, resp in zip(owners, requests, responses):
                 q.samples += 1
                 ok = self._check(q, req, resp, llm, solve_hash, rejects, rationalized=False)
@@ -310,7 +311,7 @@ class VerifiedCoT(Step):
                 for s in range(self.rationalize_samples):
                     requests.append(self._request(prompt, seed + q.samples + s, q.samples + s))
                     owners.append(q)
-            responses = _generate(llm, requests, f"{self.kind} rationalize", usage)
+            responses = generate(llm, requests, f"{self.kind} rationalize", usage)
             for q, req, resp in zip(owners, requests, responses):
                 self._check(q, req, resp, llm, hint_hash, rejects, rationalized=True)
 
@@ -421,13 +422,6 @@ def _frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
                              pl.lit(None, dtype=pl.Boolean).alias("rationalized"))
     return df
 
-
-def _generate(llm: LLM, requests: list[Request], label: str, usage: Usage) -> list[Response]:
-    if not requests:
-        return []
-    responses, u = llm.generate(requests, label=label)
-    usage.add(u)
-    return responses
 
 
 __all__ = ["VerifiedCoT", "final_answer", "grade", "pass_rate_histogram", "prop2diff_quotas", "split_solution"]

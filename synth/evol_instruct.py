@@ -35,13 +35,14 @@ from typing import Any, ClassVar, Literal
 import polars as pl
 from pydantic import Field, field_validator
 
-from curate.llm import LLM, Request, Response, Usage
+from curate.llm import LLM, Request, Usage
 from curate.records import concat, message_text
 from curate.steps import Context, RecipePath, Step, StepResult
 from synth.base import (
     build_rows,
     chat,
     combined_meta,
+    generate,
     load_template,
     reject_rows,
     render,
@@ -252,13 +253,6 @@ class EvolInstruct(Step):
             kept = build_rows([])
         return StepResult(kept=kept, rejected=reject_rows(rejects), stats={"llm": usage.as_dict(), "generation": stats})
 
-    # -----------------------------------------------------------------------------------------
-    def _generate(self, llm: LLM, requests: list[Request], label: str, usage: Usage) -> list[Response]:
-        if not requests:
-            return []
-        responses, u = llm.generate(requests, label=label)
-        usage.add(u)
-        return responses
 
     def _response_request(self, instruction: str, seed: int) -> Request:
         return Request.chat(chat(instruction), max_tokens=self.response_max_tokens,
@@ -275,7 +269,7 @@ class EvolInstruct(Step):
         todo = [k for k, a in enumerate(answers) if not a.strip()]
         requests = [Request.chat(prompt_turns(msgs[k]), max_tokens=self.response_max_tokens,
                                  temperature=self.response_temperature, top_p=self.top_p, seed=seed) for k in todo]
-        responses = self._generate(llm, requests, f"{self.kind} seeds", usage)
+        responses = generate(llm, requests, f"{self.kind} seeds", usage)
         answered, answered_k = [], []
         for k, req, resp in zip(todo, requests, responses):
             row = {"messages": prompt_turns(msgs[k]), "source": sources[k]}
@@ -303,7 +297,7 @@ class EvolInstruct(Step):
                                     max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                                     seed=seed + round_no)
                     for k in live}
-        evo_resps = dict(zip(evo_reqs, self._generate(llm, list(evo_reqs.values()), f"{self.kind} r{round_no}", usage)))
+        evo_resps = dict(zip(evo_reqs, generate(llm, list(evo_reqs.values()), f"{self.kind} r{round_no}", usage)))
 
         def base_row(k, text):
             return {"messages": [{"role": "user", "content": text}], "source": f"{self.kind}/r{round_no}/{ops[k]}",
@@ -336,7 +330,7 @@ class EvolInstruct(Step):
         if equal_template is not None and parsed:
             eq_reqs = {k: Request.chat(chat(render(equal_template[0], original=pool[k][0], evolved=parsed[k])),
                                        max_tokens=8, temperature=0.0, seed=seed) for k in parsed}
-            eq_resps = dict(zip(eq_reqs, self._generate(llm, list(eq_reqs.values()), f"{self.kind} r{round_no} equal", usage)))
+            eq_resps = dict(zip(eq_reqs, generate(llm, list(eq_reqs.values()), f"{self.kind} r{round_no} equal", usage)))
             for k in list(parsed):
                 resp = eq_resps[k]
                 verdict = parse_equal(resp.text) if resp.ok else None
@@ -351,7 +345,7 @@ class EvolInstruct(Step):
 
         # 3. answer the surviving rewrites, then rules b and c on the answers
         ans_reqs = {k: self._response_request(parsed[k], seed) for k in parsed}
-        ans_resps = dict(zip(ans_reqs, self._generate(llm, list(ans_reqs.values()), f"{self.kind} r{round_no} responses", usage)))
+        ans_resps = dict(zip(ans_reqs, generate(llm, list(ans_reqs.values()), f"{self.kind} r{round_no} responses", usage)))
         rows, op_counts = [], {}
         for k, text in parsed.items():
             resp = ans_resps[k]

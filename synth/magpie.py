@@ -33,7 +33,7 @@ from curate.errors import CurateError
 from curate.llm import Request, Usage
 from curate.records import concat
 from curate.steps import Context, Step, StepResult
-from synth.base import build_rows, combined_meta, reject_rows, template_hash
+from synth.base import build_rows, combined_meta, generate, reject_rows, template_hash
 from synth.evol_instruct import normalize_instruction
 
 RAW_PROMPT_ERROR = ("magpie needs a backend that accepts raw prompts "
@@ -148,8 +148,7 @@ class Magpie(Step):
 
         q_reqs = [Request(prompt=prefix, max_tokens=self.query_max_tokens, temperature=self.temperature,
                           top_p=self.top_p, seed=seed + i, sample=i, stop=stops or None) for i in range(self.n)]
-        q_resps, u = ctx.llm.generate(q_reqs, label=f"{self.kind} queries")
-        usage.add(u)
+        q_resps = generate(ctx.llm, q_reqs, f"{self.kind} queries", usage)
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         rejects: list[dict[str, Any]] = []
         seen: set[str] = set()
@@ -174,8 +173,7 @@ class Magpie(Step):
         a_reqs = [Request.chat(system + [{"role": "user", "content": q}], max_tokens=self.response_max_tokens,
                                temperature=self.response_temperature, top_p=self.top_p, seed=req.seed, sample=req.sample)
                   for q, req, _ in queries]
-        a_resps, u = ctx.llm.generate(a_reqs, label=f"{self.kind} responses") if a_reqs else ([], Usage())
-        usage.add(u)
+        a_resps = generate(ctx.llm, a_reqs, f"{self.kind} responses", usage)
         rows = []
         for (query, q_req, q_resp), a_req, a_resp in zip(queries, a_reqs, a_resps):
             turns = system + [{"role": "user", "content": query}]

@@ -61,6 +61,7 @@ from synth.base import (
     build_rows,
     chat,
     combined_meta,
+    generate,
     load_template,
     reject_rows,
     render,
@@ -268,7 +269,7 @@ class SelfInstruct(Step):
                 requests.append(Request.chat(chat(prompt), max_tokens=self.max_tokens, temperature=self.temperature,
                                              top_p=self.top_p, seed=seed + (round_no - 1) * self.requests_per_round + j,
                                              sample=j))
-            responses = _generate(llm, requests, f"{self.kind} instructions r{round_no}", usage)
+            responses = generate(llm, requests, f"{self.kind} instructions r{round_no}", usage)
             counts["requests"] += len(requests)
             usable: list[tuple[str, Request, Response]] = []
             parsed_round = 0
@@ -350,7 +351,7 @@ class SelfInstruct(Step):
                 requests.append(Request.chat(chat(prompt), max_tokens=self.instance_max_tokens,
                                              temperature=self.instance_temperature, top_p=self.top_p,
                                              seed=seed + k * self.instances_per_task + i, sample=i))
-        responses = _generate(llm, requests, f"{self.kind} instances", usage)
+        responses = generate(llm, requests, f"{self.kind} instances", usage)
         rows = []
         dropped = 0
         for idx, (req, resp) in enumerate(zip(requests, responses)):
@@ -399,10 +400,3 @@ def _seed_tasks(df: pl.DataFrame) -> list[dict[str, str]]:
         seeds.append({"instruction": instruction, "input": inp, "output": (out or "").strip()})
     return seeds
 
-
-def _generate(llm: LLM, requests: list[Request], label: str, usage: Usage) -> list[Response]:
-    if not requests:
-        return []
-    responses, u = llm.generate(requests, label=label)
-    usage.add(u)
-    return responses
