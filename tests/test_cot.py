@@ -4,8 +4,6 @@ pass rates, with a rule-based solver (no network, no model)."""
 import asyncio
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -26,6 +24,8 @@ from synth.cot import (
     prop2diff_quotas,
     split_solution,
 )
+
+from tests.conftest import run_recipe_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -308,10 +308,7 @@ def test_recipe_validates_and_maps_gold():
 def test_recipe_on_embedded_model(tmp_path):
     pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", "recipes/math-cot.yaml", "--out", str(out),
-                           "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = run_recipe_cli("recipes/math-cot.yaml", out, timeout=3600)
     steps = report["steps"]
     assert [s["kind"] for s in steps] == ["inputs", "verified_cot"] and steps[0]["rows_out"] == 8
     marker = json.loads((out / "steps" / "01-verified_cot" / "_DONE.json").read_text())

