@@ -1,20 +1,20 @@
 """The local engine: runs a recipe's steps in order, in-process, with polars.
 
 Each step writes `<out>/steps/NN-kind/{data,rejects}.parquet` and then a `_DONE.json` marker holding
-the step's hash (its settings chained with every earlier step's and the inputs'). A rerun skips a
-step whose marker carries the same hash; once one step runs, every later one runs too. Inside a
-step, LLM responses are cached per request, so a step killed halfway resends only what had not
-arrived.
+the step's hash. The hash chains, from the inputs on: the content of every input column and the
+input settings, the run seed, and for each step its settings, code version and the content of the
+files it reads (`Step.config_hash`), plus the teacher and its model file for steps that call it.
+A rerun skips a step whose marker carries the same hash; once one step runs, every later one runs
+too. Inside a step, LLM responses are cached per request, so a step killed halfway resends only
+what had not arrived.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import yaml
@@ -23,9 +23,9 @@ from curate.errors import CurateError
 from curate.io import read_records, write_json, write_parquet, write_text
 from curate.output import write_splits
 from curate.llm.teacher import build_llm
-from curate.records import concat
+from curate.records import concat, frame_digest
 from curate.recipe import Recipe
-from curate.steps import Context, StepResult
+from curate.steps import Context, StepResult, digest, embedded_model_file, files_digest
 
 DONE = "_DONE.json"
 log = logging.getLogger(__name__)
@@ -66,8 +66,24 @@ def run_step(step, df: pl.DataFrame, ctx: Context) -> StepResult:
                       stats={**result.stats, "routed": routed})
 
 
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def inputs_hash(recipe: Recipe, df: pl.DataFrame) -> str:
+    """Start of the step hash chain: every value of every input column (so a renamed source, a
+    changed gold or an edited input file counts), the input settings and the run seed."""
+    settings = [inp.model_dump(exclude={"license"}) for inp in recipe.config.inputs]
+    return digest("inputs", frame_digest(df), settings, recipe.config.seed)
+
+
+def teacher_hash(recipe: Recipe) -> str:
+    """The teacher as far as it shapes the answers: which backend and model, and the model file's
+    content when it runs here (embedded, or vLLM on a local file or folder)."""
+    cfg = recipe.config.teacher
+    local = None
+    if cfg.backend == "embedded" or (cfg.backend == "vllm" and not (cfg.model_path or cfg.model)):
+        local = cfg.model_path or embedded_model_file()
+    elif cfg.backend == "vllm":
+        local = cfg.model_path or (cfg.model if Path(cfg.model).exists() else None)
+    key = cfg.model_dump(include={"backend", "model", "model_path", "base_url"})
+    return digest(key, files_digest([local] if local else []))
 
 
 def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> dict:
@@ -83,9 +99,9 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
     out.mkdir(parents=True, exist_ok=True)
     write_text(yaml.safe_dump(recipe.raw, sort_keys=False), out / "recipe.yaml")  # with overrides applied
     ctx = Context(out_dir=out, seed=cfg.seed, llm=llm, show_progress=show_progress)
-    teacher_key = cfg.teacher.model_dump(include={"backend", "model", "model_path", "base_url"})
+    teacher_key = teacher_hash(recipe) if any(s.needs_llm for s in recipe.steps) else None
 
-    chain = _hash("inputs", df["id"].to_list(), cfg.seed)
+    chain = inputs_hash(recipe, df)
     records = [{"step": "inputs", "kind": "inputs", "rows_in": 0, "rows_out": df.height, "dropped": {},
                 "seconds": round(time.time() - started, 3), "skipped": False}]
     rejects = []
@@ -94,7 +110,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
         for i, step in enumerate(recipe.steps, 1):
             name = f"{i:02d}-{step.kind}"
             folder = out / "steps" / name
-            chain = _hash(chain, step.config_hash(), teacher_key if step.needs_llm else None)
+            chain = digest(chain, step.config_hash(), teacher_key if step.needs_llm else None)
             marker = folder / DONE
             rows_in = df.height
             if not must_run and marker.exists() and json.loads(marker.read_text()).get("hash") == chain:

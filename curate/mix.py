@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from curate.errors import CurateError
 from curate.records import message_text
-from curate.steps import Context, Step, StepResult
+from curate.steps import Context, Step, StepResult, embedded_model_file
 
 
 def count_tokens(texts: list[str]) -> np.ndarray:
@@ -32,6 +32,7 @@ def count_tokens(texts: list[str]) -> np.ndarray:
 
 class Mix(Step):
     kind: ClassVar[str] = "mix"
+    code_version: ClassVar[int] = 1
     is_global: ClassVar[bool] = True
     weights: dict[str, float] | None = None
     quotas: dict[str, float] | None = None
@@ -49,6 +50,10 @@ class Mix(Step):
         if self.quotas is not None and self.total is not None:
             raise ValueError("total goes with weights, not quotas")
         return self
+
+    def files(self) -> list[str]:
+        """Token counts come from the embedded model's tokenizer."""
+        return super().files() + ([embedded_model_file()] if self.unit == "tokens" else [])
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         spec = self.weights or self.quotas

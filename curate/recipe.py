@@ -34,7 +34,7 @@ from curate.errors import CurateError
 from curate.llm.teacher import TeacherConfig
 from curate.output import OutputConfig
 from curate.registry import step_class
-from curate.steps import Step, path_settings
+from curate.steps import Filter, Step, path_settings
 
 
 class InputConfig(BaseModel):
@@ -152,7 +152,36 @@ def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>"
             steps.append(cls.model_validate(_resolve_settings(cls, params or {}, base_dir)))
         except ValidationError as exc:
             raise CurateError(f"{origin}: invalid recipe:\n{_format_errors(exc, prefix=f'steps[{i}].{kind}')}") from None
+    _name_filters(steps, origin)
     return Recipe(config, steps, base_dir, raw, path)
+
+
+def _name_filters(steps: list[Step], origin: str) -> None:
+    """Give every filter its own score columns. An unnamed filter is named after its kind, or
+    `<kind>_2`, `<kind>_3`... when an earlier filter has that name (so recipes with one filter
+    of a kind keep their `score_<kind>` columns); a given `name` must be unique and must not be the
+    kind of another, unnamed filter (which would be named after its kind)."""
+    filters = [(i, s) for i, s in enumerate(steps) if isinstance(s, Filter)]
+    taken: dict[str, int] = {}
+    for i, step in filters:
+        clash = taken.get(step.name) if step.name else None
+        if clash is None and step.name and step.name != step.kind:
+            clash = next((j for j, other in filters if not other.name and other.kind == step.name), None)
+        if clash is not None:
+            raise CurateError(f"{origin}: steps[{i}].{step.kind}.name: {step.name!r} is also the score name of "
+                              f"steps[{clash}] ({steps[clash].kind}); give each filter its own name")
+        if step.name:
+            taken[step.name] = i
+    for i, step in filters:
+        if step.name:
+            continue
+        name, n = step.kind, 1
+        while name in taken:
+            n += 1
+            name = f"{step.kind}_{n}"
+        if n > 1:
+            step.name = name
+        taken[name] = i
 
 
 def _format_errors(exc: ValidationError, prefix: str = "") -> str:

@@ -96,6 +96,16 @@ def _conform_meta(meta: pl.Series) -> pl.Series:
     return pl.struct(fields, eager=True).alias("meta") if fields else meta
 
 
+def frame_digest(df: pl.DataFrame) -> str:
+    """Content hash of a frame: its column names and types and every value, in row order. Stable
+    within one polars version (polars' row hash may change between versions; a new version then
+    only makes a rerun redo its steps)."""
+    h = hashlib.sha256(json.dumps([[c, str(t)] for c, t in df.schema.items()]).encode())
+    if df.width and df.height:
+        h.update(df.hash_rows().to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
     """Concatenate record frames whose extra (score) columns may differ."""
     frames = [f for f in frames if f is not None]

@@ -214,6 +214,9 @@ class Decontaminate(Filter):
     """
 
     kind: ClassVar[str] = "decontaminate"
+    code_version: ClassVar[int] = 1
+    row_local: ClassVar[bool] = True
+    decide_settings: ClassVar[tuple[str, ...]] = ("min_matches", "min_coverage")
 
     eval_sets: list[RecipePath] = Setting(min_length=1)
     eval_fields: list[str] | None = None

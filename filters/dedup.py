@@ -673,6 +673,7 @@ class ExactDedup(Filter):
     """
 
     kind: ClassVar[str] = "exact_dedup"
+    code_version: ClassVar[int] = 1
     is_global: ClassVar[bool] = True
 
     field: TextPart = "text"
@@ -723,12 +724,17 @@ class MinHashDedup(Filter):
 
     Columns (`score_<name>_...`): `cluster` (id of the cluster's kept row), `cluster_size`,
     `row` (position at scoring time) and `links` (the earlier rows this row shares an LSH bucket
-    with, and the estimated Jaccard to each). keep() re-clusters from `links`, so a stricter
-    threshold needs no rescoring; a looser one is limited by the banding chosen at scoring time.
+    with, and the estimated Jaccard to each). keep() re-clusters from `links`, so another threshold
+    needs no rescoring as long as it implies the same banding (give `bands` and `rows` to keep the
+    banding fixed); a threshold that implies another banding finds other links, so split() rescores.
     """
 
     kind: ClassVar[str] = "minhash_dedup"
+    code_version: ClassVar[int] = 1
     is_global: ClassVar[bool] = True
+    # The threshold decides (keep() re-clusters from the stored links); it shapes the scores only
+    # through the banding it implies, which scoring_settings() holds.
+    decide_settings: ClassVar[tuple[str, ...]] = ("threshold", "bands", "rows", "verify")
 
     field: TextPart = "text"
     normalize: bool = True
@@ -746,6 +752,9 @@ class MinHashDedup(Filter):
     def lsh(self) -> tuple[int, int]:
         """The (bands, rows) this filter uses."""
         return _resolve_bands(self.threshold, self.num_perm, self.bands, self.rows)
+
+    def scoring_settings(self) -> dict:
+        return {**super().scoring_settings(), "lsh": list(self.lsh())}
 
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
         n = len(df)

@@ -47,7 +47,7 @@ from pydantic import Field as Setting
 
 from curate.errors import require
 from curate.records import message_text
-from curate.steps import Filter, RecipePath, reasons
+from curate.steps import Filter, RecipePath, StaleScores, embedded_model_file, reasons
 from filters.dedup import TextPart, _arrow_strings, _batches, _fmix64, _shingle_hashes, _tokenize
 
 _U = np.uint64
@@ -229,7 +229,11 @@ class Diversity(Filter):
     """
 
     kind: ClassVar[str] = "diversity"
+    code_version: ClassVar[int] = 1
     is_global: ClassVar[bool] = True
+    # A new tau is applied from the stored scores when it keeps every row on its side (else
+    # decide raises StaleScores and split rescores); max_rows always is.
+    decide_settings: ClassVar[tuple[str, ...]] = ("tau", "max_rows")
 
     sort_by: str | None = None
     descending: bool = True
@@ -246,6 +250,13 @@ class Diversity(Filter):
 
     def score_columns(self) -> list[str]:
         return [f"{self.column}_{c}" for c in ("rank", "max_sim", "nearest", "selected")]
+
+    def reads(self, df: pl.DataFrame) -> list[str]:
+        return super().reads(df) + ([self.sort_by] if self.sort_by in df.columns else [])
+
+    def files(self) -> list[str]:
+        default = self.embedder == "llama_cpp" and not self.model_path
+        return super().files() + ([embedded_model_file()] if default else [])
 
     def embed(self, texts: pl.Series) -> np.ndarray:
         """The embeddings the filter compares (L2-normalised rows)."""
@@ -291,7 +302,7 @@ class Diversity(Filter):
         now = sim <= self.tau
         if not np.array_equal(now, stored):
             flips = int((now != stored).sum())
-            raise ValueError(
+            raise StaleScores(
                 f"diversity: tau={self.tau} puts {flips} rows on the other side of the threshold than at "
                 "scoring time, which changes the greedy walk after the first of them; rescore with this tau"
             )

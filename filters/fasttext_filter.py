@@ -165,6 +165,9 @@ class FastTextClassifier(Filter):
     """
 
     kind: ClassVar[str] = "fasttext"
+    code_version: ClassVar[int] = 1
+    row_local: ClassVar[bool] = True
+    decide_settings: ClassVar[tuple[str, ...]] = ("min_prob",)
 
     model_path: RecipePath | None = None
     train_positive: RecipePath | None = None
@@ -304,6 +307,9 @@ class LanguageID(Filter):
     Text is passed as the model was trained: newlines removed, case and punctuation kept."""
 
     kind: ClassVar[str] = "language_id"
+    code_version: ClassVar[int] = 1
+    row_local: ClassVar[bool] = True
+    decide_settings: ClassVar[tuple[str, ...]] = ("languages", "min_prob")
 
     model_path: RecipePath
     languages: list[str] = Setting(default_factory=lambda: ["en"], min_length=1)

@@ -36,6 +36,10 @@ class Heuristics(Filter):
     the response's word trigrams copied from the prompt, and whether a refusal pattern matched."""
 
     kind: ClassVar[str] = "heuristics"
+    code_version: ClassVar[int] = 1
+    row_local: ClassVar[bool] = True
+    decide_settings: ClassVar[tuple[str, ...]] = ("min_response_words", "max_response_words", "max_prompt_copy",
+                                                  "drop_refusals")
     min_response_words: int = Field(3, ge=0)
     max_response_words: int = Field(2000, ge=1)
     max_prompt_copy: float = Field(0.8, ge=0, le=1)  # drop if this share of response trigrams is in the prompt

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from curate.llm.scorers import get_scorer
 from curate.records import message_text
-from curate.steps import Filter, RecipePath, reasons
+from curate.steps import Filter, RecipePath, embedded_model_file, reasons
 from filters.perplexity import fit_target, mean_nll
 
 ALPACA_NO_INPUT = (
@@ -63,7 +63,10 @@ class IFD(Filter):
     a prompt that fills max_length) are dropped as "no ifd score"."""
 
     kind: ClassVar[str] = "ifd"
-    is_global: ClassVar[bool] = True
+    code_version: ClassVar[int] = 1
+    is_global: ClassVar[bool] = True  # the top fraction is of the whole input; the scores are per row
+    row_local: ClassVar[bool] = True
+    decide_settings: ClassVar[tuple[str, ...]] = ("fraction", "top_k")
     variant: Literal["cherry", "superfiltering"] = "cherry"
     scorer: Literal["llama_cpp", "transformers"] = "llama_cpp"
     model_path: RecipePath | None = None
@@ -84,6 +87,9 @@ class IFD(Filter):
     def score_columns(self) -> list[str]:
         p = self.column
         return [p, f"{p}_variant", f"{p}_nll_cond", f"{p}_nll_direct", f"{p}_tokens"]
+
+    def files(self) -> list[str]:
+        return super().files() + ([] if self.model_path else [embedded_model_file()])
 
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
         scorer = get_scorer(self.scorer, self.model_path)

@@ -67,7 +67,10 @@ class Judge(Filter):
     """Grade rows with a teacher model and keep those scoring at least `min_score`."""
 
     kind: ClassVar[str] = "judge"
+    code_version: ClassVar[int] = 1
     needs_llm: ClassVar[bool] = True
+    row_local: ClassVar[bool] = True
+    decide_settings: ClassVar[tuple[str, ...]] = ("min_score",)
     method: Literal["rating", "expected"] = "rating"
     aspect: Literal["quality", "complexity"] = "quality"
     scale: int = Field(5, ge=2, le=10)
@@ -101,14 +104,26 @@ class Judge(Filter):
     def score_columns(self) -> list[str]:
         return [self.column, f"{self.column}_rationale"]
 
-    def template(self) -> str:
+    def template_file(self) -> Path:
+        """The prompt file: `prompt_file`, else the shipped one for the method (and aspect)."""
         if self.prompt_file:
-            path = Path(self.prompt_file)
-            if not path.exists():
-                raise CurateError(f"judge prompt_file {path}: no such file")
-            return path.read_text(encoding="utf-8")
-        name = "rating" if self.method == "rating" else self.aspect
-        return (PROMPTS / f"judge_{name}.txt").read_text(encoding="utf-8")
+            return Path(self.prompt_file)
+        return PROMPTS / f"judge_{'rating' if self.method == 'rating' else self.aspect}.txt"
+
+    def template(self) -> str:
+        path = self.template_file()
+        if not path.exists():
+            raise CurateError(f"judge prompt_file {path}: no such file")
+        return path.read_text(encoding="utf-8")
+
+    def files(self) -> list[str]:
+        return [*super().files(), str(self.template_file())]
+
+    def scoring_settings(self) -> dict:
+        """With the model that judges: the one given by use() (in a recipe, the recipe's teacher),
+        else `teacher`."""
+        judge = {"backend": self._llm.backend.name, "model": self._llm.model} if self._llm is not None else None
+        return {**super().scoring_settings(), "judge_model": judge}
 
     def render(self, instruction: str, response: str) -> str:
         # Plain replacement, not str.format: instructions often contain braces (code, JSON).

@@ -60,7 +60,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from curate.records import message_text
-from curate.steps import Filter, RecipePath, reasons
+from curate.steps import Filter, RecipePath, embedded_model_file, reasons
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,9 @@ class Nuggets(Filter):
     """
 
     kind: ClassVar[str] = "nuggets"
+    code_version: ClassVar[int] = 1
     is_global: ClassVar[bool] = True
+    decide_settings: ClassVar[tuple[str, ...]] = ("threshold", "fraction")
 
     anchors: RecipePath | None = None  # anchor file; None: k-means representatives of the data
     num_anchors: int = Field(100, ge=1)
@@ -314,6 +316,18 @@ class Nuggets(Filter):
     def score_columns(self) -> list[str]:
         p = self.column
         return [p, f"{p}_low", f"{p}_high", f"{p}_anchors"]
+
+    @property
+    def row_local(self) -> bool:  # type: ignore[override]
+        """With an anchor file each row is scored on its own; without, the anchors come from the rows."""
+        return self.anchors is not None
+
+    def scoring_settings(self) -> dict:
+        """Early stopping stops each row at `threshold`, so the threshold then shapes the scores."""
+        return {**super().scoring_settings(), **({"threshold": self.threshold} if self.early_stop else {})}
+
+    def files(self) -> list[str]:
+        return super().files() + ([] if self.model_path else [embedded_model_file()])
 
     def scorer(self):
         from curate.llm.scorers import get_scorer

@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from curate.llm.scorers import chat_prompt, get_scorer
 from curate.records import message_text
-from curate.steps import Filter, RecipePath, reasons
+from curate.steps import Filter, RecipePath, embedded_model_file, reasons
 
 
 # Shared with filters.ifd -----------------------------------------------------------------------
@@ -81,6 +81,9 @@ class Perplexity(Filter):
     """
 
     kind: ClassVar[str] = "perplexity"
+    code_version: ClassVar[int] = 1
+    row_local: ClassVar[bool] = True
+    decide_settings: ClassVar[tuple[str, ...]] = ("max", "min", "max_percentile", "min_percentile", "on")
     scorer: Literal["llama_cpp", "transformers"] = "llama_cpp"
     model_path: RecipePath | None = None
     template: Literal["chat", "plain"] = "chat"
@@ -110,6 +113,9 @@ class Perplexity(Filter):
     def score_columns(self) -> list[str]:
         p = self.column
         return [f"{p}_response", f"{p}_text", f"{p}_response_tokens", f"{p}_text_tokens"]
+
+    def files(self) -> list[str]:
+        return super().files() + ([] if self.model_path else [embedded_model_file()])
 
     def _context(self, scorer, messages: list[dict], prompt: str) -> str:
         if self.template == "plain":

@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 from curate.llm import Request
 from curate.records import message_text
 from curate.steps import Context, RecipePath, Step, StepResult
-from synth.base import build_rows, chat, load_template, reject_rows, render, teacher_meta, template_hash
+from synth.base import build_rows, chat, load_template, reject_rows, render, teacher_meta, template_hash, template_path
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
@@ -148,6 +148,7 @@ class Backtranslation(Step):
     """Write, for each document segment, the instruction it answers; the segment is the response."""
 
     kind: ClassVar[str] = "backtranslation"
+    code_version: ClassVar[int] = 1
     needs_llm: ClassVar[bool] = True
     max_words: int = Field(300, ge=1)  # segment length bound
     min_words: int = Field(40, ge=1)  # shorter segments are dropped ("segment too short")
@@ -166,6 +167,9 @@ class Backtranslation(Step):
         if self.min_words > self.max_words:
             raise ValueError(f"min_words ({self.min_words}) must not exceed max_words ({self.max_words})")
         return self
+
+    def files(self) -> list[str]:
+        return [*super().files(), str(template_path(self.template, "backtranslation_instruction"))]
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         seed = ctx.seed if self.seed is None else self.seed

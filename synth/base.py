@@ -22,9 +22,15 @@ from curate.records import META, conform, with_ids
 PROMPTS = Path(__file__).parent / "prompts"
 
 
+def template_path(override: str | None, default_name: str) -> Path:
+    """The template file: the recipe's if given, else synth/prompts/<default_name>.txt (a step
+    lists it in `files()`, so the step hash covers the template it reads)."""
+    return Path(override) if override else PROMPTS / f"{default_name}.txt"
+
+
 def load_template(override: str | None, default_name: str) -> str:
     """The template text: the recipe's file if given, else synth/prompts/<default_name>.txt."""
-    path = Path(override) if override else PROMPTS / f"{default_name}.txt"
+    path = template_path(override, default_name)
     if not path.exists():
         raise CurateError(f"prompt template {path}: no such file")
     return path.read_text(encoding="utf-8")

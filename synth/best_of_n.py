@@ -27,6 +27,7 @@ class BestOfN(Responses):
     """The `responses` step's sampling settings, plus the judge that picks the best candidate."""
 
     kind: ClassVar[str] = "best_of_n"
+    code_version: ClassVar[int] = 1  # with Responses' and the judge's (Step.code_versions)
     n: int = Field(4, ge=2)
     temperature: float = Field(0.9, ge=0)
     judge: Judge = Field(default_factory=lambda: Judge(method="rating", scale=10))

@@ -76,6 +76,7 @@ from synth.base import (
     chat,
     generate,
     load_template,
+    template_path,
     reject_rows,
     render,
     teacher_meta,
@@ -230,6 +231,7 @@ class VerifiedCoT(Step):
     """Sample rationales per question, keep those with the gold answer, per a uniform or Prop2Diff quota."""
 
     kind: ClassVar[str] = "verified_cot"
+    code_version: ClassVar[int] = 1
     needs_llm: ClassVar[bool] = True
     k: int = Field(4, ge=1)  # samples per question per round
     temperature: float = Field(0.7, ge=0)
@@ -251,6 +253,10 @@ class VerifiedCoT(Step):
     def is_global(self) -> bool:  # type: ignore[override]
         """Prop2Diff shares one budget over the whole input; uniform quotas work batch by batch."""
         return self.quota_mode == "prop2diff"
+
+    def files(self) -> list[str]:
+        hint = [template_path(self.rationalize_template, "cot_rationalize")] if self.rationalize else []
+        return [*super().files(), str(template_path(self.template, "cot_solve")), *map(str, hint)]
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         seed = ctx.seed if self.seed is None else self.seed

@@ -44,6 +44,7 @@ from synth.base import (
     combined_meta,
     generate,
     load_template,
+    template_path,
     reject_rows,
     render,
     teacher_meta,
@@ -168,6 +169,7 @@ class EvolInstruct(Step):
     """Evolve each input instruction for `rounds` rounds; keep the seeds and every surviving evolution."""
 
     kind: ClassVar[str] = "evol_instruct"
+    code_version: ClassVar[int] = 1
     needs_llm: ClassVar[bool] = True
     rounds: int = Field(2, ge=1)
     operations: list[Operation] = Field(default_factory=lambda: list(OPERATIONS))
@@ -202,6 +204,10 @@ class EvolInstruct(Step):
         if unknown:
             raise ValueError(f"unknown template names {unknown}; use operation names {list(OPERATIONS)} or 'equal'")
         return templates
+
+    def files(self) -> list[str]:
+        names = [*self.operations, *(["equal"] if self.check_equal else [])]
+        return [*super().files(), *(str(template_path(self.templates.get(n), f"evol_{n}")) for n in names)]
 
     def _template(self, name: str) -> tuple[str, str]:
         text = load_template(self.templates.get(name), f"evol_{name}")

@@ -30,6 +30,7 @@ class Responses(Step):
     """Generate `n` responses per instruction with the recipe's teacher."""
 
     kind: ClassVar[str] = "responses"
+    code_version: ClassVar[int] = 1
     needs_llm: ClassVar[bool] = True
     n: int = Field(1, ge=1)
     temperature: float = Field(0.7, ge=0)

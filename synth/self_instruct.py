@@ -63,6 +63,7 @@ from synth.base import (
     combined_meta,
     generate,
     load_template,
+    template_path,
     reject_rows,
     render,
     template_hash,
@@ -198,6 +199,7 @@ class SelfInstruct(Step):
     """Grow `target` new instructions from the input rows (seed tasks), then write an instance for each."""
 
     kind: ClassVar[str] = "self_instruct"
+    code_version: ClassVar[int] = 1
     needs_llm: ClassVar[bool] = True
     # Pool growth
     target: int = Field(20, ge=1)  # new instructions to accept
@@ -230,6 +232,10 @@ class SelfInstruct(Step):
         if self.num_human + self.num_generated == 0:
             raise ValueError("num_human + num_generated must be at least 1 (the prompt needs examples)")
         return self
+
+    def files(self) -> list[str]:
+        return [*super().files(), str(template_path(self.instruction_template, "self_instruct_instructions")),
+                str(template_path(self.instance_template, "self_instruct_instance"))]
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         seed = ctx.seed if self.seed is None else self.seed

@@ -237,7 +237,7 @@ def test_minhash_empty_and_short_texts():
 
 def test_rethreshold_without_rescoring(monkeypatch):
     df = frame([LONG, LONG_EDITED, LONG, OTHER])
-    scored = MinHashDedup(field="prompt", threshold=0.8).score(df)
+    scored = MinHashDedup(field="prompt", threshold=0.8).score(df)  # banding (16, 8)
 
     def no_rescore(self, df):
         raise AssertionError("keep() must not rescore")
@@ -245,18 +245,26 @@ def test_rethreshold_without_rescoring(monkeypatch):
     monkeypatch.setattr(MinHashDedup, "compute_scores", no_rescore)
     mask, reason = MinHashDedup(field="prompt", threshold=0.8).keep(scored)
     assert mask.to_list() == [True, False, False, True]
-    # Stricter: the one-word edit (J ~ 0.84) survives, the exact copy does not.
-    mask, reason = MinHashDedup(field="prompt", threshold=0.97).keep(scored)
+    # Stricter, on the same banding: the one-word edit (J ~ 0.84) survives, the exact copy does not.
+    stricter = MinHashDedup(field="prompt", threshold=0.97, bands=16, rows=8)
+    mask, reason = stricter.keep(scored)
     assert mask.to_list() == [True, True, False, True]
     assert reason[2] == "near duplicate"
-    assert MinHashDedup(field="prompt", threshold=0.97).explain(scored)[2] == f"near duplicate of {df['id'][0]} (cluster of 2)"
+    assert stricter.explain(scored)[2] == f"near duplicate of {df['id'][0]} (cluster of 2)"
     assert reason.is_null().to_list() == [True, True, False, True]
     # split() on scored rows reuses the scores too.
-    kept, rejected = MinHashDedup(field="prompt", threshold=0.97).split(scored)
+    kept, rejected = stricter.split(scored)
     assert len(kept) == 3 and len(rejected) == 1
-    # Rows may be filtered or reordered between score() and keep().
-    mask, _ = MinHashDedup(field="prompt").keep(scored.reverse())
-    assert mask.to_list() == [True, False, False, True][::-1]
+    # A threshold that implies another banding ((4, 31) at 0.97) would find other links.
+    with pytest.raises(ValueError, match="did not make"):
+        MinHashDedup(field="prompt", threshold=0.97).keep(scored)
+    # The scores belong to the rows scored, in their order (the first row of a cluster is kept):
+    # keep() refuses them on reordered rows, split() scores those rows afresh.
+    with pytest.raises(ValueError, match="did not make"):
+        MinHashDedup(field="prompt").keep(scored.reverse())
+    monkeypatch.undo()
+    kept, _ = MinHashDedup(field="prompt").split(scored.reverse())
+    assert kept["messages"].to_list() == df.reverse()["messages"].to_list()[:2]
 
 
 def test_keep_requires_scores():

@@ -31,8 +31,9 @@ def scored(step) -> pl.DataFrame:
         "nuggets": {"score_nuggets": x, "score_nuggets_low": x, "score_nuggets_high": x,
                     "score_nuggets_anchors": [10] * N},
     }[step.kind]
-    return frame().with_columns(pl.Series(k, v, dtype=pl.String if k.endswith(("_variant", "_rationale")) else pl.Float64)
-                                for k, v in cols.items())
+    made_up = frame().with_columns(pl.Series(k, v, dtype=pl.String if k.endswith(("_variant", "_rationale")) else pl.Float64)
+                                   for k, v in cols.items())
+    return step.stamp(made_up)  # declared the step's own, so split() re-thresholds instead of rescoring
 
 
 @pytest.mark.parametrize("step,column,cuts", [

@@ -61,8 +61,8 @@ def test_judge_scores_and_keeps(method, expected):
     assert rejected["reason"].to_list() == ["judge score below threshold", "judge output unparseable"]
     if method == "rating":
         assert scored["score_judge_rationale"][0].startswith("Score: 5")
-    # re-threshold from the stored scores: nothing is sent again
-    mask, _ = Judge(method=method, scale=6, min_score=1).keep(scored)
+    # re-threshold from the stored scores (made by the same judge model): nothing is sent again
+    mask, _ = Judge(method=method, scale=6, min_score=1).use(judge._llm).keep(scored)
     assert mask.to_list() == [True, True, False]
 
 
@@ -77,7 +77,8 @@ def test_reject_detail_says_why_there_is_no_score():
     scored = rows(("a", "b"), ("c", "d")).with_columns(
         pl.Series("score_judge", [None, None], dtype=pl.Float64),
         pl.Series("score_judge_rationale", ["judge request failed: HTTP 500", "  "]))
-    _, rejected = Judge(min_score=3).split(scored)
+    judge = Judge(min_score=3).use(LLM(RuleJudge(), show_progress=False))
+    _, rejected = judge.split(judge.stamp(scored))
     assert rejected["detail"].to_list() == ["judge request failed: HTTP 500", "no score: the judge's reply was empty"]
 
 

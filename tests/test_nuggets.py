@@ -148,12 +148,13 @@ def test_hashing_vectors_are_unit_and_deterministic():
 
 
 def stored(scores, low=None, high=None, n=None, k=10):
+    """Made-up golden scores, stamped as a Nuggets filter's own (so keep() accepts them)."""
     low = scores if low is None else low
     high = scores if high is None else high
-    return pl.DataFrame({
+    return Nuggets().stamp(pl.DataFrame({
         "score_nuggets": scores, "score_nuggets_low": low, "score_nuggets_high": high,
         "score_nuggets_anchors": n or [k] * len(scores),
-    })
+    }))
 
 
 def test_rethreshold_without_rescoring(monkeypatch):

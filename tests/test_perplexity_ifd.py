@@ -20,13 +20,14 @@ def row(q, a):
 
 
 def with_ppl(values, col="score_perplexity_response"):
+    """Made-up perplexities, stamped as the default Perplexity filter's own (so keep() accepts them)."""
     df = make_frame([row(f"q{i}", f"a{i}") for i in range(len(values))])
     other = "score_perplexity_text" if col == "score_perplexity_response" else "score_perplexity_response"
-    return df.with_columns(
+    return Perplexity().stamp(df.with_columns(
         pl.Series(col, values, dtype=pl.Float64), pl.Series(other, values, dtype=pl.Float64),
         pl.lit(10, dtype=pl.Int64).alias("score_perplexity_response_tokens"),
         pl.lit(12, dtype=pl.Int64).alias("score_perplexity_text_tokens"),
-    )
+    ))
 
 
 # model-free: decisions from stored scores ------------------------------------------------------
@@ -63,7 +64,7 @@ def test_rethreshold_never_rescores(monkeypatch):
 
 def test_threshold_on_text_column():
     df = with_ppl([1.0, 2.0, 3.0, 4.0], col="score_perplexity_text").with_columns(
-        pl.Series("score_perplexity_response", [9.0, 9.0, 9.0, 9.0]))
+        pl.Series("score_perplexity_response", [9.0, 9.0, 9.0, 9.0]))  # a score column edited: still stamped
     assert Perplexity(on="text", max=2.5).keep(df)[0].to_list() == [True, True, False, False]
 
 
@@ -76,12 +77,13 @@ def test_ccnet_buckets():
 
 
 def with_ifd(values, variant="cherry"):
+    """Made-up IFD scores, stamped as those of an IFD filter of `variant`."""
     df = make_frame([row(f"q{i}", f"a{i}") for i in range(len(values))])
-    return df.with_columns(
+    return IFD(variant=variant).stamp(df.with_columns(
         pl.Series("score_ifd", values, dtype=pl.Float64), pl.lit(variant).alias("score_ifd_variant"),
         pl.lit(1.0).alias("score_ifd_nll_cond"), pl.lit(1.0).alias("score_ifd_nll_direct"),
         pl.lit(5, dtype=pl.Int64).alias("score_ifd_tokens"),
-    )
+    ))
 
 
 def test_ifd_drops_ge_1_then_keeps_top_fraction():
@@ -97,8 +99,10 @@ def test_ifd_drops_ge_1_then_keeps_top_fraction():
 
 
 def test_ifd_refuses_scores_of_the_other_variant():
-    with pytest.raises(ValueError, match="variant"):
+    with pytest.raises(ValueError, match="did not make"):  # the variant is a scoring setting
         IFD(variant="superfiltering").keep(with_ifd([0.5, 0.7], variant="cherry"))
+    with pytest.raises(ValueError, match="variant"):  # and the stored variant is checked as well
+        IFD(variant="superfiltering").keep(IFD(variant="superfiltering").stamp(with_ifd([0.5, 0.7], variant="cherry")))
     with pytest.raises(ValueError):
         IFD(fraction=0.1, top_k=3)
 
