@@ -309,3 +309,33 @@ def test_decontaminate_rescores_stored_scores_after_the_eval_set_changed(tmp_pat
         f.write(json.dumps({"question": rows[2]["prompt"]}) + "\n")
     kept, rejected = Decontaminate(eval_sets=[str(tmp_path / "eval.jsonl")]).split(scored)
     assert kept.height == 4 and rejected["reason"].to_list() == ["overlaps eval set"]
+
+
+def test_every_file_a_step_reads_counts_by_content(tmp_path):
+    """Prompt templates (given or shipped), anchor files and model files are in the step hash by
+    content, and in a filter's fingerprint; thresholds are in neither."""
+    from curate.llm.embedded import embedded_model_path
+    from filters.perplexity import Perplexity
+    from synth.cot import VerifiedCoT
+    from synth.evol_instruct import EvolInstruct
+
+    template = tmp_path / "solve.txt"
+    template.write_text("Solve: {question}")
+    cot = VerifiedCoT(template=str(template))
+    before = cot.config_hash()
+    template.write_text("Solve this: {question}")
+    assert cot.config_hash() != before
+    assert VerifiedCoT(rationalize=True).files()[-1].endswith("cot_rationalize.txt")  # the shipped defaults
+    assert [f.rsplit("/", 1)[-1] for f in EvolInstruct(operations=["deepen"], check_equal=True).files()] == [
+        "evol_deepen.txt", "evol_equal.txt"]
+
+    prompt = tmp_path / "judge.txt"
+    prompt.write_text("Rate {response} for {instruction} from 1 to {scale}.")
+    judge = Judge(prompt_file=str(prompt), min_score=3)
+    fp = judge.fingerprint()
+    assert Judge(prompt_file=str(prompt), min_score=4).fingerprint() == fp  # a threshold
+    prompt.write_text("Grade {response} for {instruction} from 1 to {scale}.")
+    assert judge.fingerprint() != fp
+
+    assert Perplexity().files() == [str(embedded_model_path())]  # the scorer's default model
+    assert Perplexity(model_path=str(tmp_path / "other.gguf")).fingerprint() != Perplexity().fingerprint()
