@@ -15,8 +15,6 @@ the machine's load, so the load average is printed.
 from __future__ import annotations
 
 import argparse
-import gc
-import math
 import os
 import sys
 import time
@@ -33,20 +31,11 @@ from curate.steps import embedded_model_file, file_digest  # noqa: E402
 from filters.dedup import ExactDedup, MinHashDedup  # noqa: E402
 from filters.heuristics import Heuristics  # noqa: E402
 
+from bench_minhash import best_of  # noqa: E402  (this folder is on sys.path when run as a script)
+
 DATA = ROOT.parent / "shared" / "data" / "dedup_t0_templates" / "t0_train_50k_per_template.jsonl.gz"
 if not DATA.exists():
     DATA = Path("/work/shared/data/dedup_t0_templates/t0_train_50k_per_template.jsonl.gz")
-
-
-def best_of(fn, repeat):
-    """(min seconds, last result) over `repeat` runs."""
-    best, out = math.inf, None
-    for _ in range(repeat):
-        gc.collect()
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def main() -> None:
