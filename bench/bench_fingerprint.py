@@ -25,7 +25,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curate.io import read_records, to_records  # noqa: E402
+from curate.io import to_records  # noqa: E402
 from curate.records import frame_digest  # noqa: E402
 from curate.steps import embedded_model_file, file_digest  # noqa: E402
 from filters.dedup import ExactDedup, MinHashDedup  # noqa: E402
