@@ -40,7 +40,7 @@ from curate.records import message_text  # noqa: E402
 from filters.decontaminate import Decontaminate  # noqa: E402
 from filters.diversity import LAST_EMBED_STATS, Diversity, greedy_select, hashing_embeddings, llama_embeddings  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("CURATE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 EVAL = DATA / "eval_prompts"
 EVAL_SETS = sorted(str(p) for p in EVAL.glob("*.jsonl"))
 
