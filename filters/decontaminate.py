@@ -9,9 +9,10 @@ punctuation), so case, punctuation and spacing edits never hide a copy:
    answer: `PROMPT_FIELDS` / `ANSWER_FIELDS`) is indexed on its own, and so is the join of an
    item's prompt fields (instruction + input):
    - a field of >= `ngram` words: every word `ngram`-gram (64-bit hash);
-   - a field of k < `ngram` words with k >= `min_words`: the whole field as one shingle, found in
-     a training row that holds those k words contiguously (GPT-3 likewise used a shorter n for
-     sets of short items, never below 8);
+   - a field of k < `ngram` words with k >= `min_words`: found in a training row that holds those
+     k words contiguously (GPT-3 likewise used a shorter n for sets of short items, never below
+     8); test 2 finds these exact runs, or, when it is off or the field has no 3-gram it can
+     look up, one whole-field shingle here;
    - a field of fewer than `min_words` words: the whole field as one shingle, found only in a
      training row whose checked text is exactly those words (a 5-word phrase like "what is the
      capital of" would otherwise flag half of a dataset).
@@ -19,18 +20,24 @@ punctuation), so case, punctuation and spacing edits never hide a copy:
    >= `common_items` items of one eval set (template text: MATH solutions share "the average of
    the first and last term"), and those whose words are mostly markup or code, i.e. fewer than
    `min_prose` of them are prose words (a prose word has two or more characters, no digit, and is
-   not a LaTeX command or environment name or a word of an Asymptote `[asy]` block anywhere in
-   the eval set: plotting code and `\\begin{pmatrix} 1 & 0 ...` literals are not).
+   not one the eval set uses mostly as a LaTeX command or environment name or in Asymptote
+   `[asy]` code: plotting code and `\\begin{pmatrix} 1 & 0 ...` literals are no evidence).
 2. Near copies of short items. A 13-gram test misses a short item (a typical math problem) whose
    opening words are reworded and one number changed: no 13 words in a row survive. So each
    prompt text of `min_words` <= w < `short_words` words is also found in a training row that
-   holds a stretch within ceil(`max_edits` * w) word edits of it (Levenshtein distance over
-   words, the stretch free to start and end anywhere in the row: approximate substring matching,
-   Sellers 1980). Candidates for that exact check are rows sharing >= 2 of the item's word
-   3-grams (only 3-grams held by fewer than `common_items` items of its eval set count).
-   Published contamination rules measure the same thing coarser: PaLM flags an item when >= 70%
-   of its 8-grams occur in training data, Llama 2 when >= 80% of its tokens lie in shared n-grams
-   of >= 10 tokens; with three words reworded and a number changed a 20-word item keeps neither.
+   holds a stretch within `max_edits` of it: the Levenshtein distance over words between the
+   text and the stretch (free to start and end anywhere in the row: approximate substring
+   matching, Sellers 1980), each word of the eval text weighted by its rarity among the eval
+   set's short texts (smoothed inverse document frequency, so "what is the" costs less than the
+   item's own numbers and names), divided by the text's total weight. Edited copies are looked for in the row's prompt (a retold joke or a textbook sentence
+   in an answer is no copy of an eval prompt); exact runs anywhere. Candidates for that exact
+   check are rows sharing one of the item's word 3-grams (only 3-grams held by fewer than
+   `common_items` items of its eval set count) whose words absent from the item weigh no more
+   than the allowance (a lower bound of the distance).
+   Published contamination rules measure this coarser, as a share of an item found in training
+   data: of its 8-grams (PaLM, Chowdhery et al. 2022, sec. 8) or of its tokens inside long shared
+   n-grams (Llama 2, Touvron et al. 2023, app. A.6); with three words reworded and a number
+   changed, a 20-word item keeps few of either.
 
 How it runs (vectorized, no per-row Python loop): the index is a sorted array of (hash, eval item)
 pairs; each training row's n-grams are looked up with `searchsorted` in batches of ~1 MB of text,
@@ -40,9 +47,9 @@ distance, one numpy pass per word of the item.
 Scores (`score_<name>_...`): `matches` (distinct n-grams of the row found in any eval item, test 1),
 `hit` (the eval item sharing the most n-grams with it, else the nearest short item, as
 "<file name>:<0-based row>"), `coverage` (the share of that item's indexed n-grams found in the
-row: ~1.0 is a full copy), `edits` (test 2: the fewest word edits between a stretch of the row and
-a short eval item, null when none is within its allowance) and `hits` (every eval item matched by
-either test). `summarize_hits` / `Decontaminate.summary` turn them into the report's "which eval
+row: ~1.0 is a full copy), `edits` (test 2: the weighted word edits between a stretch of the row
+and the nearest short eval text, as a share of that text's weight, 0.0 for an exact run; null when
+none is within `max_edits`) and `hits` (every eval item matched by either test). `summarize_hits` / `Decontaminate.summary` turn them into the report's "which eval
 items were hit" table.
 
 Hash collisions: 64-bit hashes, so a false match needs ~2^64 / (index size x row n-grams) tries:
@@ -78,7 +85,6 @@ _SKIP_KEYS = {"role", "from", "index", "id", "name", "type", "model", "model_id"
 _SEED = 0x5EED  # any fixed value: the eval index and the training rows must hash alike
 _U = np.uint64
 _MIX = _U(0x9E3779B97F4A7C15)  # odd: spreads a row number over the bits of a word hash
-_MIN_PROBES = 1  # probes a row must share with a short text to be a candidate
 _PROBE = 3  # word n-gram that proposes candidate rows for the near-copy test
 _LATEX_COMMAND = re.compile(r"\\([A-Za-z]+)")
 _LATEX_ENV = re.compile(r"\\(?:begin|end)\s*\{([A-Za-z]+)\*?\}")
@@ -340,7 +346,7 @@ class EvalIndex:
         vocab, df = np.unique(np.concatenate([np.unique(w) for w in short_words]), return_counts=True)
         idf = np.log((1 + len(short_words)) / (1 + df)) + 1
         self.short_weights = [idf[np.searchsorted(vocab, w)] for w in short_words]
-        sizes = np.array([len(w) for w in short_words])
+        self.short_sizes = sizes = np.array([len(w) for w in short_words])
         sh, doc = _shingle_hashes(np.concatenate(short_words), np.concatenate([[0], np.cumsum(sizes)]), _PROBE, _SEED)
         keep = _drop_common(sh, owner[doc], self.item_set, common_items)
         self.probes = _Table(sh[keep], doc[keep])
@@ -350,13 +356,14 @@ class EvalIndex:
     def __len__(self) -> int:
         return len(self.table.keys)
 
-    def lookup(self, texts: pl.Series) -> tuple[np.ndarray, pl.DataFrame, tuple[np.ndarray, np.ndarray, list]]:
+    def lookup(self, texts: pl.Series) -> tuple[np.ndarray, pl.DataFrame, tuple]:
         """Look texts up. Returns (distinct shingles each text shares with any eval item; a frame of
         (row, item, n): for each text and eval item sharing >= 1 shingle, how many; the candidates
-        of test 2 as (rows, short texts, the rows' word hashes), for `near`)."""
+        of test 2 as (rows, short texts, weight of their words absent from the row, the rows' word
+        hashes), for `near`)."""
         matches = np.zeros(len(texts), np.int64)
         frames = [pl.DataFrame(schema={"row": pl.Int64, "item": pl.Int64, "n": pl.Int64})]
-        cand_rows, cand_shorts, cand_words = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], []
+        cand_rows, cand_shorts, cand_absent, cand_words = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [], []
         for lo, h, word_offs in _hashed_words(texts):
             found_sh, found_doc = [], []
             for n in [self.ngram, *self.short_lengths]:  # short eval fields: their own run length
@@ -374,44 +381,50 @@ class EvalIndex:
                     .agg(pl.len().cast(pl.Int64).alias("n"))
                 )
             if len(self.probes.keys):
-                row, short = self._candidates(h, word_offs)
+                row, short, absent = self._candidates(h, word_offs)
                 cand_rows.append(row + lo)
                 cand_shorts.append(short)
+                cand_absent.append(absent)
                 cand_words.extend(h[word_offs[r] : word_offs[r + 1]] for r in row.tolist())
-        candidates = (np.concatenate(cand_rows), np.concatenate(cand_shorts), cand_words)
+        candidates = (np.concatenate(cand_rows), np.concatenate(cand_shorts), np.concatenate([np.zeros(0)] + cand_absent),
+                      cand_words)
         return matches, pl.concat(frames).sort("row", "item"), candidates
 
-    def _candidates(self, h: np.ndarray, word_offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Test 2's candidates in one batch: (row, short text) pairs sharing >= 2 of its probes (or
-        its only one) whose absent words weigh no more than its allowance (a lower bound of the
-        edit distance: a word absent from the row must be deleted or replaced)."""
+    def _candidates(self, h: np.ndarray, word_offs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Test 2's candidates in one batch: (row, short text) pairs sharing a probe with it, whose
+        words absent from the row weigh no more than its allowance (a lower bound of the edit
+        distance: an absent word must be deleted or replaced). Returns (rows, shorts, that weight)."""
         sh, doc = self.probes.find(*_shingle_hashes(h, word_offs, _PROBE, _SEED))
         if not len(sh):
-            return doc[:0], doc[:0]
+            return doc[:0], doc[:0], np.zeros(0)
         found = pl.DataFrame({"row": doc, "key": sh}).unique()
         at, short = self.probes.expand(found["key"].to_numpy())
-        pairs = pl.DataFrame({"row": found["row"].to_numpy()[at], "short": short}).group_by("row", "short").len()
-        row, short, n = (pairs[c].to_numpy() for c in ("row", "short", "len"))
-        keep = n >= np.minimum(_MIN_PROBES, self.short_probes[short])
-        row, short = row[keep], short[keep]
+        pairs = pl.DataFrame({"row": found["row"].to_numpy()[at], "short": short}).unique()
+        row, short = pairs["row"].to_numpy(), pairs["short"].to_numpy()
+        absent, total = self._absent_weight(h, word_offs, row, short)
+        ok = absent <= self.short_allow[short] * total
+        return row[ok], short[ok], absent[ok]
+
+    def _absent_weight(self, h: np.ndarray, word_offs: np.ndarray, row: np.ndarray, short: np.ndarray):
+        """For (text, short text) pairs: the weight of the short text's words absent from the text,
+        and its total weight. A presence table of (text, word): a false "present" (two pairs on one
+        slot) only loosens the bound."""
         if not len(row):
-            return row, short
-        # A presence table of (row, word): a false "present" (two pairs on one slot) only loosens the bound.
+            return np.zeros(0), np.zeros(0)
         bits = int(np.clip(np.ceil(np.log2(max(len(h), 1) * 8)), 12, 28))
         mask = _U((1 << bits) - 1)
         present = np.zeros(1 << bits, bool)
         present[((h + np.repeat(np.arange(len(word_offs) - 1, dtype=_U), np.diff(word_offs)) * _MIX) & mask)
                 .view(np.int64)] = True
-        sizes = np.array([len(self.short_words[s]) for s in short.tolist()])
+        sizes = self.short_sizes[short]
         words_ = np.concatenate([self.short_words[s] for s in short.tolist()])
         weights = np.concatenate([self.short_weights[s] for s in short.tolist()])
         slot = (words_ + np.repeat(row.astype(_U), sizes) * _MIX) & mask
         pair = np.repeat(np.arange(len(row)), sizes)
-        lower = np.bincount(pair, np.where(present[slot.view(np.int64)], 0.0, weights), len(row))
-        ok = lower <= self.short_allow[short] * np.bincount(pair, weights, len(row))
-        return row[ok], short[ok]
+        absent = np.bincount(pair, np.where(present[slot.view(np.int64)], 0.0, weights), len(row))
+        return absent, np.bincount(pair, weights, len(row))
 
-    def near(self, candidates: tuple[np.ndarray, np.ndarray, list], prompts: pl.Series | None = None) -> pl.DataFrame:
+    def near(self, candidates: tuple, prompts: pl.Series | None = None) -> pl.DataFrame:
         """Test 2's exact check of `lookup`'s candidates. Returns (row, item, edits): edits is the
         share of the short text's weight edited in the closest stretch of the row (0: an exact run).
 
@@ -420,26 +433,33 @@ class EvalIndex:
         it, in the whole text too. A prompt-sized stretch of a long answer that resembles a short
         eval prompt (a famous joke retold, a textbook sentence) is no copy of the item.
         """
-        rows, shorts, row_words = candidates
+        rows, shorts, absent, row_words = candidates
         out = []
         uniq = np.unique(rows)
-        prompt_words = {}
-        if prompts is not None and len(uniq):
-            for lo, h, word_offs in _hashed_words(prompts):
-                for d in range(len(word_offs) - 1):
-                    prompt_words[int(uniq[lo + d])] = h[word_offs[d] : word_offs[d + 1]]
-        for r, s, text in zip(rows.tolist(), shorts.tolist(), row_words):
+        if prompts is not None and len(uniq):  # the prompts' words, and the bound again on them
+            hashes, offsets = [np.zeros(0, _U)], [np.zeros(1, np.int64)]
+            for _, h, word_offs in _hashed_words(prompts):
+                offsets.append(word_offs[1:] + sum(len(x) for x in hashes))
+                hashes.append(h)
+            h, word_offs = np.concatenate(hashes), np.concatenate(offsets)
+            at = np.searchsorted(uniq, rows)
+            prompt_absent, _ = self._absent_weight(h, word_offs, at, shorts)
+        for k, (r, s, text) in enumerate(zip(rows.tolist(), shorts.tolist(), row_words)):
             item_words, weights = self.short_words[s], self.short_weights[s]
-            if _has_run(text, item_words):
+            if absent[k] == 0 and _has_run(text, item_words):
                 out.append((r, int(self.short_item[s]), 0.0))
                 continue
-            allow = self.short_allow[s] * weights.sum()
+            total = weights.sum()
+            allow = self.short_allow[s] * total
             if allow <= 0:  # exact runs only (a reference answer; or a prompt that is all markup)
                 continue
-            target = prompt_words.get(r, text) if prompts is not None else text
-            cost = edit_distance(item_words, target, stretch=True, weights=weights, limit=allow)
+            if prompts is not None:
+                if prompt_absent[k] > allow:
+                    continue
+                text = h[word_offs[at[k]] : word_offs[at[k] + 1]]
+            cost = edit_distance(item_words, text, stretch=True, weights=weights, limit=allow)
             if cost <= allow:
-                out.append((r, int(self.short_item[s]), cost / weights.sum()))
+                out.append((r, int(self.short_item[s]), cost / total))
         frame = pl.DataFrame(out, schema={"row": pl.Int64, "item": pl.Int64, "edits": pl.Float64}, orient="row")
         return frame.group_by("row", "item").agg(pl.col("edits").min()).sort("row", "item")
 
@@ -464,8 +484,8 @@ class Decontaminate(Filter):
     `eval_fields`: their columns to index (default: prompt and reference-answer columns, see
     PROMPT_FIELDS / ANSWER_FIELDS); `field`: the part of the training row checked. A row is dropped
     when it shares >= `min_matches` distinct n-grams with the eval sets (and, if `min_coverage` is
-    set, at least that share of the best-matching item's n-grams), or when a stretch of it is
-    within ceil(`max_edits` * w) word edits of a prompt of w < `short_words` words.
+    set, at least that share of the best-matching item's n-grams), or when a stretch of its prompt
+    is within `max_edits` (a share of weighted word edits) of an eval prompt of < `short_words` words.
     `common_items` and `min_prose` keep template and markup n-grams out of the evidence
     (0 turns either off; `short_words=0, common_items=0, min_prose=0` is the plain GPT-3 rule).
     Re-thresholding `min_matches` / `min_coverage` needs no rescoring.
