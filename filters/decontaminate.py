@@ -85,6 +85,7 @@ _SKIP_KEYS = {"role", "from", "index", "id", "name", "type", "model", "model_id"
 _SEED = 0x5EED  # any fixed value: the eval index and the training rows must hash alike
 _U = np.uint64
 _MIX = _U(0x9E3779B97F4A7C15)  # odd: spreads a row number over the bits of a word hash
+_MIN_PROBES = 2  # a candidate row shares this many of a short text's probes (or all it has)
 _PROBE = 3  # word n-gram that proposes candidate rows for the near-copy test
 _LATEX_COMMAND = re.compile(r"\\([A-Za-z]+)")
 _LATEX_ENV = re.compile(r"\\(?:begin|end)\s*\{([A-Za-z]+)\*?\}")
@@ -339,6 +340,8 @@ class EvalIndex:
         self.short_allow = allow
         self.probes = _Table(np.zeros(0, _U), np.zeros(0, np.int64))
         self.short_probes = np.zeros(len(short_words), np.int64)
+        self.short_weights: list[np.ndarray] = []
+        self.short_sizes, self.short_total = np.zeros(0, np.int64), np.zeros(0)
         if not short_words:
             return np.zeros(0, bool)
         # Word weights: smoothed inverse document frequency over the short texts, so that words
@@ -347,6 +350,7 @@ class EvalIndex:
         idf = np.log((1 + len(short_words)) / (1 + df)) + 1
         self.short_weights = [idf[np.searchsorted(vocab, w)] for w in short_words]
         self.short_sizes = sizes = np.array([len(w) for w in short_words])
+        self.short_total = np.array([w.sum() for w in self.short_weights])
         sh, doc = _shingle_hashes(np.concatenate(short_words), np.concatenate([[0], np.cumsum(sizes)]), _PROBE, _SEED)
         keep = _drop_common(sh, owner[doc], self.item_set, common_items)
         self.probes = _Table(sh[keep], doc[keep])
@@ -399,8 +403,10 @@ class EvalIndex:
             return doc[:0], doc[:0], np.zeros(0)
         found = pl.DataFrame({"row": doc, "key": sh}).unique()
         at, short = self.probes.expand(found["key"].to_numpy())
-        pairs = pl.DataFrame({"row": found["row"].to_numpy()[at], "short": short}).unique()
-        row, short = pairs["row"].to_numpy(), pairs["short"].to_numpy()
+        pairs = pl.DataFrame({"row": found["row"].to_numpy()[at], "short": short}).group_by("row", "short").len()
+        row, short, n = (pairs[c].to_numpy() for c in ("row", "short", "len"))
+        keep = n >= np.minimum(_MIN_PROBES, self.short_probes[short])
+        row, short = row[keep], short[keep]
         absent, total = self._absent_weight(h, word_offs, row, short)
         ok = absent <= self.short_allow[short] * total
         return row[ok], short[ok], absent[ok]
@@ -411,7 +417,7 @@ class EvalIndex:
         slot) only loosens the bound."""
         if not len(row):
             return np.zeros(0), np.zeros(0)
-        bits = int(np.clip(np.ceil(np.log2(max(len(h), 1) * 8)), 12, 28))
+        bits = int(np.clip(np.ceil(np.log2(max(len(h), 1) * 4)), 12, 26))
         mask = _U((1 << bits) - 1)
         present = np.zeros(1 << bits, bool)
         present[((h + np.repeat(np.arange(len(word_offs) - 1, dtype=_U), np.diff(word_offs)) * _MIX) & mask)
@@ -435,44 +441,44 @@ class EvalIndex:
         """
         rows, shorts, absent, row_words = candidates
         out = []
-        uniq = np.unique(rows)
-        if prompts is not None and len(uniq):  # the prompts' words, and the bound again on them
+        exact = np.zeros(len(rows), bool)
+        for k in np.flatnonzero(absent == 0).tolist():  # every word is there: try an exact run first
+            exact[k] = _has_run(row_words[k], self.short_words[shorts[k]])
+        for k in np.flatnonzero(exact).tolist():
+            out.append((int(rows[k]), int(self.short_item[shorts[k]]), 0.0))
+        total = self.short_total[shorts]
+        allow = self.short_allow[shorts] * total
+        if prompts is not None and len(rows):  # the prompts' words, and the bound again on them
+            uniq = np.unique(rows)
             hashes, offsets = [np.zeros(0, _U)], [np.zeros(1, np.int64)]
             for _, h, word_offs in _hashed_words(prompts):
                 offsets.append(word_offs[1:] + sum(len(x) for x in hashes))
                 hashes.append(h)
             h, word_offs = np.concatenate(hashes), np.concatenate(offsets)
             at = np.searchsorted(uniq, rows)
-            prompt_absent, _ = self._absent_weight(h, word_offs, at, shorts)
-        for k, (r, s, text) in enumerate(zip(rows.tolist(), shorts.tolist(), row_words)):
-            item_words, weights = self.short_words[s], self.short_weights[s]
-            if absent[k] == 0 and _has_run(text, item_words):
-                out.append((r, int(self.short_item[s]), 0.0))
-                continue
-            total = weights.sum()
-            allow = self.short_allow[s] * total
-            if allow <= 0:  # exact runs only (a reference answer; or a prompt that is all markup)
-                continue
-            if prompts is not None:
-                if prompt_absent[k] > allow:
-                    continue
-                text = h[word_offs[at[k]] : word_offs[at[k] + 1]]
-            cost = edit_distance(item_words, text, stretch=True, weights=weights, limit=allow)
-            if cost <= allow:
-                out.append((r, int(self.short_item[s]), cost / total))
+            within, _ = self._absent_weight(h, word_offs, at, shorts)
+        else:  # the whole checked text
+            h = np.concatenate([np.zeros(0, _U), *row_words])
+            word_offs = np.concatenate([[0], np.cumsum([len(t) for t in row_words])]).astype(np.int64)
+            at, within = np.arange(len(rows)), absent
+        todo = np.flatnonzero(~exact & (allow > 0) & (within <= allow))
+        for k in todo.tolist():
+            s = int(shorts[k])
+            text = h[word_offs[at[k]] : word_offs[at[k] + 1]]
+            cost = edit_distance(self.short_words[s], text, stretch=True, weights=self.short_weights[s], limit=allow[k])
+            if cost <= allow[k]:
+                out.append((int(rows[k]), int(self.short_item[s]), cost / total[k]))
         frame = pl.DataFrame(out, schema={"row": pl.Int64, "item": pl.Int64, "edits": pl.Float64}, orient="row")
         return frame.group_by("row", "item").agg(pl.col("edits").min()).sort("row", "item")
 
 
 def _has_run(text: np.ndarray, run: np.ndarray) -> bool:
     """Does `text` hold `run` as consecutive words?"""
-    if len(run) > len(text):
-        return False
-    start = np.flatnonzero(text[: len(text) - len(run) + 1] == run[0])
-    if not len(start):
-        return False
-    windows = np.lib.stride_tricks.sliding_window_view(text, len(run))[start]
-    return bool((windows == run).all(axis=1).any())
+    n = len(run)
+    for p in np.flatnonzero(text[: len(text) - n + 1] == run[0]).tolist():
+        if np.array_equal(text[p : p + n], run):
+            return True
+    return False
 
 
 class Decontaminate(Filter):
