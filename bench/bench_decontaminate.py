@@ -210,6 +210,9 @@ def run_case(name: str, case: dict, configs: dict) -> dict:
         res["planted_caught"] = int(caught.sum())
         res["planted_caught_pct"] = round(100 * caught.mean(), 1)
         res["planted_under_30_caught_pct"] = round(100 * caught[short].mean(), 1) if short.any() else None
+        tested = words_arr >= f.min_words  # under min_words words: exact copies only, by design
+        res["planted_min_words_plus"] = int(tested.sum())
+        res["planted_min_words_plus_caught_pct"] = round(100 * caught[tested].mean(), 1)
         res["missed_examples"] = [t[:160] for t in pl.Series(case["planted"]["messages"].to_list())
                                   .map_elements(lambda m: m[0]["content"], return_dtype=pl.String)
                                   .filter(pl.Series(~caught)).head(5).to_list()]
@@ -218,7 +221,9 @@ def run_case(name: str, case: dict, configs: dict) -> dict:
             c = flagged(f, df)
             rows += len(df)
             n = int(c["flagged"].sum())
-            entry = {"rows": len(df), "flagged": n, "flagged_pct": round(100 * n / len(df), 2)}
+            by_ngrams = int((c["flagged"] & (c[f"{f.column}_matches"] > 0)).sum())
+            entry = {"rows": len(df), "flagged": n, "flagged_pct": round(100 * n / len(df), 2),
+                     "flagged_by_13grams": by_ngrams, "flagged_by_near_copy_only": n - by_ngrams}
             hits = c.filter("flagged")
             if clean_name in case["clean_prompts"] and n:
                 prompts = case["clean_prompts"][clean_name]
@@ -264,12 +269,13 @@ def print_table(r: dict) -> None:
               f"word edit distance to the original median {e['median']}, p95 {e['p95']}, max {e['max']}")
         for cname, res in case["configs"].items():
             clean = "; ".join(
-                f"{k} {v['flagged']}/{v['rows']} = {v['flagged_pct']}%"
+                f"{k} {v['flagged']}/{v['rows']} = {v['flagged_pct']}% (13-grams {v['flagged_by_13grams']})"
                 + (f" ({v['flagged_within_planted_edit_distance']} within {e['max']} word edits of the item hit; "
                    f"farther {v['flagged_farther_pct']}%)" if "flagged_within_planted_edit_distance" in v else "")
                 for k, v in res.items() if isinstance(v, dict))
             print(f"  {cname}: planted caught {res['planted_caught_pct']}% (under 30 words "
-                  f"{res['planted_under_30_caught_pct']}%); clean flagged: {clean}; {res['rows_per_s']} rows/s")
+                  f"{res['planted_under_30_caught_pct']}%, the {res['planted_min_words_plus']} of >= 8 words "
+                  f"{res['planted_min_words_plus_caught_pct']}%); clean flagged: {clean}; {res['rows_per_s']} rows/s")
 
 
 if __name__ == "__main__":

@@ -29,11 +29,13 @@ punctuation), so case, punctuation and spacing edits never hide a copy:
    text and the stretch (free to start and end anywhere in the row: approximate substring
    matching, Sellers 1980), each word of the eval text weighted by its rarity among the eval
    set's short texts (smoothed inverse document frequency, so "what is the" costs less than the
-   item's own numbers and names), divided by the text's total weight. Edited copies are looked for in the row's prompt (a retold joke or a textbook sentence
-   in an answer is no copy of an eval prompt); exact runs anywhere. Candidates for that exact
-   check are rows sharing one of the item's word 3-grams (only 3-grams held by fewer than
-   `common_items` items of its eval set count) whose words absent from the item weigh no more
-   than the allowance (a lower bound of the distance).
+   item's own numbers and names), divided by the text's total weight. Edited copies are looked
+   for in the row's prompt (a retold joke or a textbook sentence in an answer is no copy of an
+   eval prompt); exact runs anywhere. Candidates for that exact check are rows sharing two of the
+   text's word 3-grams, or all it has (only 3-grams held by fewer than `common_items` items of
+   its eval set count), and holding its words but for a weight within the allowance (a lower
+   bound of the distance, checked again on the prompt). A (row, item) pair test 1 matched is not
+   checked again.
    Published contamination rules measure this coarser, as a share of an item found in training
    data: of its 8-grams (PaLM, Chowdhery et al. 2022, sec. 8) or of its tokens inside long shared
    n-grams (Llama 2, Touvron et al. 2023, app. A.6); with three words reworded and a number
@@ -49,7 +51,8 @@ Scores (`score_<name>_...`): `matches` (distinct n-grams of the row found in any
 "<file name>:<0-based row>"), `coverage` (the share of that item's indexed n-grams found in the
 row: ~1.0 is a full copy), `edits` (test 2: the weighted word edits between a stretch of the row
 and the nearest short eval text, as a share of that text's weight, 0.0 for an exact run; null when
-none is within `max_edits`) and `hits` (every eval item matched by either test). `summarize_hits` / `Decontaminate.summary` turn them into the report's "which eval
+none is within `max_edits` or test 1 matched that item) and `hits` (every eval item matched by
+either test). `summarize_hits` / `Decontaminate.summary` turn them into the report's "which eval
 items were hit" table.
 
 Hash collisions: 64-bit hashes, so a false match needs ~2^64 / (index size x row n-grams) tries:
@@ -390,9 +393,14 @@ class EvalIndex:
                 cand_shorts.append(short)
                 cand_absent.append(absent)
                 cand_words.extend(h[word_offs[r] : word_offs[r + 1]] for r in row.tolist())
-        candidates = (np.concatenate(cand_rows), np.concatenate(cand_shorts), np.concatenate([np.zeros(0)] + cand_absent),
-                      cand_words)
-        return matches, pl.concat(frames).sort("row", "item"), candidates
+        pairs = pl.concat(frames).sort("row", "item")
+        rows, shorts = np.concatenate(cand_rows), np.concatenate(cand_shorts)
+        # A (row, item) pair test 1 matched needs no test 2: the row is flagged and the item listed.
+        n_items = max(len(self.labels), 1)
+        new = ~np.isin(rows * n_items + self.short_item[shorts], pairs["row"].to_numpy() * n_items + pairs["item"].to_numpy())
+        candidates = (rows[new], shorts[new], np.concatenate([np.zeros(0)] + cand_absent)[new],
+                      [w for w, keep in zip(cand_words, new.tolist()) if keep])
+        return matches, pairs, candidates
 
     def _candidates(self, h: np.ndarray, word_offs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Test 2's candidates in one batch: (row, short text) pairs sharing a probe with it, whose

@@ -298,7 +298,7 @@ def test_near_copies_are_looked_for_in_the_prompt_exact_answers_anywhere(tmp_pat
     ])
     df = frame(
         ("Tell me a joke.", "Why don't scientists trust atoms? Because they make up everything!"),
-        ("Explain the joke: why don't scientists trust atoms? Because they make up everything.", "It's a pun."),
+        ("Explain this joke: why don't scientists trust atoms? Because they make up everything.", "A pun."),
         ("Why is it funny?", "Well, atoms really do make up everything, the pun is the point."),
     )
     scored = Decontaminate(eval_sets=[path]).score(df)
