@@ -372,6 +372,7 @@ class EvalIndex:
         frames = [pl.DataFrame(schema={"row": pl.Int64, "item": pl.Int64, "n": pl.Int64})]
         cand_rows, cand_shorts, cand_absent, cand_words = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [], []
         for lo, h, word_offs in _hashed_words(texts):
+            whole = np.zeros(len(word_offs) - 1, bool)  # rows holding every shingle of some eval text
             found_sh, found_doc = [], []
             for n in [self.ngram, *self.short_lengths]:  # short eval fields: their own run length
                 sh, doc = self.table.find(*_shingle_hashes(h, word_offs, n, _SEED))
@@ -387,8 +388,10 @@ class EvalIndex:
                     .group_by("row", "item")
                     .agg(pl.len().cast(pl.Int64).alias("n"))
                 )
+                f_row, f_item, f_n = (frames[-1][c].to_numpy() for c in ("row", "item", "n"))
+                whole[f_row[f_n >= self.item_size[f_item]] - lo] = True
             if len(self.probes.keys):
-                row, short, absent = self._candidates(h, word_offs)
+                row, short, absent = self._candidates(h, word_offs, whole)
                 cand_rows.append(row + lo)
                 cand_shorts.append(short)
                 cand_absent.append(absent)
@@ -402,11 +405,15 @@ class EvalIndex:
                       [w for w, keep in zip(cand_words, new.tolist()) if keep])
         return matches, pairs, candidates
 
-    def _candidates(self, h: np.ndarray, word_offs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Test 2's candidates in one batch: (row, short text) pairs sharing a probe with it, whose
-        words absent from the row weigh no more than its allowance (a lower bound of the edit
-        distance: an absent word must be deleted or replaced). Returns (rows, shorts, that weight)."""
-        sh, doc = self.probes.find(*_shingle_hashes(h, word_offs, _PROBE, _SEED))
+    def _candidates(self, h: np.ndarray, word_offs: np.ndarray, skip: np.ndarray) -> tuple:
+        """Test 2's candidates in one batch: (row, short text) pairs sharing two of its probes (or
+        all it has), whose words absent from the row weigh no more than its allowance (a lower bound
+        of the edit distance: an absent word must be deleted or replaced); rows in `skip` (whole
+        copies of an eval text, flagged by test 1 whatever test 2 finds) are left out. Returns
+        (rows, shorts, that weight)."""
+        sh, doc = _shingle_hashes(h, word_offs, _PROBE, _SEED)
+        keep = ~skip[doc]
+        sh, doc = self.probes.find(sh[keep], doc[keep])
         if not len(sh):
             return doc[:0], doc[:0], np.zeros(0)
         found = pl.DataFrame({"row": doc, "key": sh}).unique()
