@@ -337,7 +337,7 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     if scored:
         lines += ["", "## Scores and thresholds", "", "| step | score | thresholds | p10 | median | p90 |", "|---|---|---|---|---|---|"]
         for step, col, sc in scored:
-            q = sc["summary"]
+            q = sc["summary"] or {}  # None when every value is null (e.g. no near copy found)
             cuts = ", ".join(f"{t:g}" for t in sc.get("thresholds") or []) or "-"
             lines.append(f"| {step} | {col} | {cuts} | {_fmt(q.get('p10'))} | {_fmt(q.get('p50'))} | {_fmt(q.get('p90'))} |")
     lines += ["", "## Recipe", "", "Rerun with `curate run recipe.yaml` (the same seed and cache give the same data).", "",

@@ -1,30 +1,59 @@
-"""Eval-set decontamination: drop training rows that share a long word n-gram with an eval item.
+"""Eval-set decontamination: drop training rows that copy an eval item, whole or lightly edited.
 
-The rule is the n-gram overlap test of GPT-3 (Brown et al. 2020, appendix C: 13-grams on
-lowercased, punctuation-free words), also used for FLAN and Llama-2 contamination analyses.
+Two tests, both on words normalised by `filters.dedup` (NFKC, lowercase, split at whitespace and
+punctuation), so case, punctuation and spacing edits never hide a copy:
 
-How it works (vectorized, no per-row Python loop):
-
-1. Every text field of every eval item (by default its prompt and, where the file has one, its
-   reference answer: see `PROMPT_FIELDS` / `ANSWER_FIELDS`) is tokenized with the normaliser of
-   `filters.dedup` (NFKC, lowercase, split at whitespace and punctuation), so case, punctuation
-   and spacing edits do not hide a copy. Each field is indexed on its own, and so is the join of
-   an item's prompt fields (instruction + input):
+1. Long n-gram overlap: the rule of GPT-3 (Brown et al. 2020, appendix C: 13-grams of lowercased,
+   punctuation-free words), also used for the FLAN and Llama-2 contamination analyses. Every text
+   field of every eval item (by default its prompt and, where the file has one, its reference
+   answer: `PROMPT_FIELDS` / `ANSWER_FIELDS`) is indexed on its own, and so is the join of an
+   item's prompt fields (instruction + input):
    - a field of >= `ngram` words: every word `ngram`-gram (64-bit hash);
-   - a field of k < `ngram` words with k >= `min_words`: the whole field as one shingle, found in
-     a training row that holds those k words contiguously (GPT-3 likewise used a shorter n for
-     sets of short items, never below 8);
+   - a field of k < `ngram` words with k >= `min_words`: found in a training row that holds those
+     k words contiguously (GPT-3 likewise used a shorter n for sets of short items, never below
+     8); test 2 finds these exact runs, or, when it is off or the field has no 3-gram it can
+     look up, one whole-field shingle here;
    - a field of fewer than `min_words` words: the whole field as one shingle, found only in a
      training row whose checked text is exactly those words (a 5-word phrase like "what is the
      capital of" would otherwise flag half of a dataset).
-2. The index is a sorted array of (hash, eval item) pairs; each training row's n-grams are looked
-   up with `searchsorted` in batches of ~1 MB of text, so memory stays bounded.
+   Shingles that are no evidence of a copy are left out of the index: those held by
+   >= `common_items` items of one eval set (template text: MATH solutions share "the average of
+   the first and last term"), and those whose words are mostly markup or code, i.e. fewer than
+   `min_prose` of them are prose words (a prose word has two or more characters, no digit, and is
+   not one the eval set uses mostly as a LaTeX command or environment name or in Asymptote
+   `[asy]` code: plotting code and `\\begin{pmatrix} 1 & 0 ...` literals are no evidence).
+2. Near copies of short items. A 13-gram test misses a short item (a typical math problem) whose
+   opening words are reworded and one number changed: no 13 words in a row survive. So each
+   prompt text of `min_words` <= w < `short_words` words is also found in a training row that
+   holds a stretch within `max_edits` of it: the Levenshtein distance over words between the
+   text and the stretch (free to start and end anywhere in the row: approximate substring
+   matching, Sellers 1980), each word of the eval text weighted by its rarity among the eval
+   set's short texts (smoothed inverse document frequency, so "what is the" costs less than the
+   item's own numbers and names), divided by the text's total weight. Edited copies are looked
+   for in the row's prompt (a retold joke or a textbook sentence in an answer is no copy of an
+   eval prompt); exact runs anywhere. Candidates for that exact check are rows sharing two of the
+   text's word 3-grams, or all it has (only 3-grams held by fewer than `common_items` items of
+   its eval set count), and holding its words but for a weight within the allowance (a lower
+   bound of the distance, checked again on the prompt). A (row, item) pair test 1 matched is not
+   checked again.
+   Published contamination rules measure this coarser, as a share of an item found in training
+   data: of its 8-grams (PaLM, Chowdhery et al. 2022, sec. 8) or of its tokens inside long shared
+   n-grams (Llama 2, Touvron et al. 2023, app. A.6); with three words reworded and a number
+   changed, a 20-word item keeps few of either.
 
-Scores (`score_<name>_...`): `matches` (distinct n-grams of the row found in any eval item),
-`hit` (the eval item sharing the most n-grams with it, as "<file name>:<0-based row>"),
-`coverage` (the share of that item's indexed n-grams found in the row: ~1.0 is a full copy) and
-`hits` (every eval item it shares an n-gram with). `summarize_hits` / `Decontaminate.summary`
-turn them into the report's "which eval items were hit" table.
+How it runs (vectorized, no per-row Python loop): the index is a sorted array of (hash, eval item)
+pairs; each training row's n-grams are looked up with `searchsorted` in batches of ~1 MB of text,
+so memory stays bounded. Only the candidate (row, short item) pairs of test 2 reach the edit
+distance, one numpy pass per word of the item.
+
+Scores (`score_<name>_...`): `matches` (distinct n-grams of the row found in any eval item, test 1),
+`hit` (the eval item sharing the most n-grams with it, else the nearest short item, as
+"<file name>:<0-based row>"), `coverage` (the share of that item's indexed n-grams found in the
+row: ~1.0 is a full copy), `edits` (test 2: the weighted word edits between a stretch of the row
+and the nearest short eval text, as a share of that text's weight, 0.0 for an exact run; null when
+none is within `max_edits` or test 1 matched that item) and `hits` (every eval item matched by
+either test). `summarize_hits` / `Decontaminate.summary` turn them into the report's "which eval
+items were hit" table.
 
 Hash collisions: 64-bit hashes, so a false match needs ~2^64 / (index size x row n-grams) tries:
 none expected at any realistic size.
@@ -33,6 +62,8 @@ none expected at any realistic size.
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,7 +76,7 @@ from curate.errors import CurateError
 from curate.io import read_table
 from curate.records import message_text
 from curate.steps import Filter, RecipePath, reasons
-from filters.dedup import TextPart, _arrow_strings, _batches, _shingle_hashes, _tokenize
+from filters.dedup import TextPart, _arrow_strings, _batches, _shingle_hashes, _tokenize, words
 
 # Eval-file columns read by default (matched case-insensitively): the prompt, then reference answers.
 PROMPT_FIELDS = ("instruction", "input", "prompt", "question", "query", "problem", "turns", "conversations",
@@ -56,6 +87,13 @@ ANSWER_FIELDS = ("reference", "references", "output", "answer", "solution", "gol
 _SKIP_KEYS = {"role", "from", "index", "id", "name", "type", "model", "model_id"}
 _SEED = 0x5EED  # any fixed value: the eval index and the training rows must hash alike
 _U = np.uint64
+_MIX = _U(0x9E3779B97F4A7C15)  # odd: spreads a row number over the bits of a word hash
+_MIN_PROBES = 2  # a candidate row shares this many of a short text's probes (or all it has)
+_PROBE = 3  # word n-gram that proposes candidate rows for the near-copy test
+_LATEX_COMMAND = re.compile(r"\\([A-Za-z]+)")
+_LATEX_ENV = re.compile(r"\\(?:begin|end)\s*\{([A-Za-z]+)\*?\}")
+_NOT_PROSE = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\[.*?\\\]|\\\(.*?\\\)|\[asy\].*?\[/asy\]", re.S | re.I)
+_ASY_BLOCK = re.compile(r"\[asy\](.*?)\[/asy\]", re.S | re.I)
 
 
 def _leaf_texts(value: Any, key: str, out: list[tuple[str, str]]) -> None:
@@ -74,14 +112,8 @@ def _leaf_texts(value: Any, key: str, out: list[tuple[str, str]]) -> None:
             _leaf_texts(v, key, out)
 
 
-def eval_texts(path: str | Path, fields: list[str] | None = None) -> list[list[str]]:
-    """The texts of each eval item (row) of one file: one list of strings per row.
-
-    fields=None reads every column named in PROMPT_FIELDS or ANSWER_FIELDS (case-insensitive);
-    nested values (MT-Bench `turns`, Self-Instruct `instances`, `messages`) give one text per leaf.
-    When an item has several prompt texts (Alpaca-style instruction + input), their join is added
-    too: a training prompt made of a short instruction and a short input is matched as a whole.
-    """
+def _eval_items(path: str | Path, fields: list[str] | None) -> list[tuple[list[str], list[str]]]:
+    """Per eval row: (every text, its prompt texts). See `eval_texts`."""
     df = read_table(path)
     if fields is None:
         wanted = {f.lower() for f in PROMPT_FIELDS + ANSWER_FIELDS}
@@ -96,6 +128,8 @@ def eval_texts(path: str | Path, fields: list[str] | None = None) -> list[list[s
         if not cols:
             raise CurateError(f"{path}: none of eval_fields {fields} is a column; the columns are {df.columns}")
     prompt_keys = {f.lower() for f in PROMPT_FIELDS}
+    if not any(c.lower() in prompt_keys for c in cols):
+        prompt_keys = {c.lower() for c in cols}  # eval_fields named no prompt column: all are prompts
     items = []
     for row in df.select(cols).iter_rows():
         leaves: list[tuple[str, str]] = []
@@ -104,9 +138,50 @@ def eval_texts(path: str | Path, fields: list[str] | None = None) -> list[list[s
         texts = [t for _, t in leaves]
         prompt = [t for k, t in leaves if k.lower() in prompt_keys and t.strip()]
         if len(prompt) > 1:
-            texts.append("\n".join(prompt))
-        items.append(texts)
+            prompt.append("\n".join(prompt))
+            texts.append(prompt[-1])
+        items.append((texts, prompt))
     return items
+
+
+def eval_texts(path: str | Path, fields: list[str] | None = None) -> list[list[str]]:
+    """The texts of each eval item (row) of one file: one list of strings per row.
+
+    fields=None reads every column named in PROMPT_FIELDS or ANSWER_FIELDS (case-insensitive);
+    nested values (MT-Bench `turns`, Self-Instruct `instances`, `messages`) give one text per leaf.
+    When an item has several prompt texts (Alpaca-style instruction + input), their join is added
+    too: a training prompt made of a short instruction and a short input is matched as a whole.
+    """
+    return [texts for texts, _ in _eval_items(path, fields)]
+
+
+def markup_words(texts: list[str]) -> set[str]:
+    """Words used mostly as markup or code in these texts: LaTeX command and environment names and
+    the words of Asymptote `[asy]` blocks, unless the texts use the word at least as often as
+    prose (outside `$...$` math and code: `\\in` or `\\angle` do not make "in" or "angle"
+    markup). Normalised as `filters.dedup.words` does."""
+    markup: Counter[str] = Counter()
+    prose: Counter[str] = Counter()
+    for t in texts:
+        if "\\" in t:
+            markup.update(w.lower() for w in _LATEX_COMMAND.findall(t))
+            markup.update(w.lower() for w in _LATEX_ENV.findall(t))
+        if "[asy]" in t or "[ASY]" in t:
+            for block in _ASY_BLOCK.findall(t):
+                markup.update(words(block))
+        if "\\" in t or "$" in t or "[asy]" in t:
+            t = _LATEX_COMMAND.sub(" ", _LATEX_ENV.sub(" ", _NOT_PROSE.sub(" ", t)))
+        prose.update(words(t))
+    return {w for w, n in markup.items() if n > prose[w]}
+
+
+def _prose_flags(text: str, markup: set[str], n_words: int) -> np.ndarray:
+    """Per word of text: is it a prose word (>= 2 characters, no digit, not markup)?"""
+    ws = words(text)
+    if len(ws) != n_words:  # words() is the vectorised tokeniser's reference; never expected
+        return np.ones(n_words, bool)
+    return np.fromiter((len(w) > 1 and w not in markup and not any(c.isdigit() for c in w) for w in ws),
+                       bool, len(ws))
 
 
 def _hashed_words(texts: pl.Series):
@@ -117,100 +192,324 @@ def _hashed_words(texts: pl.Series):
         yield lo, h, word_offs
 
 
-class EvalIndex:
-    """The n-gram hashes of a set of eval files, sorted, each with the eval item it came from."""
+def _window_starts(word_offs: np.ndarray, n: int) -> np.ndarray:
+    """First word of each n-word window inside one document, in `_shingle_hashes` order."""
+    n_words = np.diff(word_offs)
+    count = np.where(n_words >= n, n_words - n + 1, 0)
+    first = np.repeat(word_offs[:-1], count)
+    return first + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
 
-    def __init__(self, paths: list[str], ngram: int = 13, min_words: int = 8, fields: list[str] | None = None):
-        self.ngram, self.min_words = ngram, min_words
-        self.labels: list[str] = []  # eval item -> "<file>:<row>"
-        self.previews: list[str] = []  # eval item -> start of its first text
-        self.set_sizes: dict[str, int] = {}
-        texts, owner = [], []
-        names = [Path(p).name for p in paths]
-        for path, name in zip(paths, names):
-            if names.count(name) > 1:
-                name = str(path)  # two sets with one file name: keep them apart
-            items = eval_texts(path, fields)
-            self.set_sizes[name] = len(items)
-            for i, item in enumerate(items):
-                owner.extend([len(self.labels)] * len(item))
-                texts.extend(item)
-                self.labels.append(f"{name}:{i}")
-                self.previews.append(" ".join(item[0].split())[:100] if item else "")
-        keys, items = [np.zeros(0, _U)], [np.zeros(0, np.int64)]
-        lengths = set()  # word counts of short fields that are matched as contiguous runs
-        series = pl.Series("text", texts, dtype=pl.String)
-        owner_arr = np.asarray(owner, np.int64)
-        skipped = 0
-        for lo, h, word_offs in _hashed_words(series):
-            n_words = np.diff(word_offs)
-            sh, doc = _shingle_hashes(h, word_offs, ngram, _SEED)
-            empty = n_words[doc] == 0
-            skipped += int(empty.sum())
-            keys.append(sh[~empty])
-            items.append(owner_arr[lo + doc[~empty]])
-            lengths.update(int(k) for k in np.unique(n_words[(n_words >= min_words) & (n_words < ngram)]))
-        pairs = pl.DataFrame({"key": np.concatenate(keys), "item": np.concatenate(items)}).unique().sort("key", "item")
+
+def _drop_common(keys: np.ndarray, items: np.ndarray, item_set: np.ndarray, common_items: int) -> np.ndarray:
+    """Mask of (key, item) pairs to keep: keys held by >= common_items items of one eval set go."""
+    if not common_items or not len(keys):
+        return np.ones(len(keys), bool)
+    pairs = pl.DataFrame({"key": keys, "item": items, "set": item_set[items]})
+    common = (
+        pairs.unique(["key", "item"]).group_by("key", "set").agg(pl.len().alias("n"))
+        .filter(pl.col("n") >= common_items)["key"].unique().to_numpy()
+    )
+    return ~np.isin(keys, common)
+
+
+def edit_distance(a: np.ndarray, b: np.ndarray, stretch: bool = False, weights: np.ndarray | None = None,
+                  limit: float | None = None) -> float:
+    """Levenshtein distance between two word (hash) sequences; stretch=True: between `a` and the
+    closest stretch of `b` (free start and end in b: approximate substring matching, Sellers 1980).
+
+    weights: the cost of deleting or replacing each word of `a` (default 1); inserting a word of
+    `b` costs 1. One numpy pass per word of `a`; with `limit`, stops as soon as the distance must
+    exceed it (the row minimum never decreases) and returns inf.
+    """
+    w = np.ones(len(a)) if weights is None else np.asarray(weights, float)
+    idx = np.arange(len(b) + 1, dtype=float)
+    prev = np.zeros(len(b) + 1) if stretch else idx.copy()
+    tmp = np.empty(len(b) + 1)
+    for i, word in enumerate(a):
+        tmp[0] = prev[0] + w[i]
+        np.minimum(prev[:-1] + w[i] * (b != word), prev[1:] + w[i], out=tmp[1:])
+        prev = np.minimum.accumulate(tmp - idx) + idx  # then insertions of b's words along the row
+        if limit is not None and prev.min() > limit:
+            return float("inf")
+    return float(prev.min() if stretch else prev[-1])
+
+
+class _Table:
+    """Sorted (hash, owner) pairs with a presence screen on the low hash bits: a direct-addressed
+    table screens out almost every query before the binary search (random-access searchsorted is
+    ~1 us per query; the screen ~10 ns)."""
+
+    def __init__(self, keys: np.ndarray, owners: np.ndarray):
+        pairs = pl.DataFrame({"key": keys, "owner": owners}).unique().sort("key", "owner")
         self.keys = pairs["key"].to_numpy()
-        self.items = pairs["item"].to_numpy()
-        # Distinct shingles per item: the denominator of `coverage`.
-        self.item_size = np.bincount(self.items, minlength=len(self.labels))
-        # A direct-addressed presence table on the low hash bits screens out almost every query
-        # before the binary search (random-access searchsorted is ~1 us per query; this ~10 ns).
+        self.owners = pairs["owner"].to_numpy()
         bits = int(np.clip(np.ceil(np.log2(max(len(self.keys), 1) * 32)), 12, 27))
         self._mask = _U((1 << bits) - 1)
         self._present = np.zeros(1 << bits, bool)
         self._present[(self.keys & self._mask).view(np.int64)] = True
-        self.short_lengths = sorted(lengths)
-        self.empty_fields = skipped
+
+    def find(self, sh: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (shingle, doc) pairs whose shingle is in the table."""
+        if not len(self.keys):
+            return sh[:0], doc[:0]
+        maybe = np.flatnonzero(self._present[(sh & self._mask).view(np.int64)])
+        sh, doc = sh[maybe], doc[maybe]
+        hit = self.keys[np.minimum(np.searchsorted(self.keys, sh), len(self.keys) - 1)] == sh
+        return sh[hit], doc[hit]
+
+    def expand(self, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For keys in the table: (index into `key`, owner) for every owner of each."""
+        left = np.searchsorted(self.keys, key, "left")
+        reps = np.searchsorted(self.keys, key, "right") - left
+        idx = np.repeat(left - np.cumsum(reps) + reps, reps) + np.arange(reps.sum())
+        return np.repeat(np.arange(len(key)), reps), self.owners[idx]
+
+
+class EvalIndex:
+    """The n-gram hashes of a set of eval files (test 1) and the short texts of the near-copy test
+    (test 2), each with the eval item it came from. See the module docstring."""
+
+    def __init__(self, paths: list[str], ngram: int = 13, min_words: int = 8, fields: list[str] | None = None,
+                 common_items: int = 0, min_prose: float = 0.0, short_words: int = 0, max_edits: float = 0.3):
+        self.ngram, self.min_words, self.max_edits = ngram, min_words, max_edits
+        self.labels: list[str] = []  # eval item -> "<file>:<row>"
+        self.previews: list[str] = []  # eval item -> start of its first text
+        self.set_sizes: dict[str, int] = {}
+        texts, owner, is_prompt, item_set = [], [], [], []
+        names = [Path(p).name for p in paths]
+        for s, (path, name) in enumerate(zip(paths, names)):
+            if names.count(name) > 1:
+                name = str(path)  # two sets with one file name: keep them apart
+            items = _eval_items(path, fields)
+            self.set_sizes[name] = len(items)
+            for i, (item, prompt) in enumerate(items):
+                owner.extend([len(self.labels)] * len(item))
+                texts.extend(item)
+                is_prompt.extend(t in prompt for t in item)
+                item_set.append(s)
+                self.labels.append(f"{name}:{i}")
+                self.previews.append(" ".join(item[0].split())[:100] if item else "")
+        self.item_set = np.asarray(item_set, np.int64)
+        owner_arr = np.asarray(owner, np.int64)
+        markup = markup_words(texts) if min_prose > 0 else set()
+        near_below = max(short_words, ngram) if short_words > min_words else 0
+        keys, docs = [np.zeros(0, _U)], [np.zeros(0, np.int64)]
+        n_words_all = np.zeros(len(texts), np.int64)
+        text_words: dict[int, np.ndarray] = {}  # the words of texts that test 2 may cover
+        for lo, h, word_offs in _hashed_words(pl.Series("text", texts, dtype=pl.String)):
+            n_words = np.diff(word_offs)
+            n_words_all[lo : lo + len(n_words)] = n_words
+            sh, doc = _shingle_hashes(h, word_offs, ngram, _SEED)
+            keep = n_words[doc] > 0
+            if min_prose > 0:
+                prose = np.concatenate([np.zeros(0, bool)] + [
+                    _prose_flags(texts[lo + d], markup, int(k)) for d, k in enumerate(n_words)])
+                cum = np.concatenate([[0], np.cumsum(prose)])
+                starts = _window_starts(word_offs, ngram)
+                short = n_words < ngram
+                share = np.concatenate([
+                    (cum[starts + ngram] - cum[starts]) / ngram,  # each full n-gram
+                    (cum[word_offs[1:]] - cum[word_offs[:-1]])[short] / np.maximum(n_words[short], 1),
+                ])
+                keep &= (share >= min_prose) | (n_words[doc] < min_words)  # a tiny field must match exactly anyway
+            keys.append(sh[keep])
+            docs.append(lo + doc[keep])
+            for d in np.flatnonzero((n_words >= min_words) & (n_words < near_below)).tolist():
+                text_words[lo + d] = h[word_offs[d] : word_offs[d + 1]]
+        self.empty_fields = int((n_words_all == 0).sum())
+        # Test 2 covers prompts under short_words words (edits allowed) and any text under ngram
+        # words (exact runs only: what test 1 would match with a whole-field shingle).
+        short = [t for t in sorted(text_words) if n_words_all[t] < ngram or is_prompt[t]]
+        allow = np.array([max_edits if is_prompt[t] else 0.0 for t in short])
+        covered = np.zeros(len(texts), bool)
+        covered[short] = self._short_index([text_words[t] for t in short], owner_arr[short], allow, common_items)
+        keys_arr, doc_arr = np.concatenate(keys), np.concatenate(docs)
+        mid = (n_words_all[doc_arr] >= min_words) & (n_words_all[doc_arr] < ngram)
+        keep = ~(mid & covered[doc_arr])  # a short field test 2 covers needs no whole-field shingle
+        keys_arr, items_arr = keys_arr[keep], owner_arr[doc_arr[keep]]
+        self.short_lengths = sorted({int(k) for k in n_words_all[doc_arr[keep & mid]]})
+        common = _drop_common(keys_arr, items_arr, self.item_set, common_items)
+        self.table = _Table(keys_arr[common], items_arr[common])
+        self.common_dropped = int(len(np.unique(keys_arr[~common])))
+        # Distinct shingles per item: the denominator of `coverage`.
+        self.item_size = np.bincount(self.table.owners, minlength=len(self.labels))
+
+    def _short_index(self, short_words: list[np.ndarray], owner: np.ndarray, allow: np.ndarray,
+                     common_items: int) -> np.ndarray:
+        """Test 2: keep each short text's words, word weights, allowance (a share of its weight)
+        and 3-grams (the probes that propose candidate rows). Returns which texts have a probe."""
+        self.short_words = short_words
+        self.short_item = owner
+        self.short_allow = allow
+        self.probes = _Table(np.zeros(0, _U), np.zeros(0, np.int64))
+        self.short_probes = np.zeros(len(short_words), np.int64)
+        self.short_weights: list[np.ndarray] = []
+        self.short_sizes, self.short_total = np.zeros(0, np.int64), np.zeros(0)
+        if not short_words:
+            return np.zeros(0, bool)
+        # Word weights: smoothed inverse document frequency over the short texts, so that words
+        # common in the eval set (what, the, x, 2) weigh less than the ones that make an item its own.
+        vocab, df = np.unique(np.concatenate([np.unique(w) for w in short_words]), return_counts=True)
+        idf = np.log((1 + len(short_words)) / (1 + df)) + 1
+        self.short_weights = [idf[np.searchsorted(vocab, w)] for w in short_words]
+        self.short_sizes = sizes = np.array([len(w) for w in short_words])
+        self.short_total = np.array([w.sum() for w in self.short_weights])
+        sh, doc = _shingle_hashes(np.concatenate(short_words), np.concatenate([[0], np.cumsum(sizes)]), _PROBE, _SEED)
+        keep = _drop_common(sh, owner[doc], self.item_set, common_items)
+        self.probes = _Table(sh[keep], doc[keep])
+        self.short_probes = np.bincount(self.probes.owners, minlength=len(short_words))
+        return self.short_probes > 0
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.table.keys)
 
-    def lookup(self, texts: pl.Series) -> tuple[np.ndarray, pl.DataFrame]:
-        """Look texts up. Returns (distinct shingles each text shares with any eval item, and a
-        frame of (row, item, n): for each text and eval item sharing >= 1 shingle, how many)."""
+    def lookup(self, texts: pl.Series) -> tuple[np.ndarray, pl.DataFrame, tuple]:
+        """Look texts up. Returns (distinct shingles each text shares with any eval item; a frame of
+        (row, item, n): for each text and eval item sharing >= 1 shingle, how many; the candidates
+        of test 2 as (rows, short texts, weight of their words absent from the row, the rows' word
+        hashes), for `near`)."""
         matches = np.zeros(len(texts), np.int64)
         frames = [pl.DataFrame(schema={"row": pl.Int64, "item": pl.Int64, "n": pl.Int64})]
-        if len(self.keys) == 0:
-            return matches, frames[0]
-        last = len(self.keys) - 1
+        cand_rows, cand_shorts, cand_absent, cand_words = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [], []
         for lo, h, word_offs in _hashed_words(texts):
+            whole = np.zeros(len(word_offs) - 1, bool)  # rows holding every shingle of some eval text
             found_sh, found_doc = [], []
             for n in [self.ngram, *self.short_lengths]:  # short eval fields: their own run length
-                sh, doc = _shingle_hashes(h, word_offs, n, _SEED)
-                maybe = np.flatnonzero(self._present[(sh & self._mask).view(np.int64)])
-                sh, doc = sh[maybe], doc[maybe]
-                hit = self.keys[np.minimum(np.searchsorted(self.keys, sh), last)] == sh
-                found_sh.append(sh[hit])
-                found_doc.append(doc[hit])
-            if not sum(len(x) for x in found_sh):
-                continue
-            found = pl.DataFrame({"row": np.concatenate(found_doc) + lo, "key": np.concatenate(found_sh)}).unique()
-            row, key = found["row"].to_numpy(), found["key"].to_numpy()
-            np.add.at(matches, row, 1)
-            # Expand each found shingle to every eval item holding it.
-            left = np.searchsorted(self.keys, key, "left")
-            reps = np.searchsorted(self.keys, key, "right") - left
-            idx = np.repeat(left - np.cumsum(reps) + reps, reps) + np.arange(reps.sum())
-            frames.append(
-                pl.DataFrame({"row": np.repeat(row, reps), "item": self.items[idx]})
-                .group_by("row", "item")
-                .agg(pl.len().cast(pl.Int64).alias("n"))
-            )
-        return matches, pl.concat(frames).sort("row", "item")
+                sh, doc = self.table.find(*_shingle_hashes(h, word_offs, n, _SEED))
+                found_sh.append(sh)
+                found_doc.append(doc)
+            if sum(len(x) for x in found_sh):
+                found = pl.DataFrame({"row": np.concatenate(found_doc) + lo, "key": np.concatenate(found_sh)}).unique()
+                row, key = found["row"].to_numpy(), found["key"].to_numpy()
+                np.add.at(matches, row, 1)
+                at, item = self.table.expand(key)  # each found shingle to every eval item holding it
+                frames.append(
+                    pl.DataFrame({"row": row[at], "item": item})
+                    .group_by("row", "item")
+                    .agg(pl.len().cast(pl.Int64).alias("n"))
+                )
+                f_row, f_item, f_n = (frames[-1][c].to_numpy() for c in ("row", "item", "n"))
+                whole[f_row[f_n >= self.item_size[f_item]] - lo] = True
+            if len(self.probes.keys):
+                row, short, absent = self._candidates(h, word_offs, whole)
+                cand_rows.append(row + lo)
+                cand_shorts.append(short)
+                cand_absent.append(absent)
+                cand_words.extend(h[word_offs[r] : word_offs[r + 1]] for r in row.tolist())
+        pairs = pl.concat(frames).sort("row", "item")
+        rows, shorts = np.concatenate(cand_rows), np.concatenate(cand_shorts)
+        # A (row, item) pair test 1 matched needs no test 2: the row is flagged and the item listed.
+        n_items = max(len(self.labels), 1)
+        new = ~np.isin(rows * n_items + self.short_item[shorts], pairs["row"].to_numpy() * n_items + pairs["item"].to_numpy())
+        candidates = (rows[new], shorts[new], np.concatenate([np.zeros(0)] + cand_absent)[new],
+                      [w for w, keep in zip(cand_words, new.tolist()) if keep])
+        return matches, pairs, candidates
+
+    def _candidates(self, h: np.ndarray, word_offs: np.ndarray, skip: np.ndarray) -> tuple:
+        """Test 2's candidates in one batch: (row, short text) pairs sharing two of its probes (or
+        all it has), whose words absent from the row weigh no more than its allowance (a lower bound
+        of the edit distance: an absent word must be deleted or replaced); rows in `skip` (whole
+        copies of an eval text, flagged by test 1 whatever test 2 finds) are left out. Returns
+        (rows, shorts, that weight)."""
+        sh, doc = _shingle_hashes(h, word_offs, _PROBE, _SEED)
+        keep = ~skip[doc]
+        sh, doc = self.probes.find(sh[keep], doc[keep])
+        if not len(sh):
+            return doc[:0], doc[:0], np.zeros(0)
+        found = pl.DataFrame({"row": doc, "key": sh}).unique()
+        at, short = self.probes.expand(found["key"].to_numpy())
+        pairs = pl.DataFrame({"row": found["row"].to_numpy()[at], "short": short}).group_by("row", "short").len()
+        row, short, n = (pairs[c].to_numpy() for c in ("row", "short", "len"))
+        keep = n >= np.minimum(_MIN_PROBES, self.short_probes[short])
+        row, short = row[keep], short[keep]
+        absent, total = self._absent_weight(h, word_offs, row, short)
+        ok = absent <= self.short_allow[short] * total
+        return row[ok], short[ok], absent[ok]
+
+    def _absent_weight(self, h: np.ndarray, word_offs: np.ndarray, row: np.ndarray, short: np.ndarray):
+        """For (text, short text) pairs: the weight of the short text's words absent from the text,
+        and its total weight. A presence table of (text, word): a false "present" (two pairs on one
+        slot) only loosens the bound."""
+        if not len(row):
+            return np.zeros(0), np.zeros(0)
+        bits = int(np.clip(np.ceil(np.log2(max(len(h), 1) * 4)), 12, 26))
+        mask = _U((1 << bits) - 1)
+        present = np.zeros(1 << bits, bool)
+        present[((h + np.repeat(np.arange(len(word_offs) - 1, dtype=_U), np.diff(word_offs)) * _MIX) & mask)
+                .view(np.int64)] = True
+        sizes = self.short_sizes[short]
+        words_ = np.concatenate([self.short_words[s] for s in short.tolist()])
+        weights = np.concatenate([self.short_weights[s] for s in short.tolist()])
+        slot = (words_ + np.repeat(row.astype(_U), sizes) * _MIX) & mask
+        pair = np.repeat(np.arange(len(row)), sizes)
+        absent = np.bincount(pair, np.where(present[slot.view(np.int64)], 0.0, weights), len(row))
+        return absent, np.bincount(pair, weights, len(row))
+
+    def near(self, candidates: tuple, prompts: pl.Series | None = None) -> pl.DataFrame:
+        """Test 2's exact check of `lookup`'s candidates. Returns (row, item, edits): edits is the
+        share of the short text's weight edited in the closest stretch of the row (0: an exact run).
+
+        An exact run is looked for in the whole checked text; an edited copy of a prompt only in
+        `prompts`, the prompt part of each candidate row (in the order of np.unique(rows)); without
+        it, in the whole text too. A prompt-sized stretch of a long answer that resembles a short
+        eval prompt (a famous joke retold, a textbook sentence) is no copy of the item.
+        """
+        rows, shorts, absent, row_words = candidates
+        out = []
+        exact = np.zeros(len(rows), bool)
+        for k in np.flatnonzero(absent == 0).tolist():  # every word is there: try an exact run first
+            exact[k] = _has_run(row_words[k], self.short_words[shorts[k]])
+        for k in np.flatnonzero(exact).tolist():
+            out.append((int(rows[k]), int(self.short_item[shorts[k]]), 0.0))
+        total = self.short_total[shorts]
+        allow = self.short_allow[shorts] * total
+        if prompts is not None and len(rows):  # the prompts' words, and the bound again on them
+            uniq = np.unique(rows)
+            hashes, offsets = [np.zeros(0, _U)], [np.zeros(1, np.int64)]
+            for _, h, word_offs in _hashed_words(prompts):
+                offsets.append(word_offs[1:] + sum(len(x) for x in hashes))
+                hashes.append(h)
+            h, word_offs = np.concatenate(hashes), np.concatenate(offsets)
+            at = np.searchsorted(uniq, rows)
+            within, _ = self._absent_weight(h, word_offs, at, shorts)
+        else:  # the whole checked text
+            h = np.concatenate([np.zeros(0, _U), *row_words])
+            word_offs = np.concatenate([[0], np.cumsum([len(t) for t in row_words])]).astype(np.int64)
+            at, within = np.arange(len(rows)), absent
+        todo = np.flatnonzero(~exact & (allow > 0) & (within <= allow))
+        for k in todo.tolist():
+            s = int(shorts[k])
+            text = h[word_offs[at[k]] : word_offs[at[k] + 1]]
+            cost = edit_distance(self.short_words[s], text, stretch=True, weights=self.short_weights[s], limit=allow[k])
+            if cost <= allow[k]:
+                out.append((int(rows[k]), int(self.short_item[s]), cost / total[k]))
+        frame = pl.DataFrame(out, schema={"row": pl.Int64, "item": pl.Int64, "edits": pl.Float64}, orient="row")
+        return frame.group_by("row", "item").agg(pl.col("edits").min()).sort("row", "item")
+
+
+def _has_run(text: np.ndarray, run: np.ndarray) -> bool:
+    """Does `text` hold `run` as consecutive words?"""
+    n = len(run)
+    for p in np.flatnonzero(text[: len(text) - n + 1] == run[0]).tolist():
+        if np.array_equal(text[p : p + n], run):
+            return True
+    return False
 
 
 class Decontaminate(Filter):
-    """Drop training rows that share a long n-gram (default 13 normalized words) with any item of
-    the given eval sets: the overlap test of GPT-3 (Brown et al. 2020, app. C).
+    """Drop training rows that copy an item of the given eval sets: rows sharing a long n-gram
+    (default 13 normalised words: the overlap test of GPT-3, Brown et al. 2020, app. C) with it,
+    and rows holding a lightly edited copy of a short prompt (see the module docstring).
 
     `eval_sets`: files read_table reads (jsonl, json, parquet, csv, a datasets folder);
     `eval_fields`: their columns to index (default: prompt and reference-answer columns, see
-    PROMPT_FIELDS / ANSWER_FIELDS); `field`: the part of the training row checked; a row is dropped
+    PROMPT_FIELDS / ANSWER_FIELDS); `field`: the part of the training row checked. A row is dropped
     when it shares >= `min_matches` distinct n-grams with the eval sets (and, if `min_coverage` is
-    set, at least that share of the best-matching item's n-grams). Short eval fields: see the
-    module docstring (`min_words`). Re-thresholding either needs no rescoring.
+    set, at least that share of the best-matching item's n-grams), or when a stretch of its prompt
+    is within `max_edits` (a share of weighted word edits) of an eval prompt of < `short_words` words.
+    `common_items` and `min_prose` keep template and markup n-grams out of the evidence
+    (0 turns either off; `short_words=0, common_items=0, min_prose=0` is the plain GPT-3 rule).
+    Re-thresholding `min_matches` / `min_coverage` needs no rescoring.
     """
 
     kind: ClassVar[str] = "decontaminate"
@@ -229,26 +528,38 @@ class Decontaminate(Filter):
     # bench/report_filters_real_data.py), but a row copying just the prompt of an item that also
     # indexes a long reference answer has low coverage too.
     min_coverage: float = Setting(0.0, ge=0.0, le=1.0)
+    # Test 2 (near copies) covers prompts of min_words <= w < short_words words (0: off).
+    short_words: int = Setting(50, ge=0)
+    max_edits: float = Setting(0.4, ge=0.0, le=1.0)
+    # An n-gram held by this many items of one eval set is template text, not evidence (0: off).
+    common_items: int = Setting(3, ge=0)
+    # An n-gram with a smaller share of prose words is markup or code, not evidence (0: off).
+    min_prose: float = Setting(0.4, ge=0.0, le=1.0)
 
     _index: Any = PrivateAttr(default=None)
     _index_key: Any = PrivateAttr(default=None)
 
     def index(self) -> EvalIndex:
-        """The eval n-gram index, built once (rebuilt if a setting or an eval file changes)."""
-        key = (tuple(self.eval_sets), tuple(self.eval_fields or ()), self.ngram, self.min_words,
+        """The eval index, built once (rebuilt if a setting or an eval file changes)."""
+        key = (tuple(self.eval_sets), tuple(self.eval_fields or ()), self.ngram, self.min_words, self.short_words,
+               self.max_edits, self.common_items, self.min_prose,
                tuple(os.stat(p).st_mtime_ns if os.path.exists(p) else 0 for p in self.eval_sets))
         if self._index is None or self._index_key != key:
-            self._index = EvalIndex(list(self.eval_sets), self.ngram, min(self.min_words, self.ngram), self.eval_fields)
+            self._index = EvalIndex(list(self.eval_sets), self.ngram, min(self.min_words, self.ngram), self.eval_fields,
+                                    common_items=self.common_items, min_prose=self.min_prose,
+                                    short_words=self.short_words, max_edits=self.max_edits)
             self._index_key = key
         return self._index
 
     def score_columns(self) -> list[str]:
-        return [f"{self.column}_{c}" for c in ("matches", "hit", "coverage", "hits")]
+        return [f"{self.column}_{c}" for c in ("matches", "hit", "coverage", "edits", "hits")]
 
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
         index = self.index()
-        matches, pairs = index.lookup(message_text(df, self.field))
-        c_matches, c_hit, c_cov, c_hits = self.score_columns()
+        matches, pairs, candidates = index.lookup(message_text(df, self.field))
+        rows = np.unique(candidates[0])
+        near = index.near(candidates, message_text(df[rows], "response" if self.field == "response" else "prompt"))
+        c_matches, c_hit, c_cov, c_edits, c_hits = self.score_columns()
         labels = pl.Series("label", index.labels, dtype=pl.String)
         items = pairs["item"].to_numpy()
         best = (
@@ -256,38 +567,68 @@ class Decontaminate(Filter):
             .sort(["row", "n", "item"], descending=[False, True, False])  # most shared shingles first
             .group_by("row", maintain_order=True)
             .agg(
-                pl.col("label").first().alias(c_hit),
+                pl.col("label").first().alias("ngram_hit"),
                 (pl.col("n").first() / pl.col("size").first()).cast(pl.Float64).alias(c_cov),
-                pl.col("label").sort().alias(c_hits),
             )
         )
-        table = pl.DataFrame({"row": np.arange(len(df), dtype=np.int64)}).join(best, on="row", how="left")
+        nearest = (
+            near.with_columns(label=labels.gather(near["item"].to_numpy()))
+            .sort(["row", "edits", "item"])
+            .group_by("row", maintain_order=True)
+            .agg(pl.col("label").first().alias("near_hit"), pl.col("edits").first().alias(c_edits))
+        )
+        every = pl.concat([pairs.select("row", "item"), near.select("row", "item")]).unique()
+        every = (
+            every.with_columns(label=labels.gather(every["item"].to_numpy()))
+            .group_by("row")
+            .agg(pl.col("label").sort().alias(c_hits))
+        )
+        table = (
+            pl.DataFrame({"row": np.arange(len(df), dtype=np.int64)})
+            .join(best, on="row", how="left")
+            .join(nearest, on="row", how="left")
+            .join(every, on="row", how="left")
+            .sort("row")
+        )
         return df.with_columns(
             pl.Series(c_matches, matches),
-            table[c_hit],
+            table.select(pl.coalesce("ngram_hit", "near_hit").alias(c_hit)).to_series(),
             table[c_cov],
+            table[c_edits].cast(pl.Float64),
             table[c_hits].fill_null(pl.lit([], dtype=pl.List(pl.String))),
         )
 
     def decide(self, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
-        c_matches, _, c_cov, _ = self.score_columns()
-        hit = (df[c_matches] >= self.min_matches) & (df[c_cov].fill_null(0.0) >= self.min_coverage)
-        return reasons(~hit, "overlaps eval set")
+        return reasons(~flagged(df, self.column, self.min_matches, self.min_coverage), "overlaps eval set")
 
     def explain(self, df: pl.DataFrame) -> pl.Series:
-        c_matches, c_hit, c_cov, c_hits = self.score_columns()
-        why = pl.format(
+        c_matches, c_hit, c_cov, c_edits, c_hits = self.score_columns()
+        ngrams = pl.format(
             "{} shared {}-grams; most with {} ({}% of it); items hit: {}",
             pl.col(c_matches), pl.lit(self.ngram), pl.col(c_hit),
             (pl.col(c_cov) * 100).round(0).cast(pl.Int64), pl.col(c_hits).list.len(),
         )
-        return df.select(pl.when(pl.col(c_matches) > 0).then(why).otherwise(None).alias("detail")).to_series()
+        edited = pl.format("a stretch {}% edited (weighted word edits) from short eval item {}; items hit: {}",
+                           (pl.col(c_edits) * 100).round(0).cast(pl.Int64), pl.col(c_hit), pl.col(c_hits).list.len())
+        return df.select(
+            pl.when(pl.col(c_matches) > 0).then(ngrams).when(pl.col(c_edits).is_not_null()).then(edited)
+            .otherwise(None).alias("detail")
+        ).to_series()
 
     def summary(self, df: pl.DataFrame, examples: int = 3) -> dict[str, Any]:
         """Which eval items were hit, per eval set (for the run report); df holds this filter's scores."""
         index = self.index()
         return summarize_hits(df, self.column, self.min_matches, self.min_coverage, set_sizes=index.set_sizes,
                               previews=dict(zip(index.labels, index.previews)), examples=examples)
+
+
+def flagged(df: pl.DataFrame, column: str = "score_decontaminate", min_matches: int = 1,
+            min_coverage: float = 0.0) -> pl.Series:
+    """Rows that overlap an eval set by either test, from the score columns."""
+    hit = (df[f"{column}_matches"] >= min_matches) & (df[f"{column}_coverage"].fill_null(0.0) >= min_coverage)
+    if f"{column}_edits" in df.columns:  # frames scored before the near-copy test have no such column
+        hit = hit | df[f"{column}_edits"].is_not_null()
+    return hit
 
 
 def summarize_hits(
@@ -301,12 +642,13 @@ def summarize_hits(
 ) -> dict[str, Any]:
     """Summarise decontamination scores: rows flagged, and for each eval item hit, how many rows hit
     it, their ids and the best coverage. Items are counted from `<column>_hits` (all items a
-    flagged row shares an n-gram with), so an eval prompt present in two sets shows up in both."""
-    matches, hits, cov = f"{column}_matches", f"{column}_hits", f"{column}_coverage"
-    flagged = df.filter((pl.col(matches) >= min_matches) & (pl.col(cov).fill_null(0.0) >= min_coverage))
-    ids = flagged["id"] if "id" in flagged.columns else pl.Series("id", [str(i) for i in range(len(flagged))])
+    flagged row matches), so an eval prompt present in two sets shows up in both."""
+    hits, cov = f"{column}_hits", f"{column}_coverage"
+    flagged_rows = df.filter(flagged(df, column, min_matches, min_coverage))
+    n = len(flagged_rows)
+    ids = flagged_rows["id"] if "id" in flagged_rows.columns else pl.Series("id", [str(i) for i in range(n)])
     long = (
-        flagged.select(pl.col(hits), ids.cast(pl.String).alias("id"), pl.col(cov))
+        flagged_rows.select(pl.col(hits), ids.cast(pl.String).alias("id"), pl.col(cov))
         .explode(hits)
         .drop_nulls(hits)
         .rename({hits: "item"})
@@ -329,11 +671,12 @@ def summarize_hits(
             it["text"] = previews.get(it["item"], "")
     return {
         "rows": len(df),
-        "rows_flagged": len(flagged),
+        "rows_flagged": len(flagged_rows),
         "eval_items_hit": len(per_item),
         "by_set": by_set,
         "items": items,
     }
 
 
-__all__ = ["Decontaminate", "EvalIndex", "eval_texts", "summarize_hits", "PROMPT_FIELDS", "ANSWER_FIELDS"]
+__all__ = ["Decontaminate", "EvalIndex", "eval_texts", "markup_words", "edit_distance", "flagged", "summarize_hits",
+           "PROMPT_FIELDS", "ANSWER_FIELDS"]

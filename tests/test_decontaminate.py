@@ -6,13 +6,15 @@ import json
 import random
 import re
 
+import numpy as np
 import polars as pl
 import pytest
 
 from curate.errors import CurateError
 from curate.io import read_records, read_table
 from curate.records import make_frame
-from filters.decontaminate import Decontaminate, eval_texts
+from bench.bench_decontaminate import draw_math_eval, plant
+from filters.decontaminate import Decontaminate, edit_distance, eval_texts, markup_words
 from filters.dedup import words
 from tests.conftest import shared
 
@@ -46,11 +48,14 @@ def frame(*pairs):
                        for p, a in pairs])
 
 
+GPT3 = dict(short_words=0, common_items=0, min_prose=0)  # the plain 13-gram rule (the filter before issue 9)
+
+
 def test_known_overlaps_are_caught_and_others_are_not(eval_file):
     df = frame(
         (LONG.upper().replace(",", ";") + "!!", "Sure."),  # case and punctuation edits
         ("Please help: " + LONG, "ok"),  # a prefix
-        (" ".join(LONG.split()[:12]), "only 12 words of it"),  # shorter than 13: not an overlap
+        (" ".join(LONG.split()[:12]), "only 12 words of it"),  # 12 of 18 words: no 13-gram, a near copy
         ("Question for you. " + SHORT + ", please, with dates.", "ok"),  # short eval item inside a row
         ("I want you to tell me a joke about cats.", "Why..."),  # tiny item inside a longer text
         ("What is Australia's capital?", ANSWER),  # the reference answer copied
@@ -60,13 +65,22 @@ def test_known_overlaps_are_caught_and_others_are_not(eval_file):
     f = Decontaminate(eval_sets=[eval_file])
     kept, rejected = f.split(df)
     scored = f.score(df)
-    assert scored["score_decontaminate_matches"].to_list() == [6, 6, 0, 1, 0, 6, 5, 0]
+    # Test 1 (13-grams); the 9-word SHORT is now test 2's (an exact run: 0 edits), not a whole-field shingle.
+    assert scored["score_decontaminate_matches"].to_list() == [6, 6, 0, 0, 0, 6, 5, 0]
     assert scored["score_decontaminate_hit"].to_list() == [
-        "evalset.jsonl:0", "evalset.jsonl:0", None, "evalset.jsonl:1", None, "evalset.jsonl:3", "evalset.jsonl:4", None]
+        "evalset.jsonl:0", "evalset.jsonl:0", "evalset.jsonl:0", "evalset.jsonl:1", None, "evalset.jsonl:3",
+        "evalset.jsonl:4", None]
+    edits = scored["score_decontaminate_edits"].to_list()
+    assert edits[3] == 0.0 and 0 < edits[2] <= 0.4 and edits[4] is None and edits[7] is None
     assert scored["score_decontaminate_coverage"][0] == 1.0
-    assert rejected["reason"].to_list() == ["overlaps eval set"] * 5
+    assert rejected["reason"].to_list() == ["overlaps eval set"] * 6
     assert "evalset.jsonl:0" in rejected["detail"][0]
-    assert len(kept) == 3
+    assert "short eval item evalset.jsonl:0" in rejected["detail"][2]
+    assert len(kept) == 2
+    # The GPT-3 rule alone: the 12-word prefix is no overlap; SHORT is one whole-field shingle.
+    gpt3 = Decontaminate(eval_sets=[eval_file], **GPT3).score(df)
+    assert gpt3["score_decontaminate_matches"].to_list() == [6, 6, 0, 1, 0, 6, 5, 0]
+    assert gpt3["score_decontaminate_edits"].null_count() == len(df)
 
 
 def test_short_instruction_plus_short_input_match_as_one_prompt(tmp_path):
@@ -91,18 +105,18 @@ def test_tiny_item_matches_only_a_whole_text(eval_file):
 
 
 def test_rethreshold_min_matches_without_rescoring(eval_file, monkeypatch):
-    fifteen = " ".join(LONG.split()[:15])  # 15 shared words = 3 distinct 13-grams
-    df = Decontaminate(eval_sets=[eval_file]).score(frame((fifteen, "ok"), (LONG, "ok")))
+    fifteen = " ".join(LONG.split()[:15])  # 15 shared words = 3 distinct 13-grams (and a near copy: GPT3 off)
+    df = Decontaminate(eval_sets=[eval_file], **GPT3).score(frame((fifteen, "ok"), (LONG, "ok")))
     assert df["score_decontaminate_matches"].to_list() == [3, 6]
 
     def rescoring(*_):
         raise AssertionError("keep() must not rescore")
 
     monkeypatch.setattr(Decontaminate, "compute_scores", rescoring)
-    mask, reason = Decontaminate(eval_sets=[eval_file], min_matches=4).keep(df)
+    mask, reason = Decontaminate(eval_sets=[eval_file], min_matches=4, **GPT3).keep(df)
     assert mask.to_list() == [True, False] and reason.to_list() == [None, "overlaps eval set"]
     assert df["score_decontaminate_coverage"].to_list() == [0.5, 1.0]
-    mask, _ = Decontaminate(eval_sets=[eval_file], min_coverage=0.6).keep(df)
+    mask, _ = Decontaminate(eval_sets=[eval_file], min_coverage=0.6, **GPT3).keep(df)
     assert mask.to_list() == [True, False]
 
 
@@ -226,3 +240,128 @@ def test_real_alpaca_row_that_is_a_lima_test_prompt(real):
     assert flagged["score_decontaminate_coverage"].to_list() == [1.0]
     lima = read_table(paths[EVAL_FILES.index("lima_test_300.jsonl")])["conversations"][167]
     assert flagged["messages"][0][0]["content"] == lima
+
+
+# --- issue 9 part 3: lightly edited short items, boilerplate --------------------------------------
+
+
+def test_edit_distance_matches_the_textbook_recurrence():
+    def reference(a, b, stretch, w):
+        prev = [0.0] * (len(b) + 1) if stretch else [float(j) for j in range(len(b) + 1)]
+        for i, x in enumerate(a):
+            cur = [prev[0] + w[i]]
+            for j, y in enumerate(b, 1):
+                cur.append(min(prev[j - 1] + (0 if x == y else w[i]), prev[j] + w[i], cur[j - 1] + 1))
+            prev = cur
+        return min(prev) if stretch else prev[-1]
+
+    rng = random.Random(0)
+    for _ in range(200):
+        a = np.array([rng.randrange(4) for _ in range(rng.randrange(1, 8))], np.uint64)
+        b = np.array([rng.randrange(4) for _ in range(rng.randrange(0, 12))], np.uint64)
+        w = [rng.choice([0.5, 1.0, 2.0]) for _ in a]
+        for stretch in (False, True):
+            assert edit_distance(a, b, stretch, np.array(w)) == pytest.approx(reference(a, b, stretch, w))
+    words_ = np.array([1, 2, 3], np.uint64)
+    assert edit_distance(words_, np.array([9, 1, 2, 3, 9], np.uint64), stretch=True) == 0
+    assert edit_distance(words_, np.array([9, 1, 2, 3, 9], np.uint64)) == 2
+    assert edit_distance(words_, np.array([7, 8], np.uint64), stretch=True, limit=1) == float("inf")
+
+
+def test_markup_words_are_commands_and_plot_code_not_prose():
+    texts = [r"Find $\frac{1}{2} \cdot \begin{pmatrix} 1 \\ 0 \end{pmatrix}$ in the plane.",
+             r"The angle $\angle ABC$ is right. [asy] draw((0,0)--(1,1)); label(""$A$"", (0,0), SW); [/asy]",
+             r"Let $x \in S$ and write it in text: $\text{yes}$."]
+    markup = markup_words(texts)
+    assert {"frac", "cdot", "pmatrix", "begin", "end", "draw", "label", "sw"} <= markup
+    assert not {"in", "angle", "find", "plane", "right"} & markup  # also used as prose here
+    assert "text" not in markup  # once as \text, once as prose: not mostly markup
+
+
+def test_template_ngrams_shared_by_many_items_are_no_evidence(tmp_path):
+    phrase = "the sum of an arithmetic series is equal to the average of the first and last term"
+    items = [{"problem": f"Problem number {k} about {w}.", "solution": f"Since {phrase}, the answer is {k}."}
+             for k, w in enumerate(["apples", "trains", "clocks"])]
+    path = write_jsonl(tmp_path / "ev.jsonl", items)
+    row = frame((f"Sum the odd numbers below 50. Recall that {phrase} times the count.", "625"))
+    assert Decontaminate(eval_sets=[path], **GPT3).score(row)["score_decontaminate_matches"][0] > 0
+    assert Decontaminate(eval_sets=[path]).score(row)["score_decontaminate_matches"][0] == 0
+    # The same phrase in three items of three different eval sets is no template of one set.
+    paths = [write_jsonl(tmp_path / f"ev{k}.jsonl", [it]) for k, it in enumerate(items)]
+    assert Decontaminate(eval_sets=paths).score(row)["score_decontaminate_matches"][0] > 0
+
+
+def test_near_copies_are_looked_for_in_the_prompt_exact_answers_anywhere(tmp_path):
+    joke = "What's the funny part of the joke: why don't scientists trust atoms? Because they make up everything"
+    path = write_jsonl(tmp_path / "ev.jsonl", [
+        {"instruction": joke, "output": "Atoms really do make up everything, the pun"},  # 9-word answer
+    ])
+    df = frame(
+        ("Tell me a joke.", "Why don't scientists trust atoms? Because they make up everything!"),
+        ("Explain this joke: why don't scientists trust atoms? Because they make up everything.", "A pun."),
+        ("Why is it funny?", "Well, atoms really do make up everything, the pun is the point."),
+    )
+    scored = Decontaminate(eval_sets=[path]).score(df)
+    edits = scored["score_decontaminate_edits"].to_list()
+    assert edits[0] is None  # a retold joke in an answer is no copy of the eval prompt
+    assert 0 < edits[1] <= 0.4  # the prompt reworded around the joke is
+    assert edits[2] == 0.0  # the 9-word reference answer, copied exactly, anywhere in the row
+
+
+@pytest.fixture(scope="module")
+def math_eval(tmp_path_factory):
+    """The bench's MATH eval set: 1,000 problems holding a number, drawn with seed 0."""
+    math = read_table(shared("math_test4500", "math_test_minus_math500.jsonl"))
+    drawn = draw_math_eval(math, 1000, 0)
+    path = tmp_path_factory.mktemp("math") / "math_eval.jsonl"
+    math[drawn].select("id", "problem", "solution", "answer").write_ndjson(path)
+    return str(path), math, drawn
+
+
+def test_short_math_items_with_reworded_start_and_a_changed_number_are_caught(math_eval):
+    """Issue 9 part 3: a short item (8-29 words) with one number changed and its first three words
+    reworded shares no 13-gram with the original: the GPT-3 rule missed 66 of these 100."""
+    path, math, drawn = math_eval
+    problems, ids = math["problem"].to_list(), math["id"].to_list()
+    short = [k for k, i in enumerate(drawn) if 8 <= len(words(problems[i])) < 30][:100]
+    planted = make_frame([{"messages": [{"role": "user", "content": plant(problems[drawn[k]], ids[drawn[k]], 0)}]}
+                          for k in short])
+
+    def caught(settings):
+        f = Decontaminate(eval_sets=[path], **settings)
+        scored = f.score(planted)
+        mask, _ = f.keep(scored)
+        return sum(not keep and f"math_eval.jsonl:{k}" in hits
+                   for k, keep, hits in zip(short, mask.to_list(), scored["score_decontaminate_hits"].to_list()))
+
+    assert caught(GPT3) == 34
+    assert caught({}) >= 92  # the misses keep < 2 of their 3-grams: no candidate (see bench/README.md)
+    gsm = read_table(shared("gsm8k_train", "train.jsonl"))
+    clean = make_frame([{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                        for q, a in zip(gsm["question"].to_list(), gsm["answer"].to_list())])
+    f = Decontaminate(eval_sets=[path])
+    assert (~f.keep(f.score(clean))[0]).sum() <= 1  # of 7,473 GSM8K rows (the GPT-3 rule: 1)
+
+
+# (eval item, a clean MATH problem whose solution shares only boilerplate with the item's solution)
+BOILERPLATE = {
+    "Asymptote plotting code": ("math_test_4954", "math_test_4469"),
+    "a pmatrix literal": ("math_test_4470", "math_test_4568"),
+    "'the average of the first and last term'": ("math_test_80", "math_test_398"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BOILERPLATE))
+def test_solution_boilerplate_does_not_flag_clean_rows(math_eval, kind):
+    """Issue 9 part 3: matching on solution text flagged clean rows through plotting code, matrix
+    literals and stock phrases shared with an eval item's solution."""
+    path, math, drawn = math_eval
+    item, clean_id = BOILERPLATE[kind]
+    row = math.filter(pl.col("id") == clean_id)
+    df = frame((row["problem"][0], row["solution"][0]))
+    label = f"math_eval.jsonl:{[math['id'][i] for i in drawn].index(item)}"
+    gpt3 = Decontaminate(eval_sets=[path], **GPT3)
+    assert gpt3.score(df)["score_decontaminate_hit"][0] == label
+    f = Decontaminate(eval_sets=[path])
+    mask, _ = f.keep(f.score(df))
+    assert mask[0]
