@@ -268,10 +268,20 @@ def test_changed_gold_reruns_chain_of_thought_verification(tmp_path, monkeypatch
 
 
 def numbered_rows(n):
-    """n rows whose texts share no 13-word run with each other."""
-    return [{"prompt": f"Question {i}: in a few friendly words, explain to student number {i} why the value {i} "
-                       f"is smaller than {i + 1} but larger than {i - 1} on the number line.",
-             "completion": f"Because {i + 1} comes after {i}, and {i - 1} comes before it."} for i in range(n)]
+    """n rows whose prompts share no 13-word run and are no near copies of each other (numbers
+    alone would not do: a prompt with one number changed is a near copy to decontamination)."""
+    import random
+
+    vocab = ("river mountain teacher planet garden violin engine harbor winter market lantern desert "
+             "forest pencil castle rocket bakery island meadow thunder library carpet canyon falcon "
+             "orchard pirate glacier tunnel compass volcano").split()
+    rng = random.Random(7)
+    rows = []
+    for i in range(n):
+        words = rng.sample(vocab, 12)
+        rows.append({"prompt": f"Question {i}: write a short story that mentions " + ", ".join(words) + ".",
+                     "completion": f"Once upon a time, a {words[0]} met a {words[1]}."})
+    return rows
 
 
 DECONTAMINATE = """
