@@ -89,6 +89,14 @@ def test_score_columns_of_every_shape_reach_report_card_and_validation(case, tmp
         assert [c["expectation"] for c in v["results"] if not c["success"]] == ["at least 1 row"]
         assert "FAIL at least 1 row" in (out / "report.md").read_text()
         assert f"- Validation: {v['total'] - 1}/{v['total']} expectations met" in card
+        # and `curate report` says so on the terminal (typer's runner calls the command in this process)
+        from typer.testing import CliRunner
+
+        from curate.cli import app
+
+        result = CliRunner().invoke(app, ["report", str(out)], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert f"validation: {v['total'] - 1}/{v['total']} expectations met; failed: at least 1 row (0 rows)" in result.output
     if case == "single row":
         words = scores["score_heuristics_response_words"]["summary"]
         assert words["n"] == 1 and words["p10"] == words["p90"] == 7
