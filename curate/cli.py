@@ -40,6 +40,15 @@ def run(
     out.print(f"[bold]{report['rows']['out']}[/] rows written to {target}/data "
               f"({report['rows']['rejected']} rejected; {llm['prompt_tokens'] + llm['completion_tokens']} tokens, "
               f"{llm['sent']} requests sent, {llm['cache_hits']} from cache) in {report['seconds']:.1f}s")
+    _print_failed_expectations(report)
+
+
+def _print_failed_expectations(report: dict) -> None:
+    """A failed expectation of the final data is worth a line on the terminal, not only in report.md."""
+    v = report.get("validation")
+    if v and v["passed"] < v["total"]:
+        failed = "; ".join(f"{c['expectation']} ({c['details']})" for c in v["results"] if not c["success"])
+        out.print(f"[bold red]validation: {v['passed']}/{v['total']} expectations met[/]; failed: {failed}")
 
 
 @app.command()
@@ -71,6 +80,7 @@ def report(out_dir: Path = typer.Argument(..., help="A finished run folder.")):
 
     rep = rebuild_report(out_dir)
     out.print(f"rebuilt {out_dir}/report.html ({rep['rows']['out']} rows, {len(rep['steps']) - 1} steps)")
+    _print_failed_expectations(rep)
 
 
 @app.command()

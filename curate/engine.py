@@ -153,7 +153,7 @@ def publish_report(recipe: Recipe, out: Path, steps: list[dict], final: pl.DataF
     from curate.report import build_report, write_card, write_reports
     from curate.validate import validate
 
-    validation = validate(final, recipe.steps) if final.height else None
+    validation = validate(final, recipe.steps)  # on 0 rows too: "at least 1 row" fails
     report = build_report(recipe, steps, final, rejects, data_files, seconds, out, validation)
     write_reports(report, out)
     write_card(recipe, report, out / "README.md")

@@ -28,6 +28,8 @@ META = pl.Struct(
         "prompt_tokens": pl.Int64,
         "completion_tokens": pl.Int64,
         "cost": pl.Float64,
+        # why the teacher stopped writing the response: "stop", or "length" when cut at max_tokens
+        "finish_reason": pl.String,
     }
 )
 
@@ -137,3 +139,12 @@ def message_text(df: pl.DataFrame, part: str = "text") -> pl.Series:
 def meta_struct(rows: list[dict[str, Any]]) -> pl.Series:
     """A META column from a list of dicts (missing keys become null)."""
     return pl.Series("meta", rows, dtype=META)
+
+
+def finish_reasons(df: pl.DataFrame) -> pl.Series:
+    """Each row's meta.finish_reason; null where it is not known (rows no teacher wrote, such as an
+    existing dataset, or files written before meta had the field)."""
+    meta = df["meta"] if "meta" in df.columns else None
+    if meta is None or not isinstance(meta.dtype, pl.Struct) or "finish_reason" not in {f.name for f in meta.dtype.fields}:
+        return pl.Series("finish_reason", [None] * df.height, dtype=pl.String)
+    return meta.struct.field("finish_reason").cast(pl.String).alias("finish_reason")

@@ -223,6 +223,9 @@ def render_html(report: dict) -> str:
         if plots:
             any_scores = True
             h.append(f"<div class='grid'>{''.join(plots)}</div>")
+        empty = [col for col, v in sec["scores"].items() if not v["histogram"]]
+        if empty:
+            h.append(f"<p class='muted'>{escape(step)}: no values in {escape(', '.join(empty))}</p>")
     if not any_scores:
         h.append("<p class='muted'>No numeric scores in this run.</p>")
     unit = r.get("length_unit", "words")
@@ -335,11 +338,13 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
         lines.append(f"| {s['step']} | {s['rows_in']} | {s['rows_out']} | {dropped} |")
     scored = [(step, col, sc) for step, sec in report["filters"].items() for col, sc in sec.get("scores", {}).items()]
     if scored:
-        lines += ["", "## Scores and thresholds", "", "| step | score | thresholds | p10 | median | p90 |", "|---|---|---|---|---|---|"]
+        lines += ["", "## Scores and thresholds", "", "| step | score | thresholds | values | p10 | median | p90 |",
+                  "|---|---|---|---|---|---|---|"]
         for step, col, sc in scored:
-            q = sc["summary"] or {}  # None when every value is null (e.g. no near copy found)
+            q = sc["summary"] or {}  # None: no row had a value (e.g. no row overlapped an eval set)
             cuts = ", ".join(f"{t:g}" for t in sc.get("thresholds") or []) or "-"
-            lines.append(f"| {step} | {col} | {cuts} | {_fmt(q.get('p10'))} | {_fmt(q.get('p50'))} | {_fmt(q.get('p90'))} |")
+            lines.append(f"| {step} | {col} | {cuts} | {q.get('n', 0)} | {_fmt(q.get('p10'))} | {_fmt(q.get('p50'))} "
+                         f"| {_fmt(q.get('p90'))} |")
     lines += ["", "## Recipe", "", "Rerun with `curate run recipe.yaml` (the same seed and cache give the same data).", "",
               "```yaml", yaml.safe_dump(recipe.raw, sort_keys=False).rstrip(), "```", ""]
     write_text("\n".join(lines), path)

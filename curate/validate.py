@@ -1,24 +1,30 @@
 """Validation of a run's final data with great-expectations (extra `gx`).
 
-The suite is built from the recipe: ids unique, no empty turns, roles alternate (an optional system
-turn, then user/assistant, ending with the assistant), prompt and response lengths within bounds,
-and each filter's score columns within the range the filter declares. The row-level facts are
-computed with polars and handed to great-expectations as columns, so the same checks run without
-it; the report says which engine produced the results.
+The suite is built from the recipe: at least one row, ids unique, no empty turns, roles alternate
+(an optional system turn, then user/assistant, ending with the assistant), prompt and response
+lengths within bounds, no response the teacher stopped at max_tokens (meta.finish_reason "length":
+a cut answer teaches the model to stop mid-sentence), and each filter's score columns within the
+range the filter declares. The row-level facts are computed with polars and handed to
+great-expectations as columns, so the same checks run without it; the report says which engine
+produced the results.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 from typing import Any
 
 import polars as pl
 
-from curate.records import message_text
+from curate.errors import require
+from curate.records import finish_reasons, message_text
 from curate.steps import Filter
 
 MAX_RESPONSE_WORDS = 8000
+GX = "great-expectations"
+POLARS_ENGINE = "polars"
 
 
 def _facts(df: pl.DataFrame) -> pl.DataFrame:
@@ -37,6 +43,8 @@ def _facts(df: pl.DataFrame) -> pl.DataFrame:
         pl.Series("roles_alternate", [alternate(r) for r in facts["_roles"].to_list()], dtype=pl.Boolean),
         message_text(df, "prompt").str.count_matches(r"\S+").cast(pl.Int64).alias("prompt_words"),
         message_text(df, "response").str.count_matches(r"\S+").cast(pl.Int64).alias("response_words"),
+        # null finish reason (rows not made by a teacher, e.g. an existing dataset) counts as not cut
+        (finish_reasons(df) == "length").fill_null(False).alias("response_cut"),
     ).drop("_roles")
 
 
@@ -44,11 +52,13 @@ def expectations(steps: list, df: pl.DataFrame) -> list[tuple[str, str, dict[str
     """(kind, column, kwargs) triples: the suite for this recipe's final data."""
     max_words = max([getattr(s, "max_response_words", 0) for s in steps] + [MAX_RESPONSE_WORDS])
     suite = [
+        ("row_count", "", {"min_value": 1}),
         ("unique", "id", {}),
         ("between", "empty_turns", {"min_value": 0, "max_value": 0}),
         ("in_set", "roles_alternate", {"value_set": [True]}),
         ("between", "prompt_words", {"min_value": 1}),
         ("between", "response_words", {"min_value": 1, "max_value": max_words}),
+        ("in_set", "response_cut", {"value_set": [False]}),
     ]
     for step in steps:
         if isinstance(step, Filter):
@@ -59,10 +69,14 @@ def expectations(steps: list, df: pl.DataFrame) -> list[tuple[str, str, dict[str
 
 
 def _describe(kind: str, column: str, kw: dict) -> str:
+    if kind == "row_count":
+        return f"at least {kw['min_value']} row"
     if kind == "unique":
         return f"{column} values are unique"
     if kind == "in_set" and column == "roles_alternate":
         return "roles alternate (user/assistant, system first if any)"
+    if kind == "in_set" and column == "response_cut":
+        return "no response cut at max_tokens (meta.finish_reason = length)"
     if kind == "in_set":
         return f"{column} is always {kw['value_set'][0]}"
     lo, hi = kw.get("min_value"), kw.get("max_value")
@@ -71,37 +85,45 @@ def _describe(kind: str, column: str, kw: dict) -> str:
     return f"{column} between {lo if lo is not None else '-inf'} and {hi if hi is not None else 'inf'}"
 
 
-def validate(df: pl.DataFrame, steps: list) -> dict[str, Any]:
-    """Run the suite; {"engine", "passed", "total", "results": [{expectation, success, details}]}."""
+def validate(df: pl.DataFrame, steps: list, engine: str | None = None) -> dict[str, Any]:
+    """Run the suite; {"engine", "passed", "total", "results": [{expectation, success, details}]}.
+
+    engine: "great-expectations" (needs the `gx` extra), "polars", or None for great-expectations
+    when it is installed and polars otherwise."""
+    if engine not in (None, GX, POLARS_ENGINE):
+        raise ValueError(f"engine must be {GX!r}, {POLARS_ENGINE!r} or None, not {engine!r}")
     table = _facts(df)
     scores = [c for c in df.columns if c.startswith("score_") and df.schema[c].is_numeric()]
     table = table.with_columns(df.select(scores)) if scores else table
     suite = expectations(steps, table)
-    try:
-        results = _with_gx(table, suite)
-        engine = "great-expectations"
-    except ImportError:
-        results = _with_polars(table, suite)
-        engine = "polars (great-expectations not installed: pip install 'curate-sft[gx]')"
-    return {"engine": engine, "passed": sum(r["success"] for r in results), "total": len(results), "results": results}
+    label = engine
+    if engine is None:
+        engine = GX if importlib.util.find_spec("great_expectations") else POLARS_ENGINE
+        label = engine if engine == GX else f"{POLARS_ENGINE} (great-expectations not installed: pip install 'curate-sft[gx]')"
+    results = _with_gx(table, suite) if engine == GX else _with_polars(table, suite)
+    return {"engine": label, "passed": sum(r["success"] for r in results), "total": len(results), "results": results}
 
 
 def _with_gx(table: pl.DataFrame, suite) -> list[dict[str, Any]]:
-    import great_expectations as gx  # noqa: F401  (ImportError means: use the polars path)
+    gx = require("great_expectations", "gx", "great-expectations")
     import great_expectations.expectations as gxe
 
     classes = {"unique": gxe.ExpectColumnValuesToBeUnique, "between": gxe.ExpectColumnValuesToBeBetween,
-               "in_set": gxe.ExpectColumnValuesToBeInSet}
+               "in_set": gxe.ExpectColumnValuesToBeInSet, "row_count": gxe.ExpectTableRowCountToBeBetween}
     with contextlib.redirect_stderr(io.StringIO()):  # GX draws progress bars on stderr
         ctx = gx.get_context(mode="ephemeral")
         batch = (ctx.data_sources.add_pandas("curate").add_dataframe_asset("final")
                  .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": table.to_pandas()}))
         gsuite = gx.ExpectationSuite(name="curate-final")
         for kind, column, kw in suite:
-            gsuite.add_expectation(classes[kind](column=column, **kw))
+            gsuite.add_expectation(classes[kind](**kw) if kind == "row_count" else classes[kind](column=column, **kw))
         res = batch.validate(gsuite)
     out = []
     for (kind, column, kw), r in zip(suite, res.results):
+        if kind == "row_count":
+            out.append({"expectation": _describe(kind, column, kw), "success": bool(r.success),
+                        "details": "" if r.success else f"{r.result.get('observed_value')} rows"})
+            continue
         bad = r.result.get("unexpected_count") or 0
         sample = r.result.get("partial_unexpected_list") or []
         out.append({"expectation": _describe(kind, column, kw), "success": bool(r.success),
@@ -112,13 +134,18 @@ def _with_gx(table: pl.DataFrame, suite) -> list[dict[str, Any]]:
 def _with_polars(table: pl.DataFrame, suite) -> list[dict[str, Any]]:
     out = []
     for kind, column, kw in suite:
+        if kind == "row_count":
+            ok = table.height >= kw["min_value"]
+            out.append({"expectation": _describe(kind, column, kw), "success": ok,
+                        "details": "" if ok else f"{table.height} rows"})
+            continue
         col = table[column]
         if kind == "unique":
             bad = col.is_duplicated()
         elif kind == "in_set":
             bad = ~col.is_in(kw["value_set"])
         else:
-            bad = pl.Series([False] * len(col))
+            bad = pl.Series([False] * len(col), dtype=pl.Boolean)
             if kw.get("min_value") is not None:
                 bad = bad | (col < kw["min_value"]).fill_null(False)
             if kw.get("max_value") is not None:

@@ -21,6 +21,10 @@ from curate.records import META, conform, with_ids
 
 PROMPTS = Path(__file__).parent / "prompts"
 
+# The reject reason of a response the teacher stopped at max_tokens (finish_reason "length"): it
+# ends wherever the budget ran out, often mid-sentence, and would teach a model to stop there.
+TRUNCATED = "truncated at max_tokens"
+
 
 def template_path(override: str | None, default_name: str) -> Path:
     """The template file: the recipe's if given, else synth/prompts/<default_name>.txt (a step
@@ -58,7 +62,13 @@ def teacher_meta(llm: LLM, request: Request, response: Response, thash: str) -> 
         "prompt_tokens": response.prompt_tokens,
         "completion_tokens": response.completion_tokens,
         "cost": llm.price.cost(response.prompt_tokens, response.completion_tokens),
+        "finish_reason": response.finish_reason,
     }
+
+
+def cut_off(response: Response) -> bool:
+    """True when the teacher stopped because max_tokens ran out, not because it had finished."""
+    return response.finish_reason == "length"
 
 
 def generate(llm: LLM, requests: list[Request], label: str, usage: Usage) -> list[Response]:
@@ -72,14 +82,16 @@ def generate(llm: LLM, requests: list[Request], label: str, usage: Usage) -> lis
 
 def combined_meta(llm: LLM, calls: list[tuple[str, Request, Response]], thash: str) -> dict[str, Any]:
     """One row's meta when several teacher calls made it (e.g. an instruction, then its answer):
-    the first call's seed and sample, the params of every call under its name, and tokens and cost
-    summed, so that a row's cost covers every request behind it."""
+    the first call's seed and sample, the params of every call under its name, tokens and cost
+    summed, so that a row's cost covers every request behind it, and the finish reason of the last
+    call (the one that wrote the response)."""
     _, req, resp = calls[0]
     meta = teacher_meta(llm, req, resp, thash)
     meta["params"] = json.dumps({n: r.params() for n, r, _ in calls}, sort_keys=True)
     meta["prompt_tokens"] = sum(r.prompt_tokens for _, _, r in calls)
     meta["completion_tokens"] = sum(r.completion_tokens for _, _, r in calls)
     meta["cost"] = llm.price.cost(meta["prompt_tokens"], meta["completion_tokens"])
+    meta["finish_reason"] = calls[-1][2].finish_reason
     return meta
 
 

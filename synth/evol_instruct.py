@@ -14,7 +14,9 @@ unchanged. Most reimplementations skip the elimination; here it is the point:
   (d) the rewrite copies scaffold words of the rewriting prompt ("given prompt", "#Rewritten
       Prompt#", "the instruction below", ...; `scaffold_phrases`).
 Plus parse failures: empty output, output cut at max_tokens, a rewrite longer than
-`max_instruction_words` (usually the model answered the instruction instead of rewriting it).
+`max_instruction_words` (usually the model answered the instruction instead of rewriting it). An
+answer cut at `response_max_tokens` eliminates its evolution too ("truncated at max_tokens"; a seed
+answered here with a cut answer goes to rejects the same way) unless `keep_truncated`.
 A leading answer label ("New instruction:") is formatting and is removed before the checks.
 
 Every failed evolution goes to rejects with a reason "evolution: ..." and the raw text in `detail`;
@@ -39,9 +41,11 @@ from curate.llm import LLM, Request, Usage
 from curate.records import concat, message_text
 from curate.steps import Context, RecipePath, Step, StepResult
 from synth.base import (
+    TRUNCATED,
     build_rows,
     chat,
     combined_meta,
+    cut_off,
     generate,
     load_template,
     template_path,
@@ -182,6 +186,7 @@ class EvolInstruct(Step):
     # Responses to the evolved instructions (and to seeds that have none)
     response_temperature: float = Field(0.7, ge=0)
     response_max_tokens: int = Field(512, ge=1)
+    keep_truncated: bool = False  # keep answers cut at response_max_tokens (they end mid-answer)
     # Elimination
     check_equal: bool = False  # also ask the teacher whether the rewrite adds anything (rule a)
     apology_max_words: int = Field(80, ge=1)
@@ -283,6 +288,9 @@ class EvolInstruct(Step):
                 rejects.append({**row, "reason": "teacher request failed", "detail": resp.error})
             elif not (resp.text or "").strip():
                 rejects.append({**row, "reason": "empty response", "detail": resp.text})
+            elif cut_off(resp) and not self.keep_truncated:
+                rejects.append({**row, "messages": row["messages"] + [{"role": "assistant", "content": resp.text.strip()}],
+                                "reason": TRUNCATED, "detail": f"cut at response_max_tokens={self.response_max_tokens}"})
             else:
                 row["messages"] = row["messages"] + [{"role": "assistant", "content": resp.text.strip()}]
                 answered.append({**row, "meta": teacher_meta(llm, req, resp, template_hash(""))})
@@ -360,10 +368,13 @@ class EvolInstruct(Step):
                 continue
             answer = (resp.text or "").strip()
             why = response_failure(answer, self.apology_max_words)
+            if why is None and cut_off(resp) and not self.keep_truncated:
+                why = TRUNCATED
             if why:
                 row = base_row(k, text)
+                detail = f"cut at response_max_tokens={self.response_max_tokens}" if why == TRUNCATED else resp.text
                 rejects.append({**row, "messages": row["messages"] + [{"role": "assistant", "content": answer}],
-                                "reason": why, "detail": resp.text})
+                                "reason": why, "detail": detail})
                 reasons[why] = reasons.get(why, 0) + 1
                 continue
             row = base_row(k, text)

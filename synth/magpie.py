@@ -14,7 +14,8 @@ the teacher's model name); an unknown model with no template is an error naming 
 Each of the `n` queries is its own request with seed + i. A query is rejected when the request
 fails, it is empty, cut at `query_max_tokens` ("query truncated"), shorter than `min_query_words`,
 or a duplicate (case and spacing ignored) of an earlier one. Survivors are answered; failed or empty
-answers are rejected too. Rows: [system?], user = query, assistant = response, source "magpie",
+answers are rejected too, and answers cut at `response_max_tokens` ("truncated at max_tokens")
+unless `keep_truncated`. Rows: [system?], user = query, assistant = response, source "magpie",
 meta with the params of both calls and the hash of the rendered pre-query prefix.
 
 Magpie is a source step: input rows (if the recipe has any) pass through unchanged and the new rows
@@ -33,7 +34,7 @@ from curate.errors import CurateError
 from curate.llm import Request, Usage
 from curate.records import concat
 from curate.steps import Context, Step, StepResult
-from synth.base import build_rows, combined_meta, generate, reject_rows, template_hash
+from synth.base import TRUNCATED, build_rows, combined_meta, cut_off, generate, reject_rows, template_hash
 from synth.evol_instruct import normalize_instruction
 
 RAW_PROMPT_ERROR = ("magpie needs a backend that accepts raw prompts "
@@ -112,6 +113,7 @@ class Magpie(Step):
     min_query_words: int = Field(3, ge=1)
     response_temperature: float = Field(0.7, ge=0)
     response_max_tokens: int = Field(512, ge=1)
+    keep_truncated: bool = False  # keep answers cut at response_max_tokens (they end mid-answer)
     stop: list[str] | None = None  # default: the family's end-of-turn markers (all known ones for a custom template)
     seed: int | None = None  # default: the recipe's seed; query i uses seed + i
 
@@ -184,6 +186,10 @@ class Magpie(Step):
             elif not (a_resp.text or "").strip():
                 rejects.append({"messages": turns, "source": self.kind, "reason": "empty response",
                                 "detail": a_resp.text})
+            elif cut_off(a_resp) and not self.keep_truncated:
+                rejects.append({"messages": turns + [{"role": "assistant", "content": a_resp.text.strip()}],
+                                "source": self.kind, "reason": TRUNCATED,
+                                "detail": f"cut at response_max_tokens={self.response_max_tokens}"})
             else:
                 rows.append({"messages": turns + [{"role": "assistant", "content": a_resp.text.strip()}],
                              "source": self.kind,

@@ -2,7 +2,9 @@
 
 The prompt is the row's conversation up to (not including) any trailing assistant turns, so the
 step also regenerates answers for an existing dataset. Each sample is its own request (seed + i),
-so it is cached and resumed on its own.
+so it is cached and resumed on its own. A response the teacher stopped at `max_tokens` goes to
+rejects ("truncated at max_tokens", with the cut text) unless `keep_truncated`; every kept row has
+the teacher's finish reason in `meta.finish_reason`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pydantic import Field
 from curate.llm import Request
 from curate.records import META, conform, with_ids
 from curate.steps import Context, Step, StepResult
-from synth.base import teacher_meta, template_hash
+from synth.base import TRUNCATED, cut_off, teacher_meta, template_hash
 
 
 def prompt_turns(messages: list[dict]) -> list[dict]:
@@ -38,6 +40,7 @@ class Responses(Step):
     max_tokens: int = Field(512, ge=1)
     system_prompt: str | None = None
     seed: int | None = None  # default: the recipe's seed
+    keep_truncated: bool = False  # keep responses cut at max_tokens (they end mid-answer)
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         seed = ctx.seed if self.seed is None else self.seed
@@ -56,22 +59,32 @@ class Responses(Step):
         responses, usage = ctx.llm.generate(requests, label=self.kind)
 
         thash = template_hash(self.system_prompt or "")
-        kept_idx, kept_msgs, metas, rejected_idx, errors = [], [], [], [], []
+        answered: dict[str, list] = {"kept": [], TRUNCATED: []}  # (input row, messages, meta) each
+        failed_idx, errors = [], []
         for k, (req, resp) in enumerate(zip(requests, responses)):
             row = k // self.n
             if not resp.ok:
-                rejected_idx.append(row)
+                failed_idx.append(row)
                 errors.append(resp.error)
                 continue
-            kept_idx.append(row)
-            kept_msgs.append(prompts[row] + [{"role": "assistant", "content": resp.text or ""}])
-            metas.append(teacher_meta(ctx.llm, req, resp, thash))
-        kept = df[kept_idx].with_columns(
-            pl.Series("messages", kept_msgs, dtype=df.schema["messages"]),
-            pl.Series("meta", metas, dtype=META),
-        )
-        kept = with_ids(conform(kept))
-        rejected = df[rejected_idx].with_columns(
+            group = TRUNCATED if cut_off(resp) and not self.keep_truncated else "kept"
+            answered[group].append((row, prompts[row] + [{"role": "assistant", "content": resp.text or ""}],
+                                    teacher_meta(ctx.llm, req, resp, thash)))
+        kept, cut = (self._rows(df, answered[g]) for g in ("kept", TRUNCATED))
+        failed = df[failed_idx].with_columns(
             pl.lit("teacher request failed").alias("reason"), pl.Series("detail", errors, dtype=pl.String)
         )
+        cut = cut.with_columns(pl.lit(TRUNCATED).alias("reason"),
+                               pl.lit(f"cut at max_tokens={self.max_tokens}").alias("detail"))
+        rejected = pl.concat([failed, cut], how="diagonal_relaxed")
         return StepResult(kept=kept, rejected=rejected, stats={"llm": usage.as_dict()})
+
+    @staticmethod
+    def _rows(df: pl.DataFrame, answered: list[tuple[int, list, dict]]) -> pl.DataFrame:
+        """The input rows `answered` names, with their new conversation and meta."""
+        rows = [r for r, _, _ in answered]
+        out = df[rows].with_columns(
+            pl.Series("messages", [m for _, m, _ in answered], dtype=df.schema["messages"]),
+            pl.Series("meta", [meta for _, _, meta in answered], dtype=META),
+        )
+        return with_ids(conform(out))

@@ -1,7 +1,7 @@
 import polars as pl
 
 from curate.records import make_frame
-from filters.heuristics import Heuristics
+from filters.heuristics import Heuristics, ends_mid_sentence
 
 
 def rows(*pairs):
@@ -46,3 +46,83 @@ def test_works_on_a_datasets_dataset():
     ds = datasets.Dataset.from_polars(rows(("Q?", "a fine and long enough answer"), ("Q2?", "")))
     kept, rejected = Heuristics().split(ds)
     assert isinstance(kept, datasets.Dataset) and len(kept) == 1 and rejected[0]["reason"] == "empty response"
+
+
+# ends_mid_sentence: cut texts (as a token limit leaves them) and finished ones that look alike.
+CUT = [
+    "Here are three tips.\n\n1. Take breaks.\n2. Sleep well.\n3. **Prioritize Tasks",  # the quickstart's
+    "```python\ndef factorial(n):\n    return n * factorial(n - ",  # inside a code block
+    "Thank you so much for watering my plants.\n\n[Your Name",  # unclosed bracket
+    "Rain forms when water vapour cools and condenses into droplets that grow until they",
+    "The water cycle has four stages. First, the sun heats the oceans and lakes, and the",
+    "Steps:\n1. Boil the water.\n2. Add the tea leaves and let them steep for",
+    "Here is a list of snacks:",
+    "Apples are healthy, cheap,",
+    "1. Mix the flour and salt.\n2. In a large bowl, beat the eggs together with the sugar until",
+    "The three stages are listed below.\n1. Evaporation.\n2. Condensation.\n3.",
+    "| name | age |\n|---|---|\n| Ann | 31 |\n| Bob | 4",
+]
+FINISHED = [
+    "Rain is water that falls from clouds.",
+    "Positive",  # a one-word label
+    "The Great Gatsby",
+    "The juice was too sour",  # a short answer without a full stop
+    "Leaves fall gently down\nGolden crown upon the ground\nAutumn wears her gown",  # a poem
+    "Red: Tomato\nOrange: Carrot\nGreen: Broccoli, Avocado",  # labels
+    "```python\nprint('hi')\n```",
+    "1. Apples\n2. Bananas\n3. Carrots",
+    "SELECT * FROM students WHERE eye_color = 'blue';",
+    "The answer is 42",
+    "Use a list (mutable) or a tuple (immutable)",
+    '"Believe you can and you\'re halfway there." - Theodore Roosevelt',
+    "Thank you for your help.\n\nBest regards,",
+    "Try these: yoga, walking, swimming, cycling",
+    "Share your photos with #sunset #beach",
+    "- Stay hydrated\n- Sleep well\n- Take breaks as often as you can",
+    "The Top 10 Best Practices for Ethical and Impactful Journalism",
+    "1) Python\n2) Java\n3) C++",
+]
+
+
+def test_ends_mid_sentence_on_cut_and_finished_texts():
+    assert [t for t in CUT if not ends_mid_sentence(t)] == []
+    assert [t for t in FINISHED if ends_mid_sentence(t)] == []
+    assert not ends_mid_sentence("") and not ends_mid_sentence(None)
+
+
+def test_mid_sentence_drops_only_rows_without_a_finish_reason():
+    """Existing data (no finish reason) is judged by its text; a teacher's row by its finish reason,
+    so a kept "length" row (keep_truncated) is left to validation and a "stop" row is never dropped."""
+    cut = CUT[3]
+    df = make_frame([
+        {"messages": [{"role": "user", "content": "How does rain form?"}, {"role": "assistant", "content": cut}]},
+        {"messages": [{"role": "user", "content": "How does rain form, briefly?"}, {"role": "assistant", "content": cut}],
+         "meta": {"finish_reason": "stop"}},
+        {"messages": [{"role": "user", "content": "Why does it rain?"}, {"role": "assistant", "content": cut}],
+         "meta": {"finish_reason": "length"}},
+        {"messages": [{"role": "user", "content": "What is rain?"}, {"role": "assistant", "content": FINISHED[0]}]},
+    ])
+    kept, rejected = Heuristics().split(df)
+    assert rejected["reason"].to_list() == ["response ends mid-sentence"]
+    assert rejected["messages"][0][0]["content"] == "How does rain form?"
+    assert kept.height == 3 and kept["score_heuristics_mid_sentence"].to_list() == [True, True, False]
+    assert Heuristics(drop_mid_sentence=False).split(df)[1].height == 0
+
+
+def test_mid_sentence_on_real_data():
+    """Whole answers of public datasets are rarely flagged; the same answers cut at a random word
+    mostly are (bench/eval_mid_sentence.py prints the full figures)."""
+    import random
+    import re
+
+    from conftest import shared
+    from curate.io import read_records
+    from curate.records import message_text
+
+    answers = message_text(read_records(shared("nuggets_alpaca_gpt4", "alpaca_gpt4_bad_scored.jsonl")), "response").to_list()
+    flagged = sum(ends_mid_sentence(a) for a in answers)
+    assert flagged / len(answers) < 0.002, flagged  # 9 of 9,038 when measured
+    rng = random.Random(0)
+    long = [a for a in answers if len(a.split()) >= 30]
+    cut = [a[: rng.choice([m.start() for m in re.finditer(r"\s+", a.strip())])] for a in long]
+    assert sum(ends_mid_sentence(c) for c in cut) / len(cut) > 0.5  # 0.60 of 552 when measured

@@ -12,9 +12,9 @@ import pytest
 from curate.errors import CurateError
 from curate.llm import LLM, Request, Response
 from curate.llm.base import Backend
-from curate.records import make_frame
+from curate.records import finish_reasons, make_frame
 from curate.steps import Context
-from synth.base import build_rows
+from synth.base import TRUNCATED, build_rows
 from synth.magpie import RAW_PROMPT_ERROR, Magpie, chat_format, clean_query, query_failure
 
 from tests.conftest import assert_funnel_adds_up, run_recipe_cli
@@ -201,7 +201,10 @@ def test_recipe_on_embedded_model_with_no_inputs(tmp_path):
     rejects = pl.read_parquet(out / "rejects.parquet")
     assert rejects["reason"].null_count() == 0
     assert set(rejects.filter(pl.col("step") == "01-magpie")["reason"]) <= {
-        "query empty", "query truncated", "query too short", "duplicate query", "teacher request failed", "empty response"}
+        "query empty", "query truncated", "query too short", "duplicate query", "teacher request failed", "empty response",
+        TRUNCATED}
+    kept = pl.read_parquet(out / "records.parquet")
+    assert (finish_reasons(kept) == "stop").all()  # no answer cut at response_max_tokens is kept
     assert report["rows"]["out"] == steps[-1]["rows_out"]
     ds = load_train(out)
     assert len(ds) == report["rows"]["out"]

@@ -42,6 +42,12 @@ def test_writes_every_output(quickstart):
     assert steps["exact_dedup"]["dropped"].get("exact duplicate", 0) + steps["minhash_dedup"]["dropped"].get("near duplicate", 0) >= 3
     assert steps["minhash_dedup"]["dropped"] in ({"near duplicate": 1}, {})
     assert report["rows"]["out"] + report["rows"]["rejected"] == 32
+    # no answer cut at max_tokens is kept (at 160 tokens, 9 of 28 kept rows ended mid-sentence), and
+    # validation checks it
+    kept = pl.read_parquet(out / "records.parquet")
+    assert kept["meta"].struct.field("finish_reason").to_list() == ["stop"] * kept.height
+    assert set(steps["responses"]["dropped"]) <= {"truncated at max_tokens"}
+    assert report["validation"]["passed"] == report["validation"]["total"]
     assert all(s["seconds"] >= 0 for s in report["steps"]) and report["llm"]["prompt_tokens"] > 0
 
 
