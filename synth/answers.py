@@ -1,6 +1,7 @@
 """Final-answer extraction and checking for verified chain-of-thought (rejection sampling).
 
     extract_answer(text, style)        -> the final answer a solution commits to, or None
+    final_answer(text, style, strict)  -> the same, made checkable (what VerifiedCoT grades)
     normalize_answer(s, style)         -> a canonical string (for exact matching, majority votes)
     answers_match(pred, gold, style)   -> bool
 
@@ -17,17 +18,26 @@ Styles: "gsm8k" (plain numbers: commas, $, units, percentages), "math" (Hendryck
      restarted on the next call, so this is safe from any thread and any number of calls).
 
 Documented decisions (the test table in tests/test_answers.py pins each one):
+- A solution's answer is its last final statement: \\boxed{X}, "#### X", "The answer is X",
+  "Final Answer: X" (Minerva's "Final Answer: The final answer is $X$. I hope it is correct."),
+  "Answer: X", "**Answer:** X", a bare few-shot "A: X" line (not "A: <reasoning>"). A later
+  statement beats an earlier box; adjacent boxes joined by "and", "or", "," are one answer
+  ("$\\boxed{2}$ and $\\boxed{3}$" is "2, 3"); "The largest $n$ is 34." answers 34.
 - Percent: "25%" matches both 25 (GSM8K golds state percentages as bare numbers) and 0.25
   (the same quantity); a bare 0.25 does not match a bare 25.
 - Decimals are exact: 0.5 == 1/2, but 0.333 != 1/3 and 1.414 != \\sqrt2 (MATH asks for exact forms);
   irrational forms compare with a relative tolerance of 1e-9 (float evaluation).
 - Bare comma lists are unordered ("1, 2" == "2, 1": MATH's "enter all solutions"), parenthesised ones
   are ordered pairs / intervals ("(1, 2)" != "(2, 1)"; "(1, 2]" != "(1, 2)").
-- "1,000" alone is one thousand (thousands separator); inside brackets "(1,000)" is a pair.
+- "1,000" alone is one thousand (thousands separator); inside brackets "(1,000)" is a pair; a comma
+  with a space after it separates items: "3, 100" is a list, not 3100 ("1,000, 2,500" is two).
 - An integer directly before a numeric \\frac is a mixed number: 6\\frac15 == 31/5 (MATH writes them).
 - Units and degrees are dropped, not converted: 30^\\circ == 30, but 30^\\circ != \\frac{\\pi}{6}.
-- A leading "x =" / "x \\in" with a single variable on the left is dropped; other equations compare
-  as lhs - rhs up to sign.
+- A named left side is dropped: "x =", "f(x) =", "x \\in", "AB =", "m\\angle ABC =", "(p,q) =";
+  other equations are equal when lhs - rhs are proportional by a non-zero constant
+  (2x + 4y = 6 == x + 2y = 3; x(y - 1) = 0 != y - 1 = 0).
+- An inequality in one variable is its interval, either way round: "-2 \\le x \\le 7" == [-2, 7],
+  "3 \\le x" == [3, \\infty), "5 \\ge x" == "x \\le 5".
 - `e` is Euler's number and `i` the imaginary unit when they appear as lone letters; words of three
   or more letters compare as words (case-insensitive), not as products of variables.
 - Expressions with variables are equal if they agree at random rational points of both signs (exact
@@ -54,7 +64,7 @@ import zlib
 from decimal import Decimal
 from fractions import Fraction
 
-__all__ = ["answers_match", "extract_answer", "last_boxed", "normalize_answer"]
+__all__ = ["answers_match", "extract_answer", "final_answer", "last_boxed", "normalize_answer"]
 
 # --------------------------------------------------------------------------------------------
 # Extraction
@@ -82,30 +92,54 @@ def _match_brace(s: str, i: int) -> int:
     return -1
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last well-formed \\boxed{...} / \\fbox{...} (or `\\boxed 5`), else None."""
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        i = m.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            j = _match_brace(text, i)
-            if j != -1:
-                return text[i + 1 : j].strip()
-        elif i > m.end() and i < len(text):  # "\boxed 5": up to whitespace or "$"
-            k = re.match(r"[^\s$]+", text[i:])
-            if k:
-                return k.group(0)
+def _box(text: str, m: re.Match) -> tuple[int, int, str] | None:
+    """The box a _BOX_RE match opens as (start, end, content); None if it is not well-formed."""
+    i = m.end()
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        j = _match_brace(text, i)
+        if j != -1:
+            return m.start(), j + 1, text[i + 1 : j].strip()
+    elif i > m.end() and i < len(text):  # "\boxed 5": up to whitespace or "$"
+        k = re.match(r"[^\s$]+", text[i:])
+        if k:
+            return m.start(), i + k.end(), k.group(0)
     return None
 
 
-# "The answer is X", "Final answer: X", "Answer: X", "#### X" (GSM8K's gold format).
-_ANSWER_RES = [
-    re.compile(r"####\s*(.+)"),
-    re.compile(r"(?i)\b(?:the\s+)?final\s+answer\s*(?:is|:)\s*:?\s*(.+)"),
-    re.compile(r"(?i)\bthe\s+(?:correct\s+)?answer\s+is\s*:?\s*(.+)"),
-    re.compile(r"(?im)^\W*answer\s*:\s*(.+)"),
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """Every well-formed \\boxed{...} / \\fbox{...} / `\\boxed 5`, as (start, end, content)."""
+    return [b for b in (_box(text, m) for m in _BOX_RE.finditer(text)) if b is not None]
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last well-formed \\boxed{...} / \\fbox{...} (or `\\boxed 5`), else None."""
+    boxes = _boxes(text)
+    return boxes[-1][2] if boxes else None
+
+
+# Where a final-answer statement begins (its answer is the text after the match), each with a
+# lower-case word the text must contain for the pattern to be tried (most texts have no "answer").
+_STATEMENT_RES = [
+    ("####", re.compile(r"####")),  # GSM8K's gold format
+    ("answer", re.compile(r"(?<![A-Za-z])[fF](?i:inal\s+answer(?:\*\*)?\s*(?:is\b|:)\s*:?)")),  # also Minerva's
+    ("answer", re.compile(r"(?im)^[ \t#*]*final\s+answer[ \t*:]*$")),  # a "Final Answer" heading, answer below
+    ("answer", re.compile(r"(?<![A-Za-z])[tT](?i:he\s+(?:correct\s+)?answer\s+is\b\s*:?)")),
+    ("answer", re.compile(r"(?im)^\W*answer(?:\*\*)?\s*:")),  # "Answer: X", "**Answer:** X"
 ]
+# Few-shot "Q: ... A: 18": an "A:" line counts only when it holds a bare answer, not reasoning.
+_QA_RE = re.compile(r"(?m)^[ >*]*A ?:(?:\*\*)?")
+# "The answer to the problem is X", "The final result is X": accepted in strict mode only when no
+# statement above is found (small models write them).
+_LOOSE_STATEMENT = re.compile(r"(?i)\b(?:answer|final\s+result)\b[^\n.]{0,60}?\b(?:is|was|equals)\b\s*:?")
+# Between two boxes of one answer: "$\boxed{2}$ and $\boxed{3}$", "x = \boxed{1}, \boxed{4}".
+_BOX_GAP = re.compile(r"(?:\s|\$|\\[()\[\]]|\\\\|[,;&]|\\q?quad\b|\\text\{\s*(?:and|or)?\s*,?\s*\}|\b(?:and|or)\b"
+                      r"|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*")
+_COPULA = re.compile(r"\b(?:is|are|was|were|equals)\b")
+_PROSE_WORD = re.compile(r"(?<![\\\w])[A-Za-z]{2,}\b")
+_MATH_SPAN = re.compile(r"(?<!\\)\$+[^$]*(?<!\\)\$+")
+_BRACE_GROUP = re.compile(r"\{[^{}]*\}")
 # A number as people write it: 1,234.5 / -3 / .5 / 3/4 ; commas only as thousands separators;
 # not glued to a word ("COVID19") and "3-4" ends in 4, not -4.
 _NUMBER_RE = re.compile(r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|\.\d+)")
@@ -130,39 +164,152 @@ def _trim_answer(x: str) -> str:
     return x.rstrip(".").strip()
 
 
+def _blank(m: re.Match) -> str:
+    return " " * len(m.group())
+
+
+def _prose(s: str) -> str:
+    """s with its $...$ math and {...} groups blanked out (same length): what is left is prose."""
+    if "$" in s:
+        s = _MATH_SPAN.sub(_blank, s)
+    while "{" in s:
+        s, n = _BRACE_GROUP.subn(_blank, s)
+        if not n:
+            break
+    return s
+
+
+def _prose_words(s: str) -> int:
+    """Words of two or more letters outside math and braces ("The largest $n$ is" -> 3)."""
+    return len(_PROSE_WORD.findall(_prose(s)))
+
+
+def _stated_answer(text: str, end: int, bare: bool) -> str | None:
+    """The answer a statement gives, from `end` (just after its marker) to the end of its sentence.
+
+    A sentence names the answer after its first "is" ("The largest $n$ is 34." -> 34); words
+    without a number or math ("... is indeed what we found above") are no answer. `bare` (an "A:" line): the line
+    must be the answer itself, at most two words around it ("18 apples"), not reasoning."""
+    while end < len(text) and text[end] in " \t":
+        end += 1
+    if text.startswith("\n", end):
+        end += 1
+    stop = text.find("\n", end)
+    ans = text[end:] if stop == -1 else text[end:stop]
+    head = ans.strip()
+    for opener, closer in (("$$", "$$"), ("\\[", "\\]")):  # display math over the lines below
+        if head.startswith(opener) and closer not in head[len(opener):]:
+            close = text.find(closer, end + ans.index(opener) + len(opener))
+            if close != -1:
+                ans = text[end : close + len(closer)]
+            break
+    if len(re.findall(r"(?<!\\)\$", ans)) % 2 == 1:  # "$...\n...$": the math goes on
+        close = re.compile(r"(?<!\\)\$").search(text, end + len(ans))
+        if close:
+            ans = text[end : close.end()]
+    if bare:  # "A: 18", "A: $x = 5$", "A: 18 apples"; not "A: Nilo got 10 + 10 = 20."
+        if "=" in _prose(ans):
+            return None
+        ans = _trim_answer(ans)
+        return ans if ans and _prose_words(ans) <= 2 else None
+    ans = _trim_answer(ans)
+    if ans[:1].isalpha():  # a sentence: "The largest $n$ is 34", "It is 5"
+        cut = _COPULA.search(_prose(ans))
+        if cut and ans[cut.end():].strip():
+            ans = _trim_answer(ans[cut.end():])
+    if not ans or (_prose_words(ans) >= 4 and not re.search(r"[\d$\\]", ans)):
+        return None  # words only: "... is indeed what we found above"
+    return ans
+
+
+def _final_statement(text: str) -> tuple[int, str] | None:
+    """(start, answer) of the last final-answer statement: a box (with the boxes just before it
+    that belong to the same answer), "The answer is X", "Final Answer: X", "Answer: X",
+    "#### X", a bare "A: X" line. The statement that starts last wins."""
+    opens = list(_BOX_RE.finditer(text)) if "box" in text else []  # boxes are read when reached
+    cands = [(m.start(), "box", k) for k, m in enumerate(opens)]
+    low = text.lower()
+    for needle, rx in _STATEMENT_RES:
+        if needle in low:
+            cands += [(m.start(), "said", m.end()) for m in rx.finditer(text)]
+    if "A:" in text or "A :" in text:
+        cands += [(m.start(), "bare", m.end()) for m in _QA_RE.finditer(text)]
+    for start, kind, data in sorted(cands, reverse=True):
+        if kind == "box":
+            group = [_box(text, opens[data])]
+            if group[0] is None:
+                continue
+            for m in reversed(opens[:data]):  # "$\boxed{2}$ and $\boxed{3}$": one answer, "2, 3"
+                prev = _box(text, m)
+                if prev is None or prev[1] > group[0][0] or not _BOX_GAP.fullmatch(text, prev[1], group[0][0]):
+                    break
+                group.insert(0, prev)
+            return group[0][0], ", ".join(c for _s, _e, c in group)
+        if any(b[1] > start for b in (_box(text, m) for m in opens if m.start() < start) if b):
+            continue  # words inside a box are its content
+        ans = _stated_answer(text, data, bare=kind == "bare")
+        if ans:
+            return start, ans
+    return None
+
+
 def extract_answer(text: str | None, style: str = "auto") -> str | None:
     """The final answer a solution commits to.
 
-    Order: last \\boxed{}/\\fbox{}; else the last "The answer is X" / "Final answer: X" /
-    "Answer: X" / "#### X"; else (styles "gsm8k" and "auto" only) the last number in the text,
-    commas removed. Returns None when nothing is found.
+    The last final statement (see _final_statement; several adjacent boxes give one answer,
+    "2, 3"); else (styles "gsm8k" and "auto" only) the last number in the text, commas removed.
+    Returns None when nothing is found.
     """
     if style not in ("auto", "gsm8k", "math"):
         raise ValueError(f"style must be auto, gsm8k or math, not {style!r}")
     if not text:
         return None
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    best = None  # the pattern match that starts last wins
-    for rx in _ANSWER_RES:
-        for m in rx.finditer(text):
-            if best is None or m.start(1) > best.start(1):
-                best = m
-    if best is not None:
-        ans = best.group(1)
-        if len(re.findall(r"(?<!\\)\$", ans)) % 2 == 1:  # "$...\n...$": the math goes on
-            close = re.compile(r"(?<!\\)\$").search(text, best.end(1))
-            if close:
-                ans = text[best.start(1) : close.end()]
-        ans = _trim_answer(ans)
-        if ans:
-            return ans
+    found = _final_statement(text)
+    if found is not None:
+        return found[1]
     if style in ("gsm8k", "auto"):
         nums = _NUMBER_RE.findall(text)
         if nums:
             return nums[-1].replace(",", "")
     return None
+
+
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?")
+_NUMBER_ONLY = re.compile(r"^\s*" + _NUMBER.pattern + r"\s*$")
+_TIMES_X = re.compile(r"(?<=[\d)])\s*[x×]\s*(?=[\d($])")  # "0.2 x 50": x as a times sign
+_LONE_LETTER = re.compile(r"(?<![A-Za-z\\])[A-Za-z](?![A-Za-z])")
+
+
+def final_answer(text: str | None, style: str = "auto", strict: bool = True) -> str | None:
+    """The answer a solution states, made checkable (what VerifiedCoT grades).
+
+    strict: only a stated answer counts (see _final_statement), or, when there is none, the looser
+    "The answer to the question is X" / "The final result is X" that small models write; not
+    strict: extract_answer's last-number fallback too. Arithmetic stated as "3 + 4 = 7" is taken
+    as what follows the last "=" (style gsm8k; auto only when that is a plain number; never in
+    LaTeX, nor when the left side has a variable: "2x + 3y = 6" is an equation, not 6), and for
+    gsm8k a stated phrase without LaTeX as its last number ("7 apples in all" -> 7)."""
+    if not text:
+        return None
+    pred = extract_answer(text, "math" if strict else style)  # "math" extraction has no last-number fallback
+    if pred is None and strict and re.search(r"(?i)answer|result", text):
+        loose = None
+        for loose in _LOOSE_STATEMENT.finditer(text):
+            pass
+        if loose is not None:
+            pred = _stated_answer(text, loose.end(), bare=False)
+    if pred is None or style == "math":
+        return pred
+    if "=" in pred and "\\" not in pred:  # not LaTeX: "3 + 4 = 7" -> 7
+        lhs, rhs = (p.strip() for p in pred.rsplit("=", 1))
+        arithmetic = not _LONE_LETTER.search(_TIMES_X.sub("*", lhs))
+        if rhs and arithmetic and (style == "gsm8k" or _NUMBER_ONLY.match(rhs)):
+            pred = rhs
+    if style == "gsm8k" and "\\" not in pred and "=" not in pred and not _NUMBER_ONLY.match(pred):
+        nums = _NUMBER.findall(pred)
+        if nums:
+            pred = nums[-1]
+    return pred
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +322,11 @@ _UNICODE = {"−": "-", "–": "-", "×": r"\times ", "·": r"\cdot ", "÷": "/"
 _TEXT_CMDS = r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mbox|textsf|texttt|hbox)"
 _SPACING = re.compile(r"(?<!\\)\\[!,;:> ]|\\q?quad\b|\\displaystyle|\\scriptstyle|~")
 _SIZING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)[lr]?(?![a-zA-Z])\s*(\.)?")
-_VAR_PREFIX = re.compile(r"^\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-zA-Z]\))?"
+# A named left side, dropped before comparing: "x =", "x_1 =", "f(x) =", "AB =", "m\\angle ABC =",
+# "(p, q) =", "x \\in". Equations with anything else on the left compare as equations.
+_NAME = (r"(?:[a-zA-Z]|[A-Z]{2,3}|m\s?\\angle\s?[A-Z]{1,3}|\\overline\{[A-Z]{2}\}|\\[a-zA-Z]+(?:\s?[A-Z]{1,3}(?![a-zA-Z]))?)"
+         r"(?:_\{?[a-zA-Z0-9]+\}?)?(?:\^\{?-1\}?)?(?:\([a-zA-Z]\))?")
+_VAR_PREFIX = re.compile(rf"^\s*(?:{_NAME}|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\))"
                          r"\s*(?:=|\\in(?![a-zA-Z]))\s*(?=\S)")
 # Plain-word units after a value: "18 dollars", "5 square feet", "3 cm^2" (not "2 pi", "x or y",
 # and not the am/pm of a time).
@@ -243,6 +394,8 @@ def _clean(s: str) -> str:
     # explicit thousands separators: 10,\!000  14{,}916
     s = re.sub(r"(\d)(?:,\\!|\{,\})(?=\d{3})", r"\1", s)
     s = _SIZING.sub("", s)
+    if "slant" in s or "<=" in s or ">=" in s:
+        s = re.sub(r"\\([lg]e)q?slant(?![a-zA-Z])|([<>])=", lambda m: f"\\{m.group(1) or {'<': 'le', '>': 'ge'}[m.group(2)]} ", s)
     s = _SPACING.sub(" ", s)
     s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
     s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
@@ -253,7 +406,7 @@ def _clean(s: str) -> str:
     s = s.replace("\\%", "%")
     s = re.sub(r"\s*\bpercent\b", "%", s)
     s = s.replace("**", "^")
-    s = re.sub(r"\s+(?:or|and)\s+", ",", s)
+    s = re.sub(r"\s+(?:or|and)\s+", ", ", s)
     s = s.strip()
     s = re.sub(r"[.\s]+$", "", s)  # trailing period
     s = re.sub(r"^(?:\\in(?![a-zA-Z])|:)\s*", "", s)
@@ -267,6 +420,8 @@ def _clean(s: str) -> str:
     s = re.sub(r"(-?\d*)\.(\d*)\\overline\{(\d+)\}", _repeating, s)
     s = re.sub(r"\\varnothing|\\\{\s*\\\}", r"\\emptyset", s)
     s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", lambda m: m.group(1) + "\0", s)  # "\pi r"...
+    if "," in s:  # "3, 100" is a list: keep its space
+        s = re.sub(r"(?<=\d)(?:\s+,\s*|,\s+)(?=\d)", ",\0", s)
     return re.sub(r"\s+", "", s).replace("\0", " ")  # ...keeps its space, no other space is kept
 
 
@@ -331,22 +486,36 @@ def _wraps(s: str) -> bool:
     return False
 
 
-_INEQ = r"(<|>|\\leq?|\\geq?)"
+_REL = r"\s*(<|>|\\leq?|\\geq?)\s*"
 _LOWER = {"<": "(", "\\le": "[", "\\leq": "["}  # a < x  /  a \le x
 _UPPER = {"<": ")", "\\le": "]", "\\leq": "]"}  # x < b  /  x \le b
+_FLIP = {">": "<", "\\ge": "\\le", "\\geq": "\\le", "<": ">", "\\le": "\\ge", "\\leq": "\\ge"}
+
+
+def _constant(s: str) -> bool:
+    """No variable in s (LaTeX commands such as \\frac, \\sqrt, \\pi, \\infty are not variables)."""
+    return not re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", s))
 
 
 def _inequality(s: str) -> str | None:
-    r""""x \le 3" -> "(-\infty,3]", "1 < x \le 2" -> "(1,2]": inequalities as intervals."""
-    m = re.fullmatch(r"(.+?)" + _INEQ + r"([a-zA-Z])" + _INEQ + r"(.+)", s)
-    if m and m.group(2) in _LOWER and m.group(4) in _UPPER:
-        return f"{_LOWER[m.group(2)]}{m.group(1)},{m.group(5)}{_UPPER[m.group(4)]}"
-    m = re.fullmatch(r"([a-zA-Z])" + _INEQ + r"(.+)", s)
-    if m:
+    r""""x \le 3" -> "(-\infty,3]", "3 \le x" -> "[3,\infty)", "1 < x \le 2" -> "(1,2]",
+    "7 \ge x > 1" -> "(1,7]": an inequality in one variable as its interval."""
+    m = re.fullmatch(r"(.+?)" + _REL + r"([a-zA-Z])" + _REL + r"(.+)", s)
+    if m and _constant(m.group(1)) and _constant(m.group(5)):
+        lo, op1, _x, op2, hi = m.groups()
+        if op1 not in _LOWER and op2 not in _LOWER:  # "7 \ge x > 1": read it from the right
+            lo, op1, op2, hi = hi, _FLIP[op2], _FLIP[op1], lo
+        if op1 in _LOWER and op2 in _UPPER:
+            return f"{_LOWER[op1]}{lo},{hi}{_UPPER[op2]}"
+        return None
+    m = re.fullmatch(r"(.+?)" + _REL + r"([a-zA-Z])", s)
+    if m and _constant(m.group(1)):  # "3 \le x" is "x \ge 3"
+        return _inequality(f"{m.group(3)}{_FLIP[m.group(2)]}{m.group(1)}")
+    m = re.fullmatch(r"([a-zA-Z])" + _REL + r"(.+)", s)
+    if m and _constant(m.group(3)):
         op, v = m.group(2), m.group(3)
-        flip = {"<": ")", "\\le": "]", "\\leq": "]"}
-        if op in flip:
-            return f"(-\\infty,{v}{flip[op]}"
+        if op in _UPPER:
+            return f"(-\\infty,{v}{_UPPER[op]}"
         return f"{'(' if op == '>' else '['}{v},\\infty)"
     return None
 
@@ -361,7 +530,7 @@ def _structure(s: str):
     m = _VAR_PREFIX.match(s)
     if m and "=" not in s[m.end():] and len(_split_top(s, (",",))) == 1:
         s = s[m.end():]  # "x \in [1, 2]", "y = 2x + 3"
-    iv = _inequality(s)
+    iv = _inequality(s) if "<" in s or ">" in s or "\\le" in s or "\\ge" in s else None
     if iv is not None:
         s = iv
     parts = _split_top(s, ("\\cup",))
@@ -375,7 +544,16 @@ def _structure(s: str):
             return ("seq", s[0], s[-1], tuple(_structure(p) for p in items))
     if _THOUSANDS_ALONE.match(s):  # "1,000" alone is a number; "(1,000)" stays a pair
         s = s.replace(",", "")
-    items = [p for p in _split_top(s, (",", ";")) if p.strip()]
+    items = _split_top(s, (",", ";"))
+    if any(p.startswith(" ") for p in items[1:]):  # "1,000, 2,500": the unspaced commas group thousands
+        grouped = items[:1]
+        for p in items[1:]:
+            if re.fullmatch(r"\d{3}(?:\.\d+)?", p) and re.search(r"\d$", grouped[-1]):
+                grouped[-1] += "," + p
+            else:
+                grouped.append(p)
+        items = grouped
+    items = [p for p in items if p.strip()]
     if len(items) > 1:
         return ("list", tuple(_structure(p) for p in items))
     s = _clean_element(s)
@@ -385,7 +563,7 @@ def _structure(s: str):
     eq = _split_top(s, ("=",))
     if len(eq) == 2 and eq[0] and eq[1]:
         return ("eq", eq[0], eq[1])
-    s = _plain_number(s)
+    s = _plain_number(s.replace(", ", ","))  # the space after a comma only separates list items
     return ("scalar", s)
 
 
@@ -934,8 +1112,15 @@ def _close(x, y) -> bool | None:
     return abs(x - y) <= max(1e-9 * max(abs(x), abs(y)), 1e-12)
 
 
-def _numeric_equal(a: str, b: str, na, nb) -> bool | None:
-    """Compare two parsed scalars numerically. True/False, or None if undecided."""
+def _is_zero(v) -> bool:
+    return v == 0 if isinstance(v, Fraction) else abs(complex(v)) <= 1e-12
+
+
+def _numeric_equal(a: str, b: str, na, nb, ratio: bool = False) -> bool | None:
+    """Compare two parsed scalars numerically. True/False, or None if undecided.
+
+    ratio: equal up to a non-zero constant factor instead (the two sides of equations moved to
+    one side: 2x + 4y - 6 against x + 2y - 3); without variables, up to sign."""
     syms = sorted(_symbols(na, set()) | _symbols(nb, set()))
     if not syms:
         vals = []
@@ -956,10 +1141,13 @@ def _numeric_equal(a: str, b: str, na, nb) -> bool | None:
             else:
                 huge = abs(other) > 1e300
             return None if huge else False
+        if ratio and _close(va, -vb):
+            return True
         return _close(va, vb)
     # polynomial-identity style test: random points shared by both sides
     rng = random.Random(zlib.crc32(f"{a}\0{b}".encode()))  # deterministic
     agree = tries = 0
+    factor = None  # ratio: the constant factor seen at the first point where both sides are non-zero
     while agree < 5 and tries < 14:
         # both signs, so |x| != x and \sqrt{x^2} != x (at the cost of \sqrt{x}\sqrt{y} != \sqrt{xy}):
         # all +, all -, alternating both ways, then random signs
@@ -971,7 +1159,17 @@ def _numeric_equal(a: str, b: str, na, nb) -> bool | None:
             va, vb = _eval(na, env), _eval(nb, env)
         except _Undecided:
             continue
-        c = _close(va, vb)
+        if ratio:
+            if _is_zero(va) or _is_zero(vb):
+                if not (_is_zero(va) and _is_zero(vb)):
+                    return False
+                agree += 1
+                continue
+            q = va / vb if isinstance(va, Fraction) and isinstance(vb, Fraction) else complex(va) / complex(vb)
+            factor = q if factor is None else factor
+            c = _close(q, factor)
+        else:
+            c = _close(va, vb)
         if c is None:
             continue
         if not c:
@@ -1033,10 +1231,15 @@ def _sympy_worker_main() -> None:
             time.sleep(req["sleep"])
         elif sp is not None:
             try:
-                diff = sp.simplify(_to_sympy(req["a"], sp) - _to_sympy(req["b"], sp))
-                ok = bool(diff == 0) or (True if diff.is_zero else None)
-                if ok is None and diff.is_number and diff.is_zero is False:
-                    ok = False
+                a, b = _to_sympy(req["a"], sp), _to_sympy(req["b"], sp)
+                if req.get("ratio"):  # equal up to a non-zero constant factor
+                    q = sp.simplify(a / b)
+                    ok = True if not q.free_symbols and q.is_zero is False and q.is_finite else None
+                else:
+                    diff = sp.simplify(a - b)
+                    ok = bool(diff == 0) or (True if diff.is_zero else None)
+                    if ok is None and diff.is_number and diff.is_zero is False:
+                        ok = False
             except Exception:  # noqa: BLE001 - any sympy failure means "cannot decide"
                 ok = None
         sys.stdout.write(json.dumps({"ok": ok}) + "\n")
@@ -1112,10 +1315,10 @@ _WORKER = _SympyWorker()
 atexit.register(_WORKER.close)
 
 
-def _sympy_equal(na, nb, timeout: float) -> bool | None:
+def _sympy_equal(na, nb, timeout: float, ratio: bool = False) -> bool | None:
     if timeout <= 0:
         return None
-    return _WORKER.ask({"a": na, "b": nb}, timeout)
+    return _WORKER.ask({"a": na, "b": nb, "ratio": ratio}, timeout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1168,11 +1371,19 @@ def _scalar_core(a: str, b: str, style: str, timeout: float) -> bool:
 
 
 def _equation_equal(a, b, style, timeout) -> bool:
+    """Two equations are equal when their sides moved to one side are proportional by a non-zero
+    constant (2x + 4y = 6 is x + 2y = 3; x(y - 1) = 0 is not y - 1 = 0)."""
     (la, ra), (lb, rb) = a[1:], b[1:]
     if (la, ra) == (lb, rb) or (la, ra) == (rb, lb):
         return True
     da, db = f"({la})-({ra})", f"({lb})-({rb})"
-    return _scalar_core(da, db, style, timeout) or _scalar_core(da, f"({rb})-({lb})", style, timeout)
+    na, nb = _parse(da), _parse(db)
+    if na is None or nb is None:
+        return False
+    verdict = _numeric_equal(da, db, na, nb, ratio=True)
+    if verdict is not None:
+        return verdict
+    return style != "gsm8k" and bool(_sympy_equal(na, nb, timeout, ratio=True))
 
 
 def _multiset_equal(xs, ys, style, timeout) -> bool:
