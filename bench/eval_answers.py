@@ -1,6 +1,7 @@
 """Answer checking: agreement with the intended verdict, per class, for ours and math-verify.
 
-    python bench/eval_answers.py [--data DIR] [--limit N] [--no-math-verify] [--show K] [--only CLASS ...]
+    python bench/eval_answers.py [--data DIR] [--limit N] [--baseline REV] [--mv-cap N | --no-math-verify]
+                                 [--rounds R] [--show K] [--only CLASS ...] [--dump FILE]
 
 The table is built from real data (tests and benchmarks only, never the package):
 - GSM8K train (7,473): every gold rationale (calculator annotations removed, "#### N" taken off)

@@ -14,8 +14,9 @@ from fractions import Fraction
 
 import pytest
 
-from synth import answers as A
 from synth.answers import answers_match, extract_answer, last_boxed, normalize_answer
+from synth.answers.extract import boxes
+from synth.answers.sympy_worker import WORKER
 from synth.cot import grade, split_solution
 from tests.conftest import shared
 
@@ -408,7 +409,7 @@ def test_sympy_fallback_and_time_limit():
     assert answers_match(big, big1, "math")
     assert not answers_match(big, "2^{2^{20}+2}", "math")
     assert not answers_match(big, big1, "math", timeout=0)  # sympy off: undecided -> no match
-    w = A._WORKER
+    w = WORKER
     t = time.time()
     assert w.ask({"sleep": 5}, timeout=0.3) is None  # overran: killed
     assert time.time() - t < 3
@@ -454,7 +455,7 @@ def test_math_gold_solutions_accept_their_own_answer():
     print(f"MATH test4500: gold solution accepted {len(recs) - len(fails)}/{len(recs)}")
     assert set(fails) == SEVERAL_BOXES, sorted(set(fails) ^ SEVERAL_BOXES)
     for r in fails.values():
-        every_box = ", ".join(m[2] for m in A._boxes(r["solution"]))
+        every_box = ", ".join(b[2] for b in boxes(r["solution"]))
         assert answers_match(extract_answer(r["solution"], "math"), every_box, "math"), r["id"]
 
 
