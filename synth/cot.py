@@ -14,8 +14,10 @@ Checking one sample (synth.answers; the reason goes to rejects, the raw solution
 row's assistant turn, the extracted answer in `detail` and `answer`):
   "teacher request failed" / "truncated" (cut at `max_tokens`: not a finished solution) /
   "no final answer" (with `strict_format`, only a stated answer counts: "The answer is X",
-  "Final answer: X", "Answer: X", "#### X", \\boxed{X}, or the looser "The answer to ... is X" /
-  "The final result is X"; without it the last number also counts; see `final_answer`;
+  "Final answer: X" (and Minerva's "Final Answer: The final answer is $X$. I hope it is correct."),
+  "Answer: X", "**Answer:** X", "#### X", a bare "A: X" line, \\boxed{X} (several adjacent boxes
+  are one answer), or the looser "The answer to ... is X" / "The final result is X"; the statement
+  that comes last wins; without it the last number also counts; see synth.answers.final_answer;
   `detail` is the solution's last line) /
   "wrong answer" (answers_match(pred, gold, style) is False) /
   "duplicate rationale" (a correct solution identical to one already kept for the question) /
@@ -70,7 +72,7 @@ from pydantic import Field
 
 from curate.llm import LLM, Request, Response, Usage
 from curate.steps import Context, RecipePath, Step, StepResult
-from synth.answers import answers_match, extract_answer
+from synth.answers import answers_match, final_answer
 from synth.base import (
     build_rows,
     chat,
@@ -86,16 +88,12 @@ from synth.responses import prompt_turns
 
 # Where a solution states its final answer (cf. synth.answers): the reasoning is what comes before.
 _FINAL_STATEMENT = re.compile(
-    r"(?im)(?:####|\b(?:the\s+)?final\s+answer\s*(?:is|:)"
+    r"(?im)(?:####|\b(?:the\s+)?final\s+answer\s*(?:is|:)(?:\s*the\s+final\s+answer\s+is)?"  # (Minerva's)
     r"|\bthe\s+(?:(?:correct\s+)?answer|final\s+result)\b[^\n.]{0,60}?\b(?:is|was|equals)\b"
-    r"|^\W*answer\s*:)")
+    r"|^\W*answer\s*:|^[ \t>*]*A[ \t]*:(?=[ \t]*(?:\S+[ \t]*){1,3}$))")  # "A: 18", not "A: <reasoning>"
 _DANGLING = re.compile(r"(?i)[\s,;:*]*(?:\b(?:so|thus|therefore|hence|finally|in conclusion)\b)?[\s,;:*]*$")
 _MENTIONS_HINT = re.compile(r"(?i)\b(?:hint|(?:was|were|am|are|been)\s+told|(?:was|were|is|been)\s+given\s+"
                             r"(?:that|the answer)|given\s+answer|answer\s+(?:was|is)\s+given)\b")
-# "The answer to the problem is X", "The final result is X" (one line)
-_LOOSE_STATEMENT = re.compile(r"(?i)\b(?:answer|final\s+result)\b[^\n.]{0,60}?\b(?:is|was|equals)\b\s*:?\s*([^\n]+)")
-_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?")
-_NUMBER_ONLY = re.compile(r"^\s*" + _NUMBER.pattern + r"\s*$")
 PASS_RATE_BINS = ("0", "(0, 0.25]", "(0.25, 0.5]", "(0.5, 0.75]", "(0.75, 1)", "1")
 
 
@@ -116,37 +114,6 @@ def split_solution(solution: str) -> tuple[str | None, str]:
     if not head.strip():
         return None, text
     return head.strip(), text[len(head):].strip()
-
-
-def final_answer(text: str | None, style: str = "auto", strict: bool = True) -> str | None:
-    """The answer a solution states (synth.answers.extract_answer), made checkable.
-
-    strict: only a stated answer counts (\\boxed{}, "The answer is", "Final answer:", "Answer:",
-    "####", and the looser "The answer to the question is X" / "The final result is X" that small
-    models write); not strict: extract_answer's last-number fallback too. A stated "3 + 4 = 7"
-    is taken as what follows the last "=" (style gsm8k; auto only when that is a plain number;
-    never in LaTeX), and for gsm8k a stated phrase without LaTeX as its last number
-    ("7 apples in all" -> 7)."""
-    if not text:
-        return None
-    pred = extract_answer(text, "math" if strict else style)  # "math" extraction has no last-number fallback
-    if pred is None and strict:
-        loose = None
-        for loose in _LOOSE_STATEMENT.finditer(text):
-            pass
-        if loose is not None:
-            pred = extract_answer("The answer is " + loose.group(1), "math")  # reuse its trimming
-    if pred is None or style == "math":
-        return pred
-    if "=" in pred and "\\" not in pred:  # not LaTeX: "3 + 4 = 7" -> 7
-        rhs = pred.rsplit("=", 1)[1].strip()
-        if rhs and (style == "gsm8k" or _NUMBER_ONLY.match(rhs)):
-            pred = rhs
-    if style == "gsm8k" and "\\" not in pred and not _NUMBER_ONLY.match(pred):
-        nums = _NUMBER.findall(pred)
-        if nums:
-            pred = nums[-1]
-    return pred
 
 
 def grade(text: str | None, gold: str, *, style: str = "auto", strict: bool = True,
