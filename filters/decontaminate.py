@@ -7,7 +7,7 @@ How it works (vectorized, no per-row Python loop):
 
 1. Every text field of every eval item (by default its prompt and, where the file has one, its
    reference answer: see `PROMPT_FIELDS` / `ANSWER_FIELDS`) is tokenized with the normaliser of
-   `filters.dedup` (NFKC, lowercase, split at whitespace and punctuation), so case, punctuation
+   `curate.text` (NFKC, lowercase, split at whitespace and punctuation), so case, punctuation
    and spacing edits do not hide a copy. Each field is indexed on its own, and so is the join of
    an item's prompt fields (instruction + input):
    - a field of >= `ngram` words: every word `ngram`-gram (64-bit hash);
@@ -45,7 +45,7 @@ from curate.errors import CurateError
 from curate.io import read_table
 from curate.records import message_text
 from curate.steps import Filter, RecipePath, reasons
-from filters.dedup import TextPart, _arrow_strings, _batches, _shingle_hashes, _tokenize
+from curate.text import TextPart, hashed_words, ngram_hashes
 
 # Eval-file columns read by default (matched case-insensitively): the prompt, then reference answers.
 PROMPT_FIELDS = ("instruction", "input", "prompt", "question", "query", "problem", "turns", "conversations",
@@ -109,14 +109,6 @@ def eval_texts(path: str | Path, fields: list[str] | None = None) -> list[list[s
     return items
 
 
-def _hashed_words(texts: pl.Series):
-    """Yield (first row, word hashes, word offsets) per batch of ~1 MB of text."""
-    data, offs = _arrow_strings(texts)
-    for lo, hi in _batches(offs):
-        h, word_offs = _tokenize(data[offs[lo] : offs[hi]], offs[lo : hi + 1] - offs[lo], True)
-        yield lo, h, word_offs
-
-
 class EvalIndex:
     """The n-gram hashes of a set of eval files, sorted, each with the eval item it came from."""
 
@@ -142,9 +134,9 @@ class EvalIndex:
         series = pl.Series("text", texts, dtype=pl.String)
         owner_arr = np.asarray(owner, np.int64)
         skipped = 0
-        for lo, h, word_offs in _hashed_words(series):
+        for lo, _, h, word_offs in hashed_words(series):
             n_words = np.diff(word_offs)
-            sh, doc = _shingle_hashes(h, word_offs, ngram, _SEED)
+            sh, doc = ngram_hashes(h, word_offs, ngram, _SEED)
             empty = n_words[doc] == 0
             skipped += int(empty.sum())
             keys.append(sh[~empty])
@@ -175,10 +167,10 @@ class EvalIndex:
         if len(self.keys) == 0:
             return matches, frames[0]
         last = len(self.keys) - 1
-        for lo, h, word_offs in _hashed_words(texts):
+        for lo, _, h, word_offs in hashed_words(texts):
             found_sh, found_doc = [], []
             for n in [self.ngram, *self.short_lengths]:  # short eval fields: their own run length
-                sh, doc = _shingle_hashes(h, word_offs, n, _SEED)
+                sh, doc = ngram_hashes(h, word_offs, n, _SEED)
                 maybe = np.flatnonzero(self._present[(sh & self._mask).view(np.int64)])
                 sh, doc = sh[maybe], doc[maybe]
                 hit = self.keys[np.minimum(np.searchsorted(self.keys, sh), last)] == sh

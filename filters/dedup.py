@@ -6,7 +6,7 @@ order of each duplicate group, so the result does not depend on hashing details.
 Near-duplicates are found with MinHash (Broder 1997) + LSH banding (Indyk & Motwani 1998), fully
 vectorised so that text -> clusters runs at numpy speed with no per-document Python loop:
 
-1. Tokenise (numpy on the Arrow string buffer): NFKC, lowercase, split on whitespace and
+1. Tokenise (`curate.text`, numpy on the Arrow string buffer): NFKC, lowercase, split on whitespace and
    punctuation; hash each word from its bytes, 8 bytes at a time.
 2. Shingle: word n-grams, hashed by combining the n word hashes. A document shorter than n words
    is one shingle (the empty document included).
@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import polars as pl
@@ -46,240 +44,23 @@ from pydantic import Field as Setting
 
 from curate.records import message_text
 from curate.steps import Filter, reasons
-
-TextPart = Literal["text", "prompt", "response"]  # which text of a record (curate.records.message_text)
+from curate.text import (  # noqa: F401  words, shingles, shingle_hashes: still importable from here
+    GOLDEN64,
+    TextPart,
+    arrow_strings,
+    batches,
+    fmix64,
+    hashed_words,
+    ngram_hashes,
+    shingle_hashes,
+    shingles,
+    tokenize,
+    words,
+)
 
 _U = np.uint64
 _EMPTY = np.uint32(0xFFFFFFFF)  # marks an empty OPH bin (a real minimum equal to it is a 2^-32 event)
-_GOLD = _U(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: an odd constant with well-spread bits
-_HIGH_BITS = _U(0x8080808080808080)
 _LOW_HALF = 0 if sys.byteorder == "little" else 1  # which uint32 of a uint64 holds its low bits
-_BYTE_MASKS = np.array([(1 << (8 * i)) - 1 for i in range(9)], dtype=_U)  # the low i bytes
-_BATCH_BYTES = 1 << 20  # text bytes per batch: bounds memory (~40 bytes per text byte)
-
-
-# ------------------------------------------------------------------------------------------------
-# Hashing primitives
-
-
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser: a bijection whose every output bit depends on every input bit."""
-    x = x ^ (x >> _U(33))
-    x *= _U(0xFF51AFD7ED558CCD)
-    x ^= x >> _U(33)
-    x *= _U(0xC4CEB9FE1A85EC53)
-    x ^= x >> _U(33)
-    return x
-
-
-def _seed_mix(seed: int, salt: int) -> np.uint64:
-    """A 64-bit constant derived from (seed, salt)."""
-    return _fmix64(np.array([(seed * 0x100000001B3 + salt) & 0xFFFFFFFFFFFFFFFF], dtype=_U))[0]
-
-
-def _hash_spans(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hash the byte spans buf[s:s+len]; also flag spans holding a non-ASCII byte.
-
-    Reads 8 bytes at a time through an unaligned uint64 view (buf must have 8 spare bytes at the
-    end), so a typical word costs one load. Returns (hashes uint64, has_non_ascii bool).
-    """
-    n_bytes = len(buf) - 8
-    view = np.ndarray(shape=(max(n_bytes, 0),), dtype="<u8", buffer=buf, offset=0, strides=(1,))
-    lens = lengths.view(_U)  # non-negative int64, same bits
-    first = view[starts]
-    first &= _BYTE_MASKS[np.minimum(lengths, 8)]  # keep only the span's bytes
-    non_ascii = (first & _HIGH_BITS) != 0
-    state = first
-    idx = np.flatnonzero(lengths > 8)
-    k = 1
-    while len(idx):  # longer spans: fold in one more 8-byte chunk per round (rarely more than 2)
-        chunk = view[starts[idx] + 8 * k] & _BYTE_MASKS[np.minimum(lengths[idx] - 8 * k, 8)]
-        non_ascii[idx] |= (chunk & _HIGH_BITS) != 0
-        state[idx] = _fmix64(state[idx]) ^ chunk
-        k += 1
-        idx = idx[lengths[idx] > 8 * k]
-    return _fmix64(state ^ (lens * _GOLD)), non_ascii
-
-
-# ------------------------------------------------------------------------------------------------
-# Normalisation and tokenisation
-
-
-class _UnicodeSeparators(dict):
-    """str.translate table: separators (ASCII other than [a-z0-9_], Unicode whitespace and
-    punctuation, i.e. categories Z* and P*) become a space, every other character maps to itself."""
-
-    def __missing__(self, cp: int):
-        ch = chr(cp)
-        if cp < 128:
-            sep = not (ch.isalnum() or ch == "_")
-        else:
-            sep = ch.isspace() or unicodedata.category(ch)[0] in "PZ"
-        self[cp] = value = " " if sep else cp
-        return value
-
-
-_SEPARATORS = _UnicodeSeparators()
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _normalize_run(run: str) -> tuple[str, ...]:
-    """Words of one ASCII-delimited run holding non-ASCII characters: NFKC, lowercase, split."""
-    return tuple(unicodedata.normalize("NFKC", run).lower().translate(_SEPARATORS).split())
-
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def words(text: str, normalize: bool = True) -> list[str]:
-    """The words of one text, exactly as the vectorised tokeniser sees them (reference, for tests
-    and for feeding other MinHash libraries the same shingles).
-
-    normalize=True: split at ASCII characters other than [A-Za-z0-9_], lowercase; a run holding
-    non-ASCII characters is NFKC-normalised, lowercased and split again at Unicode whitespace and
-    punctuation. normalize=False: split at ASCII whitespace only, nothing else changes.
-    """
-    if not normalize:
-        return [w for w in _split_ascii_ws(text) if w]
-    out: list[str] = []
-    for run in _ascii_runs(text.translate(_ASCII_LOWER)):
-        if run.isascii():
-            out.append(run)
-        else:
-            out.extend(_normalize_run(run))
-    return out
-
-
-def _split_ascii_ws(text: str) -> list[str]:
-    for ch in "\t\n\r\x0b\x0c":
-        text = text.replace(ch, " ")
-    return text.split(" ")
-
-
-_ASCII_RUNS = re.compile(r"[A-Za-z0-9_\x80-\U0010FFFF]+")  # split at ASCII non-word characters
-
-
-def _ascii_runs(text: str) -> list[str]:
-    return _ASCII_RUNS.findall(text)
-
-
-def shingles(text: str, ngram: int = 5, normalize: bool = True) -> set[str]:
-    """The shingle set of one text, as the vectorised path sees it (words joined by a space)."""
-    w = words(text, normalize)
-    if len(w) < ngram:
-        return {" ".join(w)}
-    return {" ".join(w[i : i + ngram]) for i in range(len(w) - ngram + 1)}
-
-
-def _tokenize(data: np.ndarray, offs: np.ndarray, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Word hashes of a batch of documents.
-
-    data: the documents' UTF-8 bytes back to back; offs: int64 document offsets into data
-    (len n+1, offs[0] == 0). Returns (word hashes uint64, word offsets int64 of len n+1).
-    """
-    n_bytes = int(offs[-1])
-    x = data[:n_bytes]
-    buf = np.zeros(n_bytes + 8, np.uint8)  # 8 spare bytes for the unaligned 8-byte reads
-    if normalize:
-        upper = (x - np.uint8(65)) < 26  # ASCII A-Z
-        np.bitwise_or(x, upper.view(np.uint8) << 5, out=buf[:n_bytes])
-        low = buf[:n_bytes]
-        is_word = ((low - np.uint8(97)) < 26) | ((x - np.uint8(48)) < 10) | (x == 95) | (x >= 128)
-    else:
-        buf[:n_bytes] = x
-        is_word = ~((x == 32) | ((x - np.uint8(9)) < 5))  # not ASCII whitespace
-    # Word boundaries = class changes; they alternate start, end, start, ...
-    edges = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
-    head = [0] if n_bytes and is_word[0] else []
-    tail = [n_bytes] if n_bytes and is_word[-1] else []
-    if head or tail:
-        edges = np.concatenate([head, edges, tail]).astype(np.int64)
-    inner = np.unique(offs[1:-1])  # empty documents repeat an offset
-    inner = inner[(inner > 0) & (inner < n_bytes)]
-    glued = inner[is_word[inner - 1] & is_word[inner]]  # a word must not run into the next document
-    if len(glued):
-        edges = np.insert(edges, np.repeat(np.searchsorted(edges, glued), 2), np.repeat(glued, 2))
-    starts = edges[0::2]
-    lengths = edges[1::2] - starts
-    word_offs = np.searchsorted(starts, offs)
-    hashes, non_ascii = _hash_spans(buf, starts, lengths)
-    if normalize:
-        idx = np.flatnonzero(non_ascii)
-        if len(idx):
-            hashes, word_offs = _fix_non_ascii(buf, starts, lengths, hashes, word_offs, idx)
-    return hashes, word_offs
-
-
-def _fix_non_ascii(buf, starts, lengths, hashes, word_offs, idx):
-    """Re-tokenise the words holding non-ASCII bytes with Python's Unicode tables (NFKC, lowercase,
-    Unicode punctuation); each distinct such word is handled once."""
-    _, first, inverse = np.unique(hashes[idx], return_index=True, return_inverse=True)
-    pieces = [
-        _normalize_run(bytes(buf[s : s + n]).decode("utf-8", "replace"))
-        for s, n in zip(starts[idx[first]].tolist(), lengths[idx[first]].tolist())
-    ]
-    counts = np.fromiter((len(p) for p in pieces), np.int64, len(pieces))
-    flat = [w.encode() for p in pieces for w in p]
-    if flat:
-        joined = np.frombuffer(b"".join(flat) + b"\0" * 8, np.uint8)
-        lens = np.fromiter((len(w) for w in flat), np.int64, len(flat))
-        new_hashes, _ = _hash_spans(joined, np.cumsum(lens) - lens, lens)
-    else:
-        new_hashes = np.zeros(0, _U)
-    u_start = np.cumsum(counts) - counts
-    hashes = hashes.copy()
-    one = counts[inverse] == 1  # the usual case: one word in, one word out
-    hashes[idx[one]] = new_hashes[u_start[inverse[one]]]
-    odd = np.flatnonzero(~one)
-    if not len(odd):
-        return hashes, word_offs
-    # A word that NFKC turned into several words (or none): splice, in order, between slices.
-    parts, prev = [], 0
-    for q in odd.tolist():
-        pos, u = int(idx[q]), int(inverse[q])
-        parts += [hashes[prev:pos], new_hashes[u_start[u] : u_start[u] + counts[u]]]
-        prev = pos + 1
-    parts.append(hashes[prev:])
-    delta = np.cumsum(counts[inverse[odd]] - 1)
-    shift = np.concatenate([[0], delta])[np.searchsorted(idx[odd], word_offs, side="left")]
-    return np.concatenate(parts), word_offs + shift
-
-
-def _shingle_hashes(
-    h: np.ndarray, word_offs: np.ndarray, ngram: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes of word n-gram shingles and the document index of each.
-
-    A shingle hashes to fmix(sum_t h[p+t] * K_t  xor  len * c  xor  seed) with fixed odd K_t:
-    order-sensitive, and a document with fewer than `ngram` words (even zero) is one shingle.
-    """
-    n_docs = len(word_offs) - 1
-    n_words = np.diff(word_offs)
-    mult = _fmix64(np.arange(1, ngram + 1, dtype=_U) * _GOLD) | _U(1)
-    salt = _seed_mix(seed, 1)
-    tag = _U((ngram * int(_GOLD)) & 0xFFFFFFFFFFFFFFFF)
-    W = len(h)
-    m = max(W - ngram + 1, 0)
-    acc = h[:m] * mult[0]
-    for t in range(1, ngram):
-        acc += h[t : t + m] * mult[t]
-    valid = np.ones(m, bool)  # drop windows that cross the end of a document
-    for t in range(1, ngram):
-        last = word_offs[1:] - t
-        last = last[(last >= word_offs[:-1]) & (last < m)]
-        valid[last] = False
-    long_docs = n_words >= ngram
-    long_sh = _fmix64(acc[valid] ^ tag ^ salt)
-    long_doc = np.repeat(np.arange(n_docs), np.where(long_docs, n_words - ngram + 1, 0))
-    short = np.flatnonzero(~long_docs)
-    if not len(short):
-        return long_sh, long_doc
-    sacc = np.zeros(len(short), _U)
-    for t in range(ngram - 1):
-        sel = n_words[short] > t
-        sacc[sel] += h[word_offs[short[sel]] + t] * mult[t]
-    short_sh = _fmix64(sacc ^ (n_words[short].astype(_U) * _GOLD) ^ salt)
-    return np.concatenate([long_sh, short_sh]), np.concatenate([long_doc, short])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,8 +112,8 @@ def _densify(sig: np.ndarray, seed: int) -> None:
 
 def _sign_batch(data, offs, num_perm, ngram, seed, normalize) -> np.ndarray:
     """Signatures of one batch: one-permutation hashing (Li, Owen & Zhang 2012), then densify."""
-    h, word_offs = _tokenize(data, offs, normalize)
-    sh, doc = _shingle_hashes(h, word_offs, ngram, seed)
+    h, word_offs = tokenize(data, offs, normalize)
+    sh, doc = ngram_hashes(h, word_offs, ngram, seed)
     n = len(offs) - 1
     sig = np.full((n, num_perm), _EMPTY, np.uint32)
     # Bin from the top 32 bits (Lemire's multiply-shift range reduction), value = the low 32 bits.
@@ -341,39 +122,6 @@ def _sign_batch(data, offs, num_perm, ngram, seed, normalize) -> np.ndarray:
     np.minimum.at(sig.reshape(-1), bins, sh.view(np.uint32)[_LOW_HALF::2])
     _densify(sig, seed)
     return sig
-
-
-def _arrow_strings(texts) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, int64 offsets starting at 0) of a sequence of strings; nulls count as ''."""
-    import pyarrow as pa
-
-    if isinstance(texts, pl.Series):
-        s = texts
-    elif isinstance(texts, (pa.Array, pa.ChunkedArray)):
-        s = pl.Series("text", texts)
-    else:
-        s = pl.Series("text", list(texts), dtype=pl.String)
-    arr = s.cast(pl.String).fill_null("").rechunk().to_arrow()
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if arr.type != pa.large_string():
-        arr = arr.cast(pa.large_string())
-    offs = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    data_buf = arr.buffers()[2]
-    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    return data, offs
-
-
-def _batches(offs: np.ndarray, max_bytes: int = _BATCH_BYTES) -> list[tuple[int, int]]:
-    """Split documents into [lo, hi) ranges of about max_bytes of text (at least one doc each)."""
-    n = len(offs) - 1
-    out, lo = [], 0
-    while lo < n:
-        hi = int(np.searchsorted(offs, offs[lo] + max_bytes, side="right")) - 1
-        hi = min(max(hi, lo + 1), n)
-        out.append((lo, hi))
-        lo = hi
-    return out
 
 
 def _n_jobs(n_jobs: int | None) -> int:
@@ -396,7 +144,7 @@ def minhash_signatures(
     """
     if num_perm < 1 or ngram < 1:
         raise ValueError("num_perm and ngram must be >= 1")
-    data, offs = _arrow_strings(texts)
+    data, offs = arrow_strings(texts)
     sig = np.empty((len(offs) - 1, num_perm), np.uint32)
 
     def run(span):
@@ -404,7 +152,7 @@ def minhash_signatures(
         batch = data[offs[lo] : offs[hi]]
         sig[lo:hi] = _sign_batch(batch, offs[lo : hi + 1] - offs[lo], num_perm, ngram, seed, normalize)
 
-    spans = _batches(offs)
+    spans = batches(offs)
     jobs = min(_n_jobs(n_jobs), len(spans))
     if jobs > 1:
         with ThreadPoolExecutor(jobs) as pool:
@@ -413,30 +161,6 @@ def minhash_signatures(
         for span in spans:
             run(span)
     return sig
-
-
-def shingle_hashes(
-    texts: Sequence[str] | pl.Series, ngram: int = 5, seed: int = 1, normalize: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """The shingle hashes of every text, flat, and int64 offsets (len n+1): text i's shingles are
-    hashes[offsets[i]:offsets[i+1]] (a shingle repeated in a text is listed each time).
-
-    The vectorised tokeniser and shingler on their own, for feeding other MinHash libraries
-    (e.g. rensa's `digest_matrix_from_flat_token_hashes`) the same shingles as `shingles()`.
-    """
-    data, offs = _arrow_strings(texts)
-    parts, counts = [], []
-    for lo, hi in _batches(offs):
-        h, word_offs = _tokenize(data[offs[lo] : offs[hi]], offs[lo : hi + 1] - offs[lo], normalize)
-        sh, doc = _shingle_hashes(h, word_offs, ngram, seed)
-        order = np.argsort(doc, kind="stable")
-        parts.append(sh[order])
-        counts.append(np.bincount(doc, minlength=hi - lo))
-    hashes = np.concatenate(parts) if parts else np.zeros(0, _U)
-    offsets = np.zeros(len(offs), np.int64)
-    if counts:
-        np.cumsum(np.concatenate(counts), out=offsets[1:])
-    return hashes, offsets
 
 
 def estimate_jaccard(signatures: np.ndarray, a, b, chunk: int = 1 << 15) -> np.ndarray:
@@ -498,12 +222,12 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
         block = sig.view(_U).reshape(n, bands, rows // 2)  # two 32-bit values per word, no copy
     else:
         block = sig.reshape(n, bands, rows).astype(_U)
-    mult = _fmix64(np.arange(1, block.shape[2] + 1, dtype=_U) * _GOLD) | _U(1)
+    mult = fmix64(np.arange(1, block.shape[2] + 1, dtype=_U) * GOLDEN64) | _U(1)
     keys = block[:, :, 0] * mult[0]
     for i in range(1, block.shape[2]):  # explicit adds: numpy's sum over a short axis is slow
         keys += block[:, :, i] * mult[i]  # wraps mod 2^64
-    keys ^= np.arange(bands, dtype=_U) * _GOLD  # keys of different bands never meet
-    return _fmix64(keys)
+    keys ^= np.arange(bands, dtype=_U) * GOLDEN64  # keys of different bands never meet
+    return fmix64(keys)
 
 
 def _unique(codes: np.ndarray) -> np.ndarray:
@@ -641,18 +365,16 @@ def _resolve_bands(threshold: float, num_perm: int, bands: int | None, rows: int
 def _document_keys(texts: pl.Series) -> np.ndarray:
     """64-bit key of each text's normalised word sequence (equal iff the word lists are equal,
     up to 64-bit hash collisions: ~n^2 / 2^65, i.e. 1e-10 for a million rows)."""
-    data, offs = _arrow_strings(texts)
-    out = np.empty(len(offs) - 1, _U)
-    for lo, hi in _batches(offs):
-        h, word_offs = _tokenize(data[offs[lo] : offs[hi]], offs[lo : hi + 1] - offs[lo], True)
+    out = np.empty(len(texts), _U)
+    for lo, hi, h, word_offs in hashed_words(texts):
         n_words = np.diff(word_offs)
         pos = np.arange(len(h), dtype=_U) - np.repeat(word_offs[:-1], n_words).astype(_U)
-        terms = h * (_fmix64(pos + _U(1)) | _U(1))  # position-dependent odd multipliers
+        terms = h * (fmix64(pos + _U(1)) | _U(1))  # position-dependent odd multipliers
         sums = np.zeros(hi - lo, _U)
         some = n_words > 0
         if some.any():
             sums[some] = np.add.reduceat(terms, word_offs[:-1][some])  # wraps mod 2^64
-        out[lo:hi] = _fmix64(sums ^ (n_words.astype(_U) * _GOLD))
+        out[lo:hi] = fmix64(sums ^ (n_words.astype(_U) * GOLDEN64))
     return out
 
 
@@ -820,7 +542,4 @@ __all__ = [
     "lsh_params",
     "collision_probability",
     "band_keys",
-    "words",
-    "shingles",
-    "shingle_hashes",
 ]

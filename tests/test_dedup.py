@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from curate import text as T
 from curate.records import make_frame
 from filters import dedup as D
 from filters.dedup import ExactDedup, MinHashDedup
@@ -67,12 +68,7 @@ TRICKY = [
 
 
 def _reference_hashes(text, normalize):
-    enc = [w.encode() for w in D.words(text, normalize)]
-    if not enc:
-        return np.zeros(0, np.uint64)
-    buf = np.frombuffer(b"".join(enc) + b"\0" * 8, np.uint8)
-    lens = np.array([len(w) for w in enc])
-    return D._hash_spans(buf, np.cumsum(lens) - lens, lens)[0]
+    return T.hash_words(T.words(text, normalize))
 
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -80,20 +76,20 @@ def test_vectorised_tokenizer_matches_reference(normalize):
     # Random order, so that empty documents and words that touch across documents get exercised.
     rng = random.Random(0)
     texts = [rng.choice(TRICKY) for _ in range(400)]
-    data, offs = D._arrow_strings(pl.Series(texts))
-    hashes, word_offs = D._tokenize(data, offs, normalize)
+    data, offs = T.arrow_strings(pl.Series(texts))
+    hashes, word_offs = T.tokenize(data, offs, normalize)
     for i, text in enumerate(texts):
         got = hashes[word_offs[i] : word_offs[i + 1]]
         assert np.array_equal(got, _reference_hashes(text, normalize)), text
 
 
 def test_words_normalisation():
-    assert D.words("Hello,  World!") == ["hello", "world"]
-    assert D.words("1685–1753 “quoted” ﬁne") == ["1685", "1753", "quoted", "fine"]
-    assert D.words("Ａｂｃ！ｄ") == ["abc", "d"]  # NFKC folds full-width forms
-    assert D.words("Hello,  World!", normalize=False) == ["Hello,", "World!"]
-    assert D.shingles("a b", ngram=5) == {"a b"}  # shorter than n words: the whole text is one shingle
-    assert D.shingles("", ngram=5) == {""}
+    assert T.words("Hello,  World!") == ["hello", "world"]
+    assert T.words("1685–1753 “quoted” ﬁne") == ["1685", "1753", "quoted", "fine"]
+    assert T.words("Ａｂｃ！ｄ") == ["abc", "d"]  # NFKC folds full-width forms
+    assert T.words("Hello,  World!", normalize=False) == ["Hello,", "World!"]
+    assert T.shingles("a b", ngram=5) == {"a b"}  # shorter than n words: the whole text is one shingle
+    assert T.shingles("", ngram=5) == {""}
 
 
 def test_signatures_do_not_depend_on_batching_or_threads(monkeypatch):
@@ -101,7 +97,7 @@ def test_signatures_do_not_depend_on_batching_or_threads(monkeypatch):
     pool = TRICKY + [LONG, OTHER]
     texts = [" ".join(rng.choice(pool) for _ in range(rng.randint(0, 4))) for _ in range(300)]
     ref = D.minhash_signatures(texts, n_jobs=1)
-    monkeypatch.setattr(D, "_BATCH_BYTES", 1000)
+    monkeypatch.setattr(T, "BATCH_BYTES", 1000)
     assert np.array_equal(D.minhash_signatures(texts, n_jobs=2), ref)
     assert np.array_equal(D.minhash_signatures(pl.Series(texts), n_jobs=1), ref)
     assert not np.array_equal(D.minhash_signatures(texts, seed=2), ref)
