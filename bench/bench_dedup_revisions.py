@@ -14,33 +14,19 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import os
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import revisions  # noqa: E402
+
 DATA = Path("/work/shared/data/dedup_t0_templates/t0_train_50k_per_template.jsonl.gz")
-
-
-def load_dedup(tree: Path):
-    """Import filters.dedup from `tree`, then forget the module names so another tree can load."""
-    sys.path.insert(0, str(tree))
-    try:
-        for name in [m for m in sys.modules if m.split(".")[0] in ("curate", "filters")]:
-            del sys.modules[name]
-        return importlib.import_module("filters.dedup")
-    finally:
-        sys.path.remove(str(tree))
-        for name in [m for m in sys.modules if m.split(".")[0] in ("curate", "filters")]:
-            del sys.modules[name]
 
 
 def truncate(texts: pl.Series, lo: int, hi: int, seed: int = 0) -> pl.Series:
@@ -66,15 +52,8 @@ def main() -> None:
     if args.truncate:
         lo, hi = map(int, args.truncate.split("-"))
         texts = truncate(texts, lo, hi)
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.base, "curate", "filters"],
-                                 check=True, capture_output=True).stdout
-        tar_path = Path(tmp) / "base.tar"
-        tar_path.write_bytes(archive)
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(tmp, filter="data")
-        base = load_dedup(Path(tmp))
-    here = load_dedup(ROOT)
+    base = revisions.load(args.base, "filters.dedup")["filters.dedup"]
+    here = revisions.load(None, "filters.dedup")["filters.dedup"]
     print(f"{len(texts)} texts, {texts.str.len_bytes().sum() / 1e6:.1f} MB; base {args.base} vs working tree; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
 

@@ -14,6 +14,16 @@ this speed is for):
 - `tokenize`: NFKC, lowercase, split at whitespace and punctuation; each word hashed from its
   bytes, 8 bytes at a time (`hash_spans`). `words` is its one-text Python twin, for tests and for
   feeding other libraries the same words.
+- Scripts written without spaces (Chinese, Japanese, Thai, Lao, Myanmar, Khmer) have no words to
+  split at, so each of their characters is a token and a "word n-gram" there is a character
+  n-gram: near-duplicate detection compares character 5-grams of Chinese as it compares word
+  5-grams of English (two Chinese prompts two characters apart keep a Jaccard of ~0.85 instead
+  of sharing no shingle), decontamination's 13-gram is 13 characters (~8 Chinese words: shorter
+  than 13 English words, longer than the 8 GPT-3 used for short sets; a 13-character run rarely
+  repeats by chance outside set phrases), and diversity's unigram + bigram TF-IDF becomes the
+  character unigrams + bigrams usual for Chinese retrieval. Thai has no one-character words, so
+  a Thai character n-gram spans fewer words than a Chinese one (5 characters ~ 1-2 Thai words);
+  measured on bench/bench_multilingual.py. Korean is written with spaces and keeps its words.
 - `ngram_hashes`: word n-gram hashes of a tokenised batch; `shingle_hashes` the same from texts;
   `shingles` the Python twin (n-grams as strings).
 - `hashing_embeddings`: hashed TF-IDF vectors of word unigrams and bigrams (feature hashing).
@@ -115,10 +125,35 @@ class _UnicodeSeparators(dict):
 _SEPARATORS = _UnicodeSeparators()
 
 
+# Scripts written without spaces between words: Han, kana, Bopomofo (CJK) and Thai, Lao, Myanmar,
+# Khmer. Each of their characters is one token, so a word n-gram is a character n-gram there.
+_NO_SPACE = (
+    "\u0E00-\u0EFF\u1000-\u109F\u1780-\u17FF"  # Thai, Lao, Myanmar, Khmer
+    "\u2E80-\u2FDF\u3005-\u3007\u3021-\u3029\u3031-\u3035\u3038-\u303C"  # radicals, 々〆〇, kana marks
+    "\u3040-\u30FF\u3100-\u312F\u31A0-\u31BF\u31F0-\u31FF"  # kana, Bopomofo
+    "\u3400-\u4DBF\u4E00-\u9FFF\uF900-\uFAFF\U0001B000-\U0001B16F\U00020000-\U0003FFFF"  # Han
+)
+# Combining marks (vowel signs, tone marks, variation selectors) stay with the character before them.
+_MARKS = "".join(
+    chr(cp)
+    for lo, hi in [(0x0300, 0x036F), (0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x1AB0, 0x1AFF),
+                   (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0x3099, 0x309A), (0xFE00, 0xFE0F), (0xFE20, 0xFE2F),
+                   (0xE0100, 0xE01EF)]
+    for cp in range(lo, hi + 1)
+    if unicodedata.category(chr(cp))[0] == "M"
+)
+_HAS_NO_SPACE = re.compile(f"[{_NO_SPACE}]")
+_SEGMENTS = re.compile(f"[{_NO_SPACE}][{_MARKS}]*|[^{_NO_SPACE}]+")
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _normalize_run(run: str) -> tuple[str, ...]:
-    """Words of one ASCII-delimited run holding non-ASCII characters: NFKC, lowercase, split."""
-    return tuple(unicodedata.normalize("NFKC", run).lower().translate(_SEPARATORS).split())
+    """Words of one ASCII-delimited run holding non-ASCII characters: NFKC, lowercase, split at
+    whitespace and punctuation, and each character of a script without spaces on its own."""
+    text = unicodedata.normalize("NFKC", run).lower().translate(_SEPARATORS)
+    if _HAS_NO_SPACE.search(text) is None:
+        return tuple(text.split())
+    return tuple(t for w in text.split() for t in _SEGMENTS.findall(w))
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -131,7 +166,10 @@ def words(text: str, normalize: bool = True) -> list[str]:
 
     normalize=True: split at ASCII characters other than [A-Za-z0-9_], lowercase; a run holding
     non-ASCII characters is NFKC-normalised, lowercased and split again at Unicode whitespace and
-    punctuation. normalize=False: split at ASCII whitespace only, nothing else changes.
+    punctuation, and every character of a script written without spaces (Chinese, Japanese kana,
+    Thai, Lao, Myanmar, Khmer; with its combining marks) is a word of its own, while Latin words
+    and numbers inside such text stay whole ("用Python写" -> 用, python, 写). normalize=False:
+    split at ASCII whitespace only, nothing else changes.
     """
     if not normalize:
         for ch in "\t\n\r\x0b\x0c":
