@@ -5,8 +5,9 @@
 Loads `filters.dedup` (and what it imports from `curate`) twice: once from `git archive <base>`
 unpacked in a temporary folder, once from this working tree. Both then cluster the same T0
 prompts (`dedup.cluster`, text in -> cluster labels out, the default settings) in alternation,
-so the machine's shared load falls on both alike. Printed: the median and best time of each and
-their ratios (under load the best is the steadier), and whether the two give the same clusters.
+so the machine's shared load falls on both alike. Printed: the median and best wall time of each
+and their ratios, the ratio of median process CPU times (the steadiest under other processes'
+load), and whether the two give the same clusters.
 A refactor should print ratios near 1.00.
 """
 
@@ -58,6 +59,7 @@ def main() -> None:
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
 
     runs = {"base": (base, []), "here": (here, [])}
+    cpu = {"base": [], "here": []}
     labels = {}
     for name, (mod, _) in runs.items():  # warm-up, and the result to compare
         labels[name] = mod.cluster(texts, threshold=args.threshold, n_jobs=args.threads)
@@ -65,14 +67,18 @@ def main() -> None:
         for name in (["base", "here"] if i % 2 == 0 else ["here", "base"]):  # neither always goes first
             mod, times = runs[name]
             gc.collect()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             mod.cluster(texts, threshold=args.threshold, n_jobs=args.threads)
             times.append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
     med = {name: float(np.median(times)) for name, (_, times) in runs.items()}
     best = {name: min(times) for name, (_, times) in runs.items()}
     for name in runs:
         print(f"{name:5} median {med[name]:.3f} s, best {best[name]:.3f} s ({len(texts) / best[name]:,.0f} texts/s)")
     print(f"working tree / base time: median {med['here'] / med['base']:.3f}, best {best['here'] / best['base']:.3f}")
+    cpu_med = {name: float(np.median(v)) for name, v in cpu.items()}
+    print(f"working tree / base CPU time (process, all threads): median {cpu_med['here'] / cpu_med['base']:.3f} "
+          f"({cpu_med['base']:.3f} s, {cpu_med['here']:.3f} s)")
     same = np.array_equal(labels["base"], labels["here"])
     kept = {k: int((v == np.arange(len(v))).sum()) for k, v in labels.items()}
     print(f"same clusters: {same} (rows kept: base {kept['base']:,}, working tree {kept['here']:,}); "

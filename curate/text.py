@@ -264,17 +264,22 @@ def _fix_non_ascii(buf, starts, lengths, hashes, word_offs, idx):
 # Batches of Arrow strings
 
 
+def text_series(texts) -> pl.Series:
+    """A polars Series of a polars Series, an Arrow array or any sequence of strings."""
+    import pyarrow as pa
+
+    if isinstance(texts, pl.Series):
+        return texts
+    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        return pl.Series("text", texts)
+    return pl.Series("text", list(texts), dtype=pl.String)
+
+
 def arrow_strings(texts) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, int64 offsets starting at 0) of a sequence of strings; nulls count as ''."""
     import pyarrow as pa
 
-    if isinstance(texts, pl.Series):
-        s = texts
-    elif isinstance(texts, (pa.Array, pa.ChunkedArray)):
-        s = pl.Series("text", texts)
-    else:
-        s = pl.Series("text", list(texts), dtype=pl.String)
-    arr = s.cast(pl.String).fill_null("").rechunk().to_arrow()
+    arr = text_series(texts).cast(pl.String).fill_null("").rechunk().to_arrow()
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if arr.type != pa.large_string():
@@ -382,7 +387,7 @@ def hashing_embeddings(texts: pl.Series | Sequence[str], dim: int = 1024, seed: 
     Weinberger et al. 2009), so inner products are unbiased estimates of the exact sparse TF-IDF
     cosine (error ~ 1/sqrt(dim)). Texts with no words get a zero vector (cosine 0 with everything).
     """
-    s = texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.String)
+    s = text_series(texts)
     n = len(s)
     feats, docs = [], []
     for lo, _, h, word_offs in hashed_words(s):
@@ -432,6 +437,7 @@ __all__ = [
     "words",
     "shingles",
     "tokenize",
+    "text_series",
     "arrow_strings",
     "batches",
     "hashed_words",

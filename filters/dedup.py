@@ -19,15 +19,25 @@ vectorised so that text -> clusters runs at numpy speed with no per-document Pyt
    T0 sample); binning plus densification costs ~0.05 s per million.
 4. LSH: `bands` bands of `rows` values each. Two documents with Jaccard s share at least one band
    with probability 1 - (1 - s^rows)^bands.
-5. Candidates are linked to the first document of their bucket, optionally verified by the
-   Jaccard estimated from the full signatures, and clustered by connected components.
+5. Candidates are linked to the first document of their bucket, optionally verified
+   (`pair_similarity`), and clustered by connected components.
+
+Short texts. A text with fewer shingles than `num_perm` leaves most bins empty, and the
+densified signature's plain estimate is noisy there (RMSE 0.04-0.05 against exact Jaccard on the
+LSH candidates of GPTeacher prompts and of T0 prompts cut to 10-40 words; 0.025 above 128). So
+`minhash_signatures(..., details=True)` also keeps which bins were filled and, for texts with at
+most `num_perm` shingles, the few shingles that lost their bin to a smaller one: signature plus
+those is the whole shingle set. Verification uses the estimate over the filled bins (Li, Owen &
+Zhang 2012) and, for pairs of such texts near the threshold, the exact Jaccard computed from
+them (`exact_jaccard`). Measured on GPTeacher prompts and texts and on T0 prompts cut to 10-40
+words at thresholds 0.7 and 0.8: pair precision 0.999-1.000 against the exact all-pairs join
+(0.50-0.90 before), recall 0.96-0.98 (datasketch's LSH: 0.46-0.84), bench/bench_dedup_accuracy.py.
 
 The signatures are not interchangeable with datasketch's (different hash functions); the
-parameters (`num_perm`, `threshold`, `bands` x `rows`, `seed`) mean the same thing. The estimate is
-unbiased at every size; for texts with fewer shingles than `num_perm` it is noisier than with
-independent permutations (on T0 pairs: RMSE 0.04 against exact Jaccard for texts under 64
-shingles, 0.025 above 128). Memory: ~0.5 KB of signature per text plus ~40 bytes per byte of
-the text batch being hashed.
+parameters (`num_perm`, `threshold`, `bands` x `rows`, `seed`) mean the same thing. Memory:
+~0.5 KB of signature per text (plus 16 bytes of filled bins, and 12 bytes per hidden shingle
+of a short text, while scoring)
+and ~40 bytes per byte of the text batch being hashed.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ import functools
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, Sequence
+from typing import ClassVar, NamedTuple, Sequence
 
 import numpy as np
 import polars as pl
@@ -61,6 +71,7 @@ from curate.text import (  # noqa: F401  words, shingles, shingle_hashes: still 
 _U = np.uint64
 _EMPTY = np.uint32(0xFFFFFFFF)  # marks an empty OPH bin (a real minimum equal to it is a 2^-32 event)
 _LOW_HALF = 0 if sys.byteorder == "little" else 1  # which uint32 of a uint64 holds its low bits
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)  # set bits of each byte value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,8 +121,27 @@ def _densify(sig: np.ndarray, seed: int) -> None:
         todo = todo[miss]
 
 
-def _sign_batch(data, offs, num_perm, ngram, seed, normalize) -> np.ndarray:
-    """Signatures of one batch: one-permutation hashing (Li, Owen & Zhang 2012), then densify."""
+class MinHashes(NamedTuple):
+    """Signatures plus what exact verification of short texts needs (`minhash_signatures` with
+    details=True; see `pair_similarity`).
+
+    A text with at most num_perm shingles ("small") leaves most bins holding one shingle each;
+    the signature keeps each bin's minimum, and `hidden_*` lists the shingles that lost their
+    bin to a smaller one (about shingles^2 / (2 num_perm) of them), so signature + hidden list
+    is the text's whole shingle set (32-bit values within their bins).
+    """
+
+    signatures: np.ndarray  # (n, num_perm) uint32, densified
+    filled: np.ndarray  # (n, ceil(num_perm / 8)) uint8, np.packbits of "a shingle fell in this bin"
+    small: np.ndarray  # (n,) bool: the text has at most num_perm shingles, its hidden list is kept
+    hidden_offsets: np.ndarray  # (n + 1,) int64: text i's hidden shingles are hidden_*[o[i]:o[i+1]]
+    hidden_bins: np.ndarray  # int64 bin of each distinct hidden shingle (sorted by bin, value)
+    hidden_values: np.ndarray  # uint32 value of each hidden shingle
+
+
+def _sign_batch(data, offs, num_perm, ngram, seed, normalize):
+    """Signatures of one batch: one-permutation hashing (Li, Owen & Zhang 2012), then densify.
+    Also returns the filled bins (packed), the small texts and their hidden shingles (MinHashes)."""
     h, word_offs = tokenize(data, offs, normalize)
     sh, doc = ngram_hashes(h, word_offs, ngram, seed)
     n = len(offs) - 1
@@ -119,9 +149,23 @@ def _sign_batch(data, offs, num_perm, ngram, seed, normalize) -> np.ndarray:
     # Bin from the top 32 bits (Lemire's multiply-shift range reduction), value = the low 32 bits.
     bins = (((sh >> _U(32)) * _U(num_perm)) >> _U(32)).view(np.int64)
     bins += doc * num_perm
-    np.minimum.at(sig.reshape(-1), bins, sh.view(np.uint32)[_LOW_HALF::2])
+    values = sh.view(np.uint32)[_LOW_HALF::2]
+    flat = sig.reshape(-1)
+    np.minimum.at(flat, bins, values)
+    filled = np.packbits(sig != _EMPTY, axis=1)
+    n_long = np.maximum(np.diff(word_offs) - ngram + 1, 0)  # texts of >= ngram words come first, in order
+    small = n_long <= num_perm
+    start = np.cumsum(n_long) - n_long
+    reps = np.where(small & (n_long > 1), n_long, 0)  # a text of one shingle hides none
+    mine = np.repeat(start - np.cumsum(reps) + reps, reps) + np.arange(reps.sum())
+    lost = mine[flat[bins[mine]] != values[mine]]
+    # One entry per distinct hidden shingle: key = (text * num_perm + bin) << 32 | value, sorted.
+    key = _unique(bins[lost] << 32 | values[lost])
+    hidden_doc = (key >> 32) // num_perm
+    counts = np.bincount(hidden_doc, minlength=n)
+    hidden = (counts, (key >> 32) - hidden_doc * num_perm, (key & 0xFFFFFFFF).astype(np.uint32))
     _densify(sig, seed)
-    return sig
+    return sig, filled, small, hidden
 
 
 def _n_jobs(n_jobs: int | None) -> int:
@@ -135,22 +179,31 @@ def minhash_signatures(
     seed: int = 1,
     normalize: bool = True,
     n_jobs: int | None = None,
-) -> np.ndarray:
+    details: bool = False,
+) -> np.ndarray | MinHashes:
     """MinHash signatures, shape (len(texts), num_perm), dtype uint32.
 
     The fraction of equal positions between two rows estimates the Jaccard similarity of the two
     texts' word-`ngram` shingle sets (see `estimate_jaccard`). Batches run on `n_jobs` threads
-    (numpy releases the GIL); the result does not depend on n_jobs.
+    (numpy releases the GIL); the result does not depend on n_jobs. details=True returns
+    `MinHashes`: the signatures plus the filled bins and the hidden shingles of small texts,
+    which `pair_similarity` needs.
     """
     if num_perm < 1 or ngram < 1:
         raise ValueError("num_perm and ngram must be >= 1")
     data, offs = arrow_strings(texts)
-    sig = np.empty((len(offs) - 1, num_perm), np.uint32)
+    n = len(offs) - 1
+    sig = np.empty((n, num_perm), np.uint32)
+    filled = np.empty((n, (num_perm + 7) // 8), np.uint8)
+    small = np.empty(n, bool)
+    hidden: dict[int, tuple] = {}
 
     def run(span):
         lo, hi = span
         batch = data[offs[lo] : offs[hi]]
-        sig[lo:hi] = _sign_batch(batch, offs[lo : hi + 1] - offs[lo], num_perm, ngram, seed, normalize)
+        sig[lo:hi], filled[lo:hi], small[lo:hi], hidden[lo] = _sign_batch(
+            batch, offs[lo : hi + 1] - offs[lo], num_perm, ngram, seed, normalize
+        )
 
     spans = batches(offs)
     jobs = min(_n_jobs(n_jobs), len(spans))
@@ -160,22 +213,119 @@ def minhash_signatures(
     else:
         for span in spans:
             run(span)
-    return sig
+    if not details:
+        return sig
+    parts = [hidden[lo] for lo, _ in spans]
+    hidden_offsets = np.zeros(n + 1, np.int64)
+    if parts:
+        np.cumsum(np.concatenate([p[0] for p in parts]), out=hidden_offsets[1:])
+    hidden_bins = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    hidden_values = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.uint32)
+    return MinHashes(sig, filled, small, hidden_offsets, hidden_bins, hidden_values)
 
 
-def estimate_jaccard(signatures: np.ndarray, a, b, chunk: int = 1 << 15) -> np.ndarray:
-    """Estimated Jaccard of row pairs (a[i], b[i]): the fraction of equal signature positions.
+def estimate_jaccard(signatures: np.ndarray, a, b, filled: np.ndarray | None = None) -> np.ndarray:
+    """Estimated Jaccard of row pairs (a[i], b[i]).
 
-    Each position matches with probability J (Broder 1997), so the estimate has standard
-    deviation sqrt(J(1-J)/num_perm).
+    Without `filled`: the fraction of equal signature positions. Each position matches with
+    probability J (Broder 1997), so the estimate has standard deviation sqrt(J(1-J)/num_perm);
+    but for texts with fewer shingles than bins most positions are copies made by densification,
+    and there the error is larger (bench/bench_dedup_accuracy.py). With `filled`
+    (`MinHashes.filled`, from `minhash_signatures(..., details=True)`): equal minima among the
+    bins that either text filled, N_match / (num_perm - N_both_empty), the one-permutation
+    estimator of Li, Owen & Zhang (2012). For texts with fewer shingles than bins its only error
+    is shingles sharing a bin, so it is less noisy than the plain fraction; for texts that fill
+    every bin the two are equal.
+    """
+    matches, bins = _bin_matches(signatures, a, b, filled)
+    return (matches / np.maximum(bins, 1)).astype(np.float32)
+
+
+def _bin_matches(signatures: np.ndarray, a, b, filled: np.ndarray | None = None, chunk: int = 1 << 15):
+    """(equal positions, positions compared) of row pairs: all positions, or with `filled` the
+    bins either text filled (equal minima counted where both filled them)."""
+    a = np.asarray(a, np.int64).reshape(-1)
+    b = np.asarray(b, np.int64).reshape(-1)
+    k = signatures.shape[1]
+    matches = np.empty(len(a), np.int64)
+    bins = np.full(len(a), k, np.int64)
+    for i in range(0, len(a), chunk):
+        ia, ib = a[i : i + chunk], b[i : i + chunk]
+        eq = signatures[ia] == signatures[ib]
+        if filled is None:
+            matches[i : i + chunk] = eq.sum(axis=1)
+            continue
+        fa, fb = filled[ia], filled[ib]
+        eq &= np.unpackbits(fa & fb, axis=1, count=k).view(bool)
+        matches[i : i + chunk] = eq.sum(axis=1)
+        bins[i : i + chunk] = _POPCOUNT[fa | fb].sum(axis=1, dtype=np.int64)
+    return matches, bins
+
+
+def _hidden(m: MinHashes, docs: np.ndarray):
+    """The hidden shingles of texts `docs`: (index into docs, bin, value) of each."""
+    start = m.hidden_offsets[docs]
+    reps = m.hidden_offsets[docs + 1] - start
+    idx = np.repeat(start - np.cumsum(reps) + reps, reps) + np.arange(reps.sum())
+    return np.repeat(np.arange(len(docs)), reps), m.hidden_bins[idx], m.hidden_values[idx]
+
+
+def exact_jaccard(m: MinHashes, a, b, matches: np.ndarray | None = None) -> np.ndarray:
+    """Exact Jaccard of the shingle sets of pairs of small texts (both m.small), from their
+    signatures and hidden shingles; no text is read again. `matches`: the pairs' equal filled
+    bins, if already counted (`_bin_matches`).
+
+    Each filled bin holds one shingle that is not hidden; so |A| = filled bins + hidden
+    shingles, and a shared shingle is either the minimum of its bin in both texts (equal
+    signature values), hidden in one text and the minimum in the other, or hidden in both.
+    Shingles are compared by their 32-bit value within their bin: two different shingles pass
+    for one with probability 2^-32 per pair of shingles in one bin.
     """
     a = np.asarray(a, np.int64).reshape(-1)
     b = np.asarray(b, np.int64).reshape(-1)
-    out = np.empty(len(a), np.float32)
-    for i in range(0, len(a), chunk):
-        eq = signatures[a[i : i + chunk]] == signatures[b[i : i + chunk]]
-        out[i : i + chunk] = eq.mean(axis=1)
-    return out
+    sig = m.signatures
+    k = sig.shape[1]
+    inter = _bin_matches(sig, a, b, m.filled)[0] if matches is None else np.array(matches, np.int64)
+    hidden = np.diff(m.hidden_offsets)
+    size_a = _POPCOUNT[m.filled[a]].sum(axis=1, dtype=np.int64) + hidden[a]
+    size_b = _POPCOUNT[m.filled[b]].sum(axis=1, dtype=np.int64) + hidden[b]
+    pa, bin_a, val_a = _hidden(m, a)
+    pb, bin_b, val_b = _hidden(m, b)
+    flat = sig.reshape(-1)
+    # Hidden in one text, the bin's minimum in the other.
+    inter += np.bincount(pa[flat[b[pa] * k + bin_a] == val_a], minlength=len(a))
+    inter += np.bincount(pb[flat[a[pb] * k + bin_b] == val_b], minlength=len(a))
+    # Hidden in both. Each side's (pair, bin, value) keys are sorted (hidden lists are sorted by
+    # bin and value within a text), so one binary search per key finds the common ones.
+    key_a = (pa * k + bin_a) << 32 | val_a
+    key_b = (pb * k + bin_b) << 32 | val_b
+    if len(key_a) and len(key_b):
+        pos = np.minimum(np.searchsorted(key_b, key_a), len(key_b) - 1)
+        inter += np.bincount(pa[key_b[pos] == key_a], minlength=len(a))
+    return inter / (size_a + size_b - inter)
+
+
+def pair_similarity(m: MinHashes, a, b, threshold: float, margin: float = 0.1) -> np.ndarray:
+    """Jaccard of candidate pairs as verification needs it: the filled-bin estimate
+    (`estimate_jaccard` with `filled`), replaced by the exact Jaccard (`exact_jaccard`) for
+    pairs of small texts whose estimate is within `margin` of threshold.
+
+    For small texts the estimate's error comes only from shingles sharing a bin (RMSE ~0.03 on
+    GPTeacher prompts, rarely above 0.1), but pairs of templated prompts crowd the threshold, so
+    even small errors flip many: on GPTeacher prompts at 0.8 the estimate alone gives pair
+    precision 0.66, with the exact Jaccard near the threshold 1.000 (bench/bench_dedup_accuracy.py).
+    Texts with more shingles than bins keep the estimate (std sqrt(J(1-J)/num_perm)): an exact
+    answer would cost memory and time in proportion to their length.
+    """
+    a = np.asarray(a, np.int64).reshape(-1)
+    b = np.asarray(b, np.int64).reshape(-1)
+    matches, bins = _bin_matches(m.signatures, a, b, m.filled)
+    sim = matches / np.maximum(bins, 1)
+    near = np.flatnonzero((np.abs(sim - threshold) < margin) & m.small[a] & m.small[b])
+    for i in range(0, len(near), 1 << 20):  # (pair, bin) keys stay below 2^31
+        chunk = near[i : i + (1 << 20)]
+        sim[chunk] = exact_jaccard(m, a[chunk], b[chunk], matches[chunk])
+    return sim
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,17 +482,24 @@ def cluster(
 ) -> np.ndarray:
     """Near-duplicate clusters: for each text, the index of the first text of its cluster.
 
-    Rows where label == index are the ones to keep. Pass `signatures` to skip hashing.
+    Rows where label == index are the ones to keep. verify=True keeps a candidate pair when its
+    `pair_similarity` reaches threshold. Pass `signatures` to skip hashing (verification then
+    uses the plain signature estimate, noisier on short texts: see `estimate_jaccard`).
     """
+    details = None
     if signatures is None:
         if texts is None:
             raise ValueError("pass texts or signatures")
-        signatures = minhash_signatures(texts, num_perm, ngram, seed, normalize, n_jobs)
+        details = minhash_signatures(texts, num_perm, ngram, seed, normalize, n_jobs, details=True)
+        signatures = details.signatures
     bands, rows = _resolve_bands(threshold, signatures.shape[1], bands, rows)
     later, earlier = candidate_edges(signatures, bands, rows)
     if verify:
-        ok = estimate_jaccard(signatures, later, earlier) >= threshold
-        later, earlier = later[ok], earlier[ok]
+        if details is None:
+            sim = estimate_jaccard(signatures, later, earlier)
+        else:
+            sim = pair_similarity(details, later, earlier, threshold)
+        later, earlier = later[sim >= threshold], earlier[sim >= threshold]
     return connected_components(len(signatures), later, earlier)
 
 
@@ -438,14 +595,15 @@ class MinHashDedup(Filter):
     between two fill-ins of one prompt template costs 5 shingles. On the T0 sample, 3-grams
     merge prompts that differ only in the entity filled into a template (two dbpedia titles in
     the same 40-word question), which 5-grams keep apart. For short texts judged by word overlap
-    use ngram=1 (bag of words). verify=True keeps an LSH candidate pair only if the Jaccard
-    estimated from the full signatures is >= threshold, so `threshold` means what it says instead
-    of the banding's soft S-curve (at (16, 8), pairs at J=0.6 collide 24% of the time). On the T0
-    sample this lifts the precision of dropped rows from 0.76 to 0.97 at recall 0.98 (bench).
+    use ngram=1 (bag of words). verify=True keeps an LSH candidate pair only if its Jaccard
+    (`pair_similarity`: estimated from the signatures, exact for pairs of short texts near the
+    threshold) is >= threshold, so `threshold` means what it says instead of the banding's soft
+    S-curve (at (16, 8), pairs at J=0.6 collide 24% of the time). On the T0 sample this lifts the
+    precision of dropped rows from 0.76 to 0.97 at recall 0.98 (bench).
 
     Columns (`score_<name>_...`): `cluster` (id of the cluster's kept row), `cluster_size`,
     `row` (position at scoring time) and `links` (the earlier rows this row shares an LSH bucket
-    with, and the estimated Jaccard to each). keep() re-clusters from `links`, so a stricter
+    with, and their Jaccard as verification saw it). keep() re-clusters from `links`, so a stricter
     threshold needs no rescoring; a looser one is limited by the banding chosen at scoring time.
     """
 
@@ -472,9 +630,9 @@ class MinHashDedup(Filter):
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
         n = len(df)
         text = message_text(df, self.field)
-        sig = minhash_signatures(text, self.num_perm, self.ngram, self.seed, self.normalize)
-        later, earlier = candidate_edges(sig, *self.lsh())
-        sim = estimate_jaccard(sig, later, earlier)
+        details = minhash_signatures(text, self.num_perm, self.ngram, self.seed, self.normalize, details=True)
+        later, earlier = candidate_edges(details.signatures, *self.lsh())
+        sim = pair_similarity(details, later, earlier, self.threshold)
         links = (
             pl.DataFrame({"later": later, "row": earlier, "sim": sim})
             .group_by("later")
@@ -534,7 +692,10 @@ __all__ = [
     "ExactDedup",
     "MinHashDedup",
     "minhash_signatures",
+    "MinHashes",
     "estimate_jaccard",
+    "exact_jaccard",
+    "pair_similarity",
     "cluster",
     "candidate_edges",
     "candidate_pairs",
