@@ -159,11 +159,18 @@ def _sign_batch(data, offs, num_perm, ngram, seed, normalize):
     reps = np.where(small & (n_long > 1), n_long, 0)  # a text of one shingle hides none
     mine = np.repeat(start - np.cumsum(reps) + reps, reps) + np.arange(reps.sum())
     lost = mine[flat[bins[mine]] != values[mine]]
-    # One entry per distinct hidden shingle: key = (text * num_perm + bin) << 32 | value, sorted.
-    key = _unique(bins[lost] << 32 | values[lost])
-    hidden_doc = (key >> 32) // num_perm
-    counts = np.bincount(hidden_doc, minlength=n)
-    hidden = (counts, (key >> 32) - hidden_doc * num_perm, (key & 0xFFFFFFFF).astype(np.uint32))
+    # One entry per distinct hidden shingle, sorted by text, bin and value.
+    cell, value = bins[lost], values[lost]
+    if n * num_perm < 1 << 31:  # (text * num_perm + bin) << 32 | value fits: one plain sort
+        key = _unique(cell << 32 | value)
+        cell, value = key >> 32, (key & 0xFFFFFFFF).astype(np.uint32)
+    else:
+        order = np.lexsort((value, cell))
+        cell, value = cell[order], value[order]
+        new = np.r_[True, (cell[1:] != cell[:-1]) | (value[1:] != value[:-1])]
+        cell, value = cell[new], value[new]
+    hidden_doc = cell // num_perm
+    hidden = (np.bincount(hidden_doc, minlength=n), cell - hidden_doc * num_perm, value)
     _densify(sig, seed)
     return sig, filled, small, hidden
 
@@ -322,8 +329,9 @@ def pair_similarity(m: MinHashes, a, b, threshold: float, margin: float = 0.1) -
     matches, bins = _bin_matches(m.signatures, a, b, m.filled)
     sim = matches / np.maximum(bins, 1)
     near = np.flatnonzero((np.abs(sim - threshold) < margin) & m.small[a] & m.small[b])
-    for i in range(0, len(near), 1 << 20):  # (pair, bin) keys stay below 2^31
-        chunk = near[i : i + (1 << 20)]
+    step = max(1, (1 << 31) // m.signatures.shape[1])  # (pair * num_perm + bin) stays below 2^31
+    for i in range(0, len(near), step):
+        chunk = near[i : i + step]
         sim[chunk] = exact_jaccard(m, a[chunk], b[chunk], matches[chunk])
     return sim
 
