@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from curate.errors import CurateError
 
@@ -97,11 +99,20 @@ def publish(
 
 
 def main() -> None:
+    """Run the CLI. A CurateError (bad input, settings, environment) is a message and exit 2; any
+    other exception is a bug: a one-line message and exit 1, with the traceback when CURATE_DEBUG=1."""
     try:
         app()
     except CurateError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        if os.environ.get("CURATE_DEBUG", "") not in ("", "0"):
+            raise
+        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err.print("This is a bug in curate. Please report it with the command you ran; run it again with "
+                  "CURATE_DEBUG=1 set to see the traceback.", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

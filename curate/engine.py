@@ -23,31 +23,40 @@ from curate.errors import CurateError
 from curate.io import read_records, write_json, write_parquet, write_text
 from curate.output import write_splits
 from curate.llm.teacher import build_llm
-from curate.records import concat, frame_digest
-from curate.recipe import Recipe
+from curate.records import concat, frame_digest, split_invalid
+from curate.recipe import Recipe, check_output_columns
 from curate.steps import Context, StepResult, digest, embedded_model_file, files_digest
 
 DONE = "_DONE.json"
 log = logging.getLogger(__name__)
 
 
-def load_inputs(recipe: Recipe) -> pl.DataFrame:
-    """Read and concatenate the recipe's inputs (before anything is written, so bad input leaves no trace)."""
-    frames = []
+def load_inputs(recipe: Recipe) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Read and concatenate the recipe's inputs (before anything is written, so bad input leaves no
+    trace): (valid rows, invalid rows with step "inputs" and a reason, see `split_invalid`)."""
+    frames, rejected = [], []
     for i, inp in enumerate(recipe.config.inputs):
         path = recipe.resolve(inp.path)
         if not path.exists():
             raise CurateError(f"{recipe.path or 'recipe'}: inputs[{i}].path {inp.path!r}: no such file or folder "
                               f"(looked in the recipe's folder {recipe.base_dir} and the working directory)")
-        frames.append(
-            read_records(path, source=inp.source, prompt=inp.prompt, response=inp.response,
-                         system=inp.system, gold=inp.gold, limit=inp.limit)
-        )
-    if not frames:
-        if recipe.steps and recipe.steps[0].is_source:
-            return concat([])
+        records = read_records(path, source=inp.source, prompt=inp.prompt, response=inp.response,
+                               system=inp.system, gold=inp.gold, limit=inp.limit)
+        valid, bad = split_invalid(records, str(path))
+        if bad.height:
+            reasons = ", ".join(f"{r} {n}" for r, n in _reason_counts(bad).items())
+            if not valid.height:
+                raise CurateError(f"{path}: none of its {bad.height} rows is a valid SFT row ({reasons}); see "
+                                  "`curate inspect` for its columns, or name them with inputs[].prompt/response")
+            log.warning("%s: %d of %d rows rejected (%s); they are in rejects.parquet with step 'inputs'",
+                        path, bad.height, records.height, reasons)
+        frames.append(valid)
+        rejected.append(_as_rejects(bad, "inputs"))
+    if not frames and not (recipe.steps and recipe.steps[0].is_source):
         raise CurateError(f"{recipe.path or 'recipe'}: no inputs given (add an `inputs:` list)")
-    return concat(frames)
+    df = concat(frames)
+    check_output_columns(recipe, df.columns)
+    return df, concat(rejected) if rejected else _as_rejects(None, "inputs")
 
 
 def run_step(step, df: pl.DataFrame, ctx: Context) -> StepResult:
@@ -90,7 +99,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
     """Run every step, write the outputs under `out`, and return the report (also in report.json)."""
     out = Path(out)
     started = time.time()
-    df = load_inputs(recipe)
+    df, input_rejects = load_inputs(recipe)
     cfg = recipe.config
     llm = None
     if any(s.needs_llm for s in recipe.steps):
@@ -102,9 +111,9 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
     teacher_key = teacher_hash(recipe) if any(s.needs_llm for s in recipe.steps) else None
 
     chain = inputs_hash(recipe, df)
-    records = [{"step": "inputs", "kind": "inputs", "rows_in": 0, "rows_out": df.height, "dropped": {},
-                "seconds": round(time.time() - started, 3), "skipped": False}]
-    rejects = []
+    records = [{"step": "inputs", "kind": "inputs", "rows_in": df.height + input_rejects.height, "rows_out": df.height,
+                "dropped": _reason_counts(input_rejects), "seconds": round(time.time() - started, 3), "skipped": False}]
+    rejects = [input_rejects]
     must_run = False
     try:
         for i, step in enumerate(recipe.steps, 1):

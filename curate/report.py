@@ -147,7 +147,7 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         "seconds": round(seconds, 3),
         "seed": recipe.config.seed,
         "teacher": {"backend": recipe.config.teacher.backend, "model": recipe.config.teacher.model},
-        "rows": {"in": steps[0]["rows_out"], "out": final.height, "rejected": rejects.height,
+        "rows": {"in": steps[0]["rows_in"] or steps[0]["rows_out"], "out": final.height, "rejected": rejects.height,
                  "splits": {name: _rows_in(out / files.get("parquet", files.get("jsonl", ""))) for name, files in data_files.items()}},
         "steps": funnel,
         "llm": totals,
