@@ -216,7 +216,8 @@ def _refuse_foreign(path: Path) -> None:
     others = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if p.name not in OWN)
     if others:
         more = f" and {len(others) - 5} more" if len(others) > 5 else ""
-        raise CurateError(f"{path}: holds files that are not a curate run's ({', '.join(others[:5])}{more}); "
+        where = path if path.is_absolute() else f"{path} (= {path.resolve()})"
+        raise CurateError(f"{where}: holds files that are not a curate run's ({', '.join(others[:5])}{more}); "
                           "give --out a new or empty folder (a run replaces the files in its folder)")
 
 
