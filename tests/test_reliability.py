@@ -367,6 +367,7 @@ def test_a_damaged_cache_is_kept_aside_and_what_reads_is_recovered(tmp_path, mon
         again = run_recipe(load_recipe(recipe), out, show_progress=False)
         recovered = int(caplog.text.split("with the ")[1].split(" responses")[0])
         assert 0 < recovered < 400
+        print(f"\ncache cut at half its size: {recovered} of 400 responses recovered")
         assert server.stats()["total"] == 800 + 400 - recovered and again["rows"] == first["rows"]
 
 
