@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import zlib
 from contextlib import contextmanager
@@ -388,15 +389,44 @@ def _first_line(exc: BaseException) -> str:
 
 # Writing ------------------------------------------------------------------------------------------
 
+# atomic_path's temporary files: `.<name>.<8 random characters>.tmp` beside the target (mkstemp).
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def temp_file_target(name: str) -> str | None:
+    """The file name an atomic_path temporary file of this name was to become, or None if `name`
+    is not one (a run killed mid-write leaves one behind; curate.folder removes them)."""
+    m = _TEMP_NAME.match(name)
+    return m.group("target") if m else None
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask sets it, and
+    another thread could create a file in between)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds.
+
+    The file gets the mode any newly created file would (0666 less the umask): mkstemp makes it
+    0600, which left train.parquet and the reports unreadable to other users."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

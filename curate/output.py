@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -89,8 +89,14 @@ def split(df: pl.DataFrame, cfg: OutputConfig, seed: int) -> dict[str, pl.DataFr
     return {"train": df.filter(~is_val), "validation": df.filter(is_val)}
 
 
-def write_splits(df: pl.DataFrame, cfg: OutputConfig, out: Path, seed: int) -> dict[str, dict[str, str]]:
-    """Write every split in every file type; return {split: {filetype: relative path}}."""
+def write_splits(df: pl.DataFrame, cfg: OutputConfig, out: Path, seed: int,
+                 replaceable: Callable[[Path], bool] = lambda path: False) -> dict[str, dict[str, str]]:
+    """Write every split in every file type; return {split: {filetype: relative path}}.
+
+    A file in `<out>/data/` that this call did not write but an earlier run did (`replaceable`,
+    the folder's manifest: e.g. the validation split of a run that held rows out) is removed, so
+    `datasets.load_dataset(OUT)` does not load it as a split. No other file is ever removed.
+    """
     written: dict[str, dict[str, str]] = {}
     for name, part in split(df, cfg, seed).items():
         rows = convert(part, cfg.format, reasoning=cfg.reasoning, wrapper=cfg.reasoning_wrapper)
@@ -99,7 +105,7 @@ def write_splits(df: pl.DataFrame, cfg: OutputConfig, out: Path, seed: int) -> d
             (write_parquet if ext == "parquet" else write_jsonl)(rows, path)
             written.setdefault(name, {})[ext] = str(path.relative_to(out))
     keep = {out / p for files in written.values() for p in files.values()}
-    for stale in (out / "data").glob("*"):  # e.g. a validation split an earlier run of this folder wrote
-        if stale.is_file() and stale not in keep:
+    for stale in sorted((out / "data").glob("*")):
+        if stale.is_file() and stale not in keep and replaceable(stale):
             stale.unlink()
     return written

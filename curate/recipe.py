@@ -27,11 +27,13 @@ its own copy, so an override changes one place only.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from curate.errors import CurateError
 from curate.io import read_text
@@ -69,6 +71,16 @@ class RecipeConfig(BaseModel):
     steps: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: str | None = None  # response cache file; default <out>/cache/llm.sqlite
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """The name is the default run folder, runs/<name>: one plain folder name, so no recipe can
+        send its output outside runs/ (`../x`, `/tmp/x`) or into runs/ itself (`.`)."""
+        if not PLAIN_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a plain folder name (letters, digits, '.', '_', '-'; starting with a "
+                             "letter or digit; at most 100 characters): it names the run folder runs/<name>")
+        return name
 
 
 class Recipe:
@@ -210,8 +222,9 @@ def _unshared(value: Any) -> Any:
 
 
 def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>", path: Path | None = None) -> Recipe:
-    """Validate `raw` and build its steps. `raw` is kept as written (for recipe.yaml and the card);
-    the built config and steps hold the resolved paths."""
+    """Validate `raw` and build its steps. `raw` is kept as written, less the credentials in URLs
+    (for recipe.yaml and the card); the built config and steps hold the resolved paths and the URLs
+    as given."""
     checked = copy.deepcopy(raw)
     teacher = checked.get("teacher")
     if isinstance(teacher, dict) and isinstance(teacher.get("model_path"), str):
@@ -234,7 +247,41 @@ def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>"
         except ValidationError as exc:
             raise CurateError(f"{origin}: invalid recipe:\n{_format_errors(exc, prefix=f'steps[{i}].{kind}')}") from None
     _name_filters(steps, origin)
-    return Recipe(config, steps, base_dir, raw, path)
+    return Recipe(config, steps, base_dir, redact_secrets(raw), path)
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|signature|sig|auth", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """A URL without the credentials it may carry: user:password@ and secret-looking query
+    parameters become ***. Anything that is not an absolute URL comes back unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.scheme or not parts.netloc:
+        return url
+    netloc, query = parts.netloc, parts.query
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(_SECRET_PARAM.search(k) for k, _ in pairs):
+        query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs])
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as typed, so the step hash of a URL without credentials stays what it was
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_secrets(raw: Any) -> Any:
+    """A copy of a raw recipe with every URL's credentials redacted (`redact_url`): `Recipe.raw` is
+    what gets written (recipe.yaml, the card), so a key typed into `teacher.base_url` stays out of them."""
+    if isinstance(raw, dict):
+        return {k: redact_secrets(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [redact_secrets(v) for v in raw]
+    return redact_url(raw) if isinstance(raw, str) and "://" in raw else raw
 
 
 def _name_filters(steps: list[Step], origin: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from html import escape
 from pathlib import Path
 from collections.abc import Callable
@@ -118,7 +119,8 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         for k in LLM_FIELDS:
             totals[k] += (s.get("llm") or {}).get(k, 0)
     totals["cost"] = round(totals["cost"], 6)
-    funnel = [{k: s.get(k) for k in ("step", "kind", "rows_in", "rows_out", "dropped", "seconds", "skipped", "llm", "generation")}
+    funnel = [{k: s.get(k) for k in ("step", "kind", "rows_in", "rows_out", "dropped", "seconds", "skipped", "llm", "generation",
+                                     "failed_requests", "retried")}
               for s in steps]
     count, unit = _length_counter()
     lengths = {}
@@ -320,7 +322,7 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
         f"- Seed: {cfg.seed}",
         f"- Tokens: {llm['prompt_tokens']} prompt, {llm['completion_tokens']} completion"
         + (f"; cost ${llm['cost']:.4f}" if llm["cost"] else ""),
-        f"- Sources: " + (", ".join(f"{s} ({v['rows']} rows)" for s, v in report["sources"].items()) or "-"),
+        f"- Sources: " + (", ".join(f"{md_literal(s)} ({v['rows']} rows)" for s, v in report["sources"].items()) or "-"),
     ]
     if report.get("validation"):
         v = report["validation"]
@@ -329,7 +331,7 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     if raw_inputs:
         lines += ["", "## Inputs", "", "| path | source | license |", "|---|---|---|"]
         for raw, inp in zip(raw_inputs, cfg.inputs):
-            lines.append(f"| {raw.get('path', inp.path)} | {inp.source or '-'} | {inp.license or 'not stated'} |")
+            lines.append(f"| {md_literal(raw.get('path', inp.path))} | {md_literal(inp.source or '-')} | {md_literal(inp.license or 'not stated')} |")
         if any(step.needs_llm for step in recipe.steps):
             lines += ["", "Rows a teacher wrote also fall under the teacher's terms of use."]
     lines += ["", "## Steps", "", "| step | in | out | dropped |", "|---|---|---|---|"]
@@ -348,6 +350,13 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     lines += ["", "## Recipe", "", "Rerun with `curate run recipe.yaml` (the same seed and cache give the same data).", "",
               "```yaml", yaml.safe_dump(recipe.raw, sort_keys=False).rstrip(), "```", ""]
     write_text("\n".join(lines), path)
+
+
+def md_literal(text) -> str:
+    """A value from the user's data or recipe (a source name, a path) as literal Markdown text, also
+    inside a table cell: markup characters escaped, HTML tags inert, one line."""
+    text = " ".join(str(text).split())
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|~])", r"\\\1", text)
 
 
 def _fmt(x) -> str:

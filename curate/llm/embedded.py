@@ -120,7 +120,7 @@ class EmbeddedBackend(Backend):
                     choice = out["choices"][0]
                     text = choice["text"]
         except ValueError as exc:  # e.g. the prompt does not fit the context window
-            return Response(error=f"embedded model: {exc}")
+            return Response(error=f"embedded model: {exc}", permanent=True)  # the same prompt fails again
         usage = out.get("usage") or {}
         top = top_logprobs_of(choice) if request.top_logprobs else None
         return Response(
