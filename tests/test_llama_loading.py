@@ -220,3 +220,41 @@ def test_every_llama_cpp_decode_runs_on_one_thread(monkeypatch):
     assert threads, "the spy saw no decode"
     assert len(set(threads)) == 1, f"llama.cpp decoded on {len(set(threads))} threads: {sorted(set(threads))}"
     assert threads[0] != threading.get_native_id()
+
+
+@pytest.mark.slow
+def test_score_many_decodes_the_shared_prefix_once_and_reads_only_target_rows(monkeypatch):
+    """Perplexity's pairs (chat template + prompt, response; then whole texts): the template's
+    shared system turn is decoded once, and logits are asked for only at rows that predict a target
+    token, with the same numbers as scoring each pair alone (issue 8: the scorer's overhead)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
+    import numpy as np
+
+    from curate.llm.scorers import chat_prompt, get_scorer
+
+    scorer = get_scorer("llama_cpp")
+    questions = ["What colour is the sky?", "Name a fruit.", "Why do cats purr?"]
+    answers = [" Blue, because of Rayleigh scattering.", " An apple.", " Mostly when they are content."]
+    pairs = [(chat_prompt(scorer, [{"role": "user", "content": q}]), a) for q, a in zip(questions, answers)]
+    pairs += [("", q + "\n" + a) for q, a in zip(questions, answers)]
+    want = [scorer.score(c, t) for c, t in pairs]
+
+    fed, asked = [], []
+    for owner in (llama_cpp.llama_cpp, llama_cpp):
+        real = owner.llama_decode
+
+        def spy(ctx, batch, _real=real):
+            fed.append(batch.n_tokens)
+            asked.append(sum(bool(batch.logits[i]) for i in range(batch.n_tokens)))
+            return _real(ctx, batch)
+
+        monkeypatch.setattr(owner, "llama_decode", spy)
+    got = scorer.score_many(pairs)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    full = sum(len(scorer.tokenize(c)) + len(scorer.tokenize(t)) for c, t in pairs)
+    a, b = (scorer.tokenize(c) for c, _ in pairs[:2])
+    prefix = a[: next(j for j in range(min(len(a), len(b))) if a[j] != b[j])]
+    assert len(prefix) > 10  # SmolLM2's template opens every chat with the same system turn
+    assert sum(asked) == sum(len(w) for w in want), "logits computed at rows that no target token reads"
+    assert sum(fed) <= full - 2 * len(prefix), f"fed {sum(fed)} of {full} tokens: the shared turn was decoded per pair"

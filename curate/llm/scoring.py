@@ -14,7 +14,7 @@ this module reads the raw logits instead.
 
 Two routes to the same numbers. `score` / `score_ids` / `score_after_prefix` run the high-level
 `Llama` with logits at every position (simple; the reference). `score_ids_after_prefix` drives
-llama.cpp's batch API on a second context that shares the loaded weights: the vocabulary
+llama.cpp's batch API on a second context that shares the loaded weights (`score_many` uses it): the vocabulary
 projection runs only at rows that predict a target token (a fifth of this model's weights, paid
 per row), and a shared prefix is decoded once. On the embedded model its numbers equal `score_ids`
 bit for bit (tests/test_nuggets.py); in general llama.cpp may pick other kernels for other batch
@@ -97,7 +97,21 @@ class LlamaCppScorer:
         return self._target_logprobs(start, ids)
 
     def score_many(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-        return run_on_llama_thread(lambda: [self.score(c, t) for c, t in pairs])
+        """`score` for each pair, by the batch route: the token prefix that the contexts share (a
+        chat template's system turn, for example) is decoded once, and the vocabulary projection
+        runs only at rows that predict a target token. Pairs with an empty context go without it."""
+        tokenized = [(self.tokenize(c), self.tokenize(t)) for c, t in pairs]
+        prefix = shared_prefix([c for c, _ in tokenized if c])
+        groups: dict[bool, list[int]] = {True: [], False: []}
+        for i, (ctx, _) in enumerate(tokenized):
+            groups[bool(prefix) and ctx[: len(prefix)] == prefix].append(i)
+        out: list[np.ndarray] = [np.zeros(0)] * len(pairs)
+        for has_prefix, idx in groups.items():
+            pre = prefix if has_prefix else []
+            got = self.score_ids_after_prefix(pre, [(tokenized[i][0][len(pre) :], tokenized[i][1]) for i in idx])
+            for i, lp in zip(idx, got):
+                out[i] = lp
+        return out
 
     def score_after_prefix(self, prefix: str, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
         """Per-token log p(target | prefix + context) for each (context, target); the prefix is
@@ -276,6 +290,16 @@ class _BatchContext:
 
         ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, seq)
         return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
+
+
+def shared_prefix(seqs: Sequence[Sequence[int]]) -> list[int]:
+    """The longest token prefix common to all `seqs` (empty if there are none)."""
+    if not seqs:
+        return []
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        n = next((j for j in range(n) if s[j] != first[j]), n)
+    return list(first[:n])
 
 
 def sum_and_count(logprobs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
