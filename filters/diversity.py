@@ -36,7 +36,6 @@ otherwise keep() says to rescore, because which rows are selected depends on tau
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -52,7 +51,6 @@ from filters.dedup import TextPart, _arrow_strings, _batches, _fmix64, _shingle_
 
 _U = np.uint64
 _LLAMA: dict[tuple, Any] = {}
-_LLAMA_LOCK = threading.Lock()
 LAST_EMBED_STATS: dict[str, Any] = {}  # rows, seconds, tokens of the last llama_cpp embedding call
 
 
@@ -112,14 +110,15 @@ def hashing_embeddings(texts: pl.Series | list[str], dim: int = 1024, seed: int 
 def load_embedding_model(model_path: str | Path | None = None, max_tokens: int = 512, pooling: str = "mean",
                          threads: int | None = None):
     """A llama.cpp model in embedding mode, pooling "mean" or "last" (loaded once per process)."""
-    from curate.llm.embedded import default_threads, embedded_model_path, new_llama
+    from curate.llm.embedded import default_threads, embedded_model_path, new_llama, run_on_llama_thread
 
     llama_cpp = require("llama_cpp", extra="embedded", package="llama-cpp-python")
     if model_path is None:
         model_path = embedded_model_path()
     key = (str(model_path), max_tokens, pooling)
     kinds = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "last": llama_cpp.LLAMA_POOLING_TYPE_LAST}
-    with _LLAMA_LOCK:
+
+    def get():  # on the llama.cpp thread, the only one that touches _LLAMA
         if key not in _LLAMA:
             _LLAMA[key] = new_llama(
                 model_path,
@@ -131,6 +130,8 @@ def load_embedding_model(model_path: str | Path | None = None, max_tokens: int =
                 n_threads=threads or default_threads(),
             )
         return _LLAMA[key]
+
+    return run_on_llama_thread(get)
 
 
 def llama_embeddings(

@@ -258,3 +258,30 @@ def test_score_many_decodes_the_shared_prefix_once_and_reads_only_target_rows(mo
     assert len(prefix) > 10  # SmolLM2's template opens every chat with the same system turn
     assert sum(asked) == sum(len(w) for w in want), "logits computed at rows that no target token reads"
     assert sum(fed) <= full - 2 * len(prefix), f"fed {sum(fed)} of {full} tokens: the shared turn was decoded per pair"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_loading_while_the_llama_thread_loads_too_does_not_deadlock():
+    """A teacher request on the llama.cpp thread looks up its model (load_llama) while another
+    thread loads a new one: with a lock held across the hand-over to the llama.cpp thread, each
+    waited for the other forever."""
+    pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from curate.llm.embedded import _llama_executor, load_llama
+
+    load_llama(n_ctx=512)
+    other_started = threading.Event()
+
+    def on_llama_thread():  # like EmbeddedBackend._complete: looks its model up, on the llama thread
+        other_started.wait(10)
+        time.sleep(0.5)  # let the other thread get into load_llama first
+        return load_llama(n_ctx=512)
+
+    busy = _llama_executor().submit(on_llama_thread)
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(lambda: (other_started.set(), load_llama(n_ctx=1024))[1])
+        assert busy.result(timeout=60) is not None
+        assert other.result(timeout=60).n_ctx() == 1024

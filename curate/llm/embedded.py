@@ -22,8 +22,7 @@ from curate.llm.base import Backend, Request, Response, top_logprobs_of
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_LOADED: dict[tuple, object] = {}  # one model per process, shared by every step
-_LOAD_LOCK = threading.Lock()
+_LOADED: dict[tuple, object] = {}  # one model per key per process, shared by every step
 T = TypeVar("T")
 
 
@@ -182,20 +181,26 @@ def load_llama(model_path: str | Path | None = None, n_ctx: int = 2048, logits_a
     path = str(model_path or embedded_model_path())
     n_threads = n_threads or default_threads()
     key = (path, n_ctx, logits_all, n_threads)
-    with _LOAD_LOCK:
+
+    def get():  # on the llama.cpp thread, the only one that touches _LOADED: no lock, no deadlock
         if key not in _LOADED:
             _LOADED[key] = new_llama(path, n_ctx=n_ctx, n_threads=n_threads, logits_all=logits_all)
         return _LOADED[key]
+
+    return run_on_llama_thread(get)
 
 
 def load_tokenizer(model_path: str | Path | None = None):
     """The model's tokenizer alone (vocab-only load: fast, no weights), for counting tokens."""
     path = str(model_path or embedded_model_path())
     key = (path, "vocab")
-    with _LOAD_LOCK:
+
+    def get():
         if key not in _LOADED:
             _LOADED[key] = new_llama(path, vocab_only=True)
         return _LOADED[key]
+
+    return run_on_llama_thread(get)
 
 
 class EmbeddedBackend(Backend):
