@@ -285,3 +285,16 @@ def test_loading_while_the_llama_thread_loads_too_does_not_deadlock():
         other = pool.submit(lambda: (other_started.set(), load_llama(n_ctx=1024))[1])
         assert busy.result(timeout=60) is not None
         assert other.result(timeout=60).n_ctx() == 1024
+
+
+@pytest.mark.slow
+def test_curate_threads_holds_for_prompts_too(monkeypatch):
+    """CURATE_THREADS=1 must mean one thread for prompt evaluation and scoring as well: Llama()
+    defaults n_threads_batch to one per core."""
+    pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
+    from curate.llm.embedded import load_llama
+    from filters.diversity import load_embedding_model
+
+    monkeypatch.setenv("CURATE_THREADS", "1")
+    for llm in (load_llama(n_ctx=256), load_llama(n_ctx=256, logits_all=True), load_embedding_model(max_tokens=32)):
+        assert (llm.context_params.n_threads, llm.context_params.n_threads_batch) == (1, 1)

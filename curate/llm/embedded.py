@@ -44,10 +44,11 @@ def embedded_model_path() -> Path:
 def default_threads() -> int:
     """llama.cpp threads: $CURATE_THREADS, else one per core.
 
-    This build of llama.cpp runs its threads with OpenMP, whose workers spin-wait at every layer's
-    barrier while the cores are theirs. On a machine busy with other jobs a spinning worker waits
-    for a peer that is not running, and fewer threads can be much faster (1 thread ran 5-20x the
-    tokens/s of 2 on a 2-core box at load 3-10, bench/bench_llama.py); set CURATE_THREADS=1 there."""
+    This build of llama.cpp runs its threads as an OpenMP team whose threads spin-wait at every
+    layer's barrier. On an idle machine that is the fastest, but on one busy with other jobs a
+    spinning thread waits for a peer that is not running: on this 2-core box at load 7-10, two
+    threads decoded 0.7-5 tokens/s where one decoded 12-15 (bench/bench_llama.py). Set
+    CURATE_THREADS=1 on a busy machine."""
     value = os.environ.get("CURATE_THREADS", "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
@@ -161,10 +162,14 @@ def check_model_params(llm) -> None:
 
 def new_llama(model_path: str | Path | None = None, **kwargs):
     """Every llama.cpp model the project loads is built here: on the llama.cpp thread, with
-    use_extra_bufts=False on x86 (see above). kwargs go to llama_cpp.Llama; verbose is off."""
+    use_extra_bufts=False on x86 (see above). kwargs go to llama_cpp.Llama; verbose is off, and
+    n_threads also sets n_threads_batch (Llama() would evaluate prompts on one thread per core,
+    whatever n_threads says, so CURATE_THREADS=1 did not hold for prompts and scoring)."""
     llama_cpp = require("llama_cpp", extra="embedded", package="llama-cpp-python")
     path = str(model_path or embedded_model_path())
     kwargs.setdefault("verbose", False)
+    if kwargs.get("n_threads"):
+        kwargs.setdefault("n_threads_batch", kwargs["n_threads"])
 
     def build():
         with safe_model_params():
