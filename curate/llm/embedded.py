@@ -46,9 +46,9 @@ def default_threads() -> int:
 
     This build of llama.cpp runs its threads as an OpenMP team whose threads spin-wait at every
     layer's barrier. On an idle machine that is the fastest, but on one busy with other jobs a
-    spinning thread waits for a peer that is not running: on this 2-core box at load 7-10, two
-    threads decoded 0.7-5 tokens/s where one decoded 12-15 (bench/bench_llama.py). Set
-    CURATE_THREADS=1 on a busy machine."""
+    spinning thread waits for a peer that is not running: on a 2-core box at load 5-10, two
+    threads decoded 0.7-8 tokens/s where one decoded 75-83 (bench/bench_llama.py, bench/README.md).
+    Set CURATE_THREADS=1 on a busy machine."""
     value = os.environ.get("CURATE_THREADS", "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
