@@ -36,7 +36,6 @@ otherwise keep() says to rescore, because which rows are selected depends on tau
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -51,7 +50,6 @@ from curate.steps import Filter, RecipePath, StaleScores, embedded_model_file, r
 from curate.text import TextPart, hashing_embeddings
 
 _LLAMA: dict[tuple, Any] = {}
-_LLAMA_LOCK = threading.Lock()
 LAST_EMBED_STATS: dict[str, Any] = {}  # rows, seconds, tokens of the last llama_cpp embedding call
 
 
@@ -62,26 +60,28 @@ LAST_EMBED_STATS: dict[str, Any] = {}  # rows, seconds, tokens of the last llama
 def load_embedding_model(model_path: str | Path | None = None, max_tokens: int = 512, pooling: str = "mean",
                          threads: int | None = None):
     """A llama.cpp model in embedding mode, pooling "mean" or "last" (loaded once per process)."""
-    from curate.llm.embedded import default_threads, embedded_model_path
+    from curate.llm.embedded import default_threads, embedded_model_path, new_llama, run_on_llama_thread
 
     llama_cpp = require("llama_cpp", extra="embedded", package="llama-cpp-python")
     if model_path is None:
         model_path = embedded_model_path()
     key = (str(model_path), max_tokens, pooling)
     kinds = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "last": llama_cpp.LLAMA_POOLING_TYPE_LAST}
-    with _LLAMA_LOCK:
+
+    def get():  # on the llama.cpp thread, the only one that touches _LLAMA
         if key not in _LLAMA:
-            _LLAMA[key] = llama_cpp.Llama(
-                model_path=str(model_path),
+            _LLAMA[key] = new_llama(
+                model_path,
                 embedding=True,
                 pooling_type=kinds[pooling],
                 n_ctx=max_tokens,
                 n_batch=max_tokens,  # embed() truncates each text to n_batch tokens
                 n_ubatch=max_tokens,
                 n_threads=threads or default_threads(),
-                verbose=False,
             )
         return _LLAMA[key]
+
+    return run_on_llama_thread(get)
 
 
 def llama_embeddings(
@@ -94,17 +94,24 @@ def llama_embeddings(
     """Pooled final hidden states of a GGUF model (default: the embedded SmolLM2-135M), one row per
     text, first `max_tokens` tokens; centered on the rows' mean (see the module docstring) and
     L2-normalised. Shape (n, n_embd) float32."""
+    from curate.llm.embedded import run_on_llama_thread
+
     texts = texts.fill_null("").to_list() if isinstance(texts, pl.Series) else list(texts)
     llm = load_embedding_model(model_path, max_tokens, pooling)
     start = time.perf_counter()
     vecs = np.zeros((len(texts), llm.n_embd()), np.float32)
-    tokens = 0
-    for i, text in enumerate(texts):
-        if not text.strip():
-            continue  # zero vector: llama.cpp cannot decode an empty sequence
-        vec, count = llm.embed(text, normalize=False, truncate=True, return_count=True)
-        vecs[i] = vec
-        tokens += count
+
+    def embed_all() -> int:
+        tokens = 0
+        for i, text in enumerate(texts):
+            if not text.strip():
+                continue  # zero vector: llama.cpp cannot decode an empty sequence
+            vec, count = llm.embed(text, normalize=False, truncate=True, return_count=True)
+            vecs[i] = vec
+            tokens += count
+        return tokens
+
+    tokens = run_on_llama_thread(embed_all)
     LAST_EMBED_STATS.update(rows=len(texts), tokens=tokens, seconds=time.perf_counter() - start)
     norm = np.linalg.norm(vecs, axis=1, keepdims=True)
     np.divide(vecs, norm, out=vecs, where=norm > 0)
