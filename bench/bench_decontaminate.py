@@ -180,7 +180,7 @@ def alpaca_case(seed: int) -> dict:
 
 
 CONFIGS = {
-    "gpt3": dict(short_words=0, common_items=0, min_prose=0),
+    "gpt3": dict(short_words=0, common_items=0, min_prose=0, min_answer_share=0),
     "default": {},
 }
 

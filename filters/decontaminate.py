@@ -22,6 +22,11 @@ punctuation), so case, punctuation and spacing edits never hide a copy:
    `min_prose` of them are prose words (a prose word has two or more characters, no digit, and is
    not one the eval set uses mostly as a LaTeX command or environment name or in Asymptote
    `[asy]` code: plotting code and `\\begin{pmatrix} 1 & 0 ...` literals are no evidence).
+   Shingles of an item's reference answers (`ANSWER_FIELDS`) count only when the row also shares
+   shingles of the item's prompt, or holds at least `min_answer_share` of its answers' shingles (a
+   copied gold solution): worked solutions share stock sentences ("we can set up a system of two
+   equations to represent the given information") with solutions of other problems, which is no
+   copy of the item. The eval item's own text, the GPT-3 rule's object, is its prompt.
 2. Near copies of short items. A 13-gram test misses a short item (a typical math problem) whose
    opening words are reworded and one number changed: no 13 words in a row survive. So each
    prompt text of `min_words` <= w < `short_words` words is also found in a training row that
@@ -270,8 +275,10 @@ class EvalIndex:
     (test 2), each with the eval item it came from. See the module docstring."""
 
     def __init__(self, paths: list[str], ngram: int = 13, min_words: int = 8, fields: list[str] | None = None,
-                 common_items: int = 0, min_prose: float = 0.0, short_words: int = 0, max_edits: float = 0.3):
+                 common_items: int = 0, min_prose: float = 0.0, short_words: int = 0, max_edits: float = 0.3,
+                 min_answer_share: float = 0.0):
         self.ngram, self.min_words, self.max_edits = ngram, min_words, max_edits
+        self.min_answer_share = min_answer_share
         self.labels: list[str] = []  # eval item -> "<file>:<row>"
         self.previews: list[str] = []  # eval item -> start of its first text
         self.set_sizes: dict[str, int] = {}
@@ -327,12 +334,21 @@ class EvalIndex:
         mid = (n_words_all[doc_arr] >= min_words) & (n_words_all[doc_arr] < ngram)
         keep = ~(mid & covered[doc_arr])  # a short field test 2 covers needs no whole-field shingle
         keys_arr, items_arr = keys_arr[keep], owner_arr[doc_arr[keep]]
+        answer_arr = ~np.asarray(is_prompt, bool)[doc_arr[keep]] if texts else np.zeros(0, bool)
         self.short_lengths = sorted({int(k) for k in n_words_all[doc_arr[keep & mid]]})
         common = _drop_common(keys_arr, items_arr, self.item_set, common_items)
-        self.table = _Table(keys_arr[common], items_arr[common])
+        # Owner = item * 2 + (1 if the shingle is from an answer text): see `lookup`.
+        self.table = _Table(keys_arr[common], items_arr[common] * 2 + answer_arr[common])
         self.common_dropped = int(len(np.unique(keys_arr[~common])))
-        # Distinct shingles per item: the denominator of `coverage`.
-        self.item_size = np.bincount(self.table.owners, minlength=len(self.labels))
+        # Distinct shingles per item (the denominator of `coverage`), and those only in its answers.
+        per_item = pl.DataFrame({"key": self.table.keys, "item": self.table.owners >> 1,
+                                 "answer": (self.table.owners & 1).astype(bool)})
+        sizes = per_item.group_by("item", "key").agg(pl.col("answer").all()).group_by("item").agg(
+            pl.len().alias("n"), pl.col("answer").sum().alias("answer"))
+        self.item_size = np.zeros(len(self.labels), np.int64)
+        self.answer_size = np.zeros(len(self.labels), np.int64)
+        self.item_size[sizes["item"].to_numpy()] = sizes["n"].to_numpy()
+        self.answer_size[sizes["item"].to_numpy()] = sizes["answer"].to_numpy()
 
     def _short_index(self, short_words: list[np.ndarray], owner: np.ndarray, allow: np.ndarray,
                      common_items: int) -> np.ndarray:
@@ -381,15 +397,23 @@ class EvalIndex:
             if sum(len(x) for x in found_sh):
                 found = pl.DataFrame({"row": np.concatenate(found_doc) + lo, "key": np.concatenate(found_sh)}).unique()
                 row, key = found["row"].to_numpy(), found["key"].to_numpy()
-                np.add.at(matches, row, 1)
-                at, item = self.table.expand(key)  # each found shingle to every eval item holding it
-                frames.append(
-                    pl.DataFrame({"row": row[at], "item": item})
-                    .group_by("row", "item")
-                    .agg(pl.len().cast(pl.Int64).alias("n"))
+                at, owner = self.table.expand(key)  # each found shingle to every eval item holding it
+                hits = (
+                    pl.DataFrame({"row": row[at], "key": key[at], "item": owner >> 1, "prompt": (owner & 1) == 0})
+                    .group_by("row", "item", "key").agg(pl.col("prompt").any())
                 )
-                f_row, f_item, f_n = (frames[-1][c].to_numpy() for c in ("row", "item", "n"))
+                per_pair = hits.group_by("row", "item").agg(pl.len().cast(pl.Int64).alias("n"),
+                                                            pl.col("prompt").sum().cast(pl.Int64).alias("in_prompt"))
+                f_row, f_item, f_n, f_prompt = (per_pair[c].to_numpy() for c in ("row", "item", "n", "in_prompt"))
                 whole[f_row[f_n >= self.item_size[f_item]] - lo] = True
+                # Shingles found only in an item's answers are evidence when the row also shares its
+                # prompt's, or holds min_answer_share of its answers' (stock derivation phrases are not).
+                ok = (f_prompt > 0) | (f_n >= self.min_answer_share * self.answer_size[f_item])
+                if not ok.all():
+                    per_pair = per_pair.filter(pl.Series(ok))
+                    hits = hits.join(per_pair.select("row", "item"), on=["row", "item"])
+                frames.append(per_pair.select("row", "item", "n"))
+                np.add.at(matches, hits.unique(["row", "key"])["row"].to_numpy(), 1)
             if len(self.probes.keys):
                 row, short, absent = self._candidates(h, word_offs, whole)
                 cand_rows.append(row + lo)
@@ -507,8 +531,9 @@ class Decontaminate(Filter):
     when it shares >= `min_matches` distinct n-grams with the eval sets (and, if `min_coverage` is
     set, at least that share of the best-matching item's n-grams), or when a stretch of its prompt
     is within `max_edits` (a share of weighted word edits) of an eval prompt of < `short_words` words.
-    `common_items` and `min_prose` keep template and markup n-grams out of the evidence
-    (0 turns either off; `short_words=0, common_items=0, min_prose=0` is the plain GPT-3 rule).
+    `common_items`, `min_prose` and `min_answer_share` keep template, markup and stock-solution
+    n-grams out of the evidence (0 turns each off; `short_words=0, common_items=0, min_prose=0,
+    min_answer_share=0` is the plain GPT-3 rule).
     Re-thresholding `min_matches` / `min_coverage` needs no rescoring.
     """
 
@@ -535,6 +560,9 @@ class Decontaminate(Filter):
     common_items: int = Setting(3, ge=0)
     # An n-gram with a smaller share of prose words is markup or code, not evidence (0: off).
     min_prose: float = Setting(0.4, ge=0.0, le=1.0)
+    # Shingles found only in an item's reference answers count when the row also shares shingles of
+    # its prompt, or holds at least this share of its answers' shingles (0: any answer shingle counts).
+    min_answer_share: float = Setting(0.5, ge=0.0, le=1.0)
 
     _index: Any = PrivateAttr(default=None)
     _index_key: Any = PrivateAttr(default=None)
@@ -542,12 +570,13 @@ class Decontaminate(Filter):
     def index(self) -> EvalIndex:
         """The eval index, built once (rebuilt if a setting or an eval file changes)."""
         key = (tuple(self.eval_sets), tuple(self.eval_fields or ()), self.ngram, self.min_words, self.short_words,
-               self.max_edits, self.common_items, self.min_prose,
+               self.max_edits, self.common_items, self.min_prose, self.min_answer_share,
                tuple(os.stat(p).st_mtime_ns if os.path.exists(p) else 0 for p in self.eval_sets))
         if self._index is None or self._index_key != key:
             self._index = EvalIndex(list(self.eval_sets), self.ngram, min(self.min_words, self.ngram), self.eval_fields,
                                     common_items=self.common_items, min_prose=self.min_prose,
-                                    short_words=self.short_words, max_edits=self.max_edits)
+                                    short_words=self.short_words, max_edits=self.max_edits,
+                                    min_answer_share=self.min_answer_share)
             self._index_key = key
         return self._index
 

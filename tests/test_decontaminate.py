@@ -48,7 +48,7 @@ def frame(*pairs):
                        for p, a in pairs])
 
 
-GPT3 = dict(short_words=0, common_items=0, min_prose=0)  # the plain 13-gram rule (the filter before issue 9)
+GPT3 = dict(short_words=0, common_items=0, min_prose=0, min_answer_share=0)  # the plain 13-gram rule (the filter before issue 9)
 
 
 def test_known_overlaps_are_caught_and_others_are_not(eval_file):
@@ -348,6 +348,10 @@ BOILERPLATE = {
     "Asymptote plotting code": ("math_test_4954", "math_test_4469"),
     "a pmatrix literal": ("math_test_4470", "math_test_4568"),
     "'the average of the first and last term'": ("math_test_80", "math_test_398"),
+    # Prose in one eval solution only: "We can set up a system of two equations to represent the given
+    # information ... Substituting the first equation into the second to eliminate": the clean row is
+    # another problem (John's dad's age); its solution reuses the sentence.
+    "a stock derivation sentence": ("math_test_711", "math_test_623"),
 }
 
 
@@ -365,3 +369,18 @@ def test_solution_boilerplate_does_not_flag_clean_rows(math_eval, kind):
     f = Decontaminate(eval_sets=[path])
     mask, _ = f.keep(f.score(df))
     assert mask[0]
+
+
+def test_a_copied_reference_solution_is_caught_without_its_prompt(math_eval):
+    """Answer-only evidence still counts when the row holds most of the item's answer: a training
+    row that answers another prompt with the eval item's gold solution is a leak."""
+    path, math, drawn = math_eval
+    k = next(k for k, i in enumerate(drawn) if len(words(math["solution"][i])) >= 60)
+    solution = math["solution"][drawn[k]]
+    half = " ".join(solution.split()[: len(solution.split()) // 3])  # a third of it: no copy
+    f = Decontaminate(eval_sets=[path])
+    scored = f.score(frame(("Show me a worked example.", solution), ("Show me a worked example.", half)))
+    assert scored["score_decontaminate_hit"].to_list()[0] == f"math_eval.jsonl:{k}"
+    assert (~f.keep(scored)[0]).to_list() == [True, False]
+    old = Decontaminate(eval_sets=[path], min_answer_share=0)  # any answer shingle counts
+    assert (~old.keep(old.score(frame(("Show me a worked example.", half))))[0]).to_list() == [True]
