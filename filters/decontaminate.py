@@ -32,9 +32,11 @@ punctuation), so case, punctuation and spacing edits never hide a copy:
    prompt text of `min_words` <= w < `short_words` words is also found in a training row that
    holds a stretch within `max_edits` of it: the Levenshtein distance over words between the
    text and the stretch (free to start and end anywhere in the row: approximate substring
-   matching, Sellers 1980), each word of the eval text weighted by its rarity among the eval
-   set's short texts (smoothed inverse document frequency, so "what is the" costs less than the
-   item's own numbers and names), divided by the text's total weight. Edited copies are looked
+   matching, Sellers 1980), each edit costing the rarity of its word among the eval set's short
+   texts (smoothed inverse document frequency, so "what is the" costs less than the item's own
+   numbers and names): deleting or replacing a word of the eval text costs that word's weight,
+   inserting a word of the row its own (a word no short text uses weighs the most, so a stretch
+   padded with other content is no near copy), divided by the text's total weight. Edited copies are looked
    for in the row's prompt (a retold joke or a textbook sentence in an answer is no copy of an
    eval prompt); exact runs anywhere. Candidates for that exact check are rows sharing two of the
    text's word 3-grams, or all it has (only 3-grams held by fewer than `common_items` items of
@@ -218,16 +220,17 @@ def _drop_common(keys: np.ndarray, items: np.ndarray, item_set: np.ndarray, comm
 
 
 def edit_distance(a: np.ndarray, b: np.ndarray, stretch: bool = False, weights: np.ndarray | None = None,
-                  limit: float | None = None) -> float:
+                  limit: float | None = None, insert: np.ndarray | None = None) -> float:
     """Levenshtein distance between two word (hash) sequences; stretch=True: between `a` and the
     closest stretch of `b` (free start and end in b: approximate substring matching, Sellers 1980).
 
-    weights: the cost of deleting or replacing each word of `a` (default 1); inserting a word of
-    `b` costs 1. One numpy pass per word of `a`; with `limit`, stops as soon as the distance must
-    exceed it (the row minimum never decreases) and returns inf.
+    weights: the cost of deleting or replacing each word of `a` (default 1); insert: the cost of
+    inserting each word of `b` (default 1). One numpy pass per word of `a`; with `limit`, stops as
+    soon as the distance must exceed it (the row minimum never decreases) and returns inf.
     """
     w = np.ones(len(a)) if weights is None else np.asarray(weights, float)
-    idx = np.arange(len(b) + 1, dtype=float)
+    # Cumulative insertion cost along b: inserting b[j:k] costs idx[k] - idx[j].
+    idx = np.arange(len(b) + 1, dtype=float) if insert is None else np.concatenate([[0.0], np.cumsum(insert)])
     prev = np.zeros(len(b) + 1) if stretch else idx.copy()
     tmp = np.empty(len(b) + 1)
     for i, word in enumerate(a):
@@ -361,6 +364,7 @@ class EvalIndex:
         self.short_probes = np.zeros(len(short_words), np.int64)
         self.short_weights: list[np.ndarray] = []
         self.short_sizes, self.short_total = np.zeros(0, np.int64), np.zeros(0)
+        self._vocab, self._idf, self._idf_unseen = np.zeros(1, _U), np.ones(1), 1.0
         if not short_words:
             return np.zeros(0, bool)
         # Word weights: smoothed inverse document frequency over the short texts, so that words
@@ -368,6 +372,7 @@ class EvalIndex:
         vocab, df = np.unique(np.concatenate([np.unique(w) for w in short_words]), return_counts=True)
         idf = np.log((1 + len(short_words)) / (1 + df)) + 1
         self.short_weights = [idf[np.searchsorted(vocab, w)] for w in short_words]
+        self._vocab, self._idf, self._idf_unseen = vocab, idf, float(np.log(1 + len(short_words)) + 1)
         self.short_sizes = sizes = np.array([len(w) for w in short_words])
         self.short_total = np.array([w.sum() for w in self.short_weights])
         sh, doc = _shingle_hashes(np.concatenate(short_words), np.concatenate([[0], np.cumsum(sizes)]), _PROBE, _SEED)
@@ -375,6 +380,12 @@ class EvalIndex:
         self.probes = _Table(sh[keep], doc[keep])
         self.short_probes = np.bincount(self.probes.owners, minlength=len(short_words))
         return self.short_probes > 0
+
+    def word_weight(self, hashes: np.ndarray) -> np.ndarray:
+        """Test 2's weight of each word: its smoothed inverse document frequency among the short
+        eval texts (a word they never use weighs as much as one used once)."""
+        at = np.minimum(np.searchsorted(self._vocab, hashes), len(self._vocab) - 1)
+        return np.where(self._vocab[at] == hashes, self._idf[at], self._idf_unseen)
 
     def __len__(self) -> int:
         return len(self.table.keys)
@@ -504,7 +515,8 @@ class EvalIndex:
         for k in todo.tolist():
             s = int(shorts[k])
             text = h[word_offs[at[k]] : word_offs[at[k] + 1]]
-            cost = edit_distance(self.short_words[s], text, stretch=True, weights=self.short_weights[s], limit=allow[k])
+            cost = edit_distance(self.short_words[s], text, stretch=True, weights=self.short_weights[s], limit=allow[k],
+                                 insert=self.word_weight(text))
             if cost <= allow[k]:
                 out.append((int(rows[k]), int(self.short_item[s]), cost / total[k]))
         frame = pl.DataFrame(out, schema={"row": pl.Int64, "item": pl.Int64, "edits": pl.Float64}, orient="row")

@@ -246,12 +246,12 @@ def test_real_alpaca_row_that_is_a_lima_test_prompt(real):
 
 
 def test_edit_distance_matches_the_textbook_recurrence():
-    def reference(a, b, stretch, w):
-        prev = [0.0] * (len(b) + 1) if stretch else [float(j) for j in range(len(b) + 1)]
+    def reference(a, b, stretch, w, ins):
+        prev = [0.0] * (len(b) + 1) if stretch else [float(sum(ins[:j])) for j in range(len(b) + 1)]
         for i, x in enumerate(a):
             cur = [prev[0] + w[i]]
             for j, y in enumerate(b, 1):
-                cur.append(min(prev[j - 1] + (0 if x == y else w[i]), prev[j] + w[i], cur[j - 1] + 1))
+                cur.append(min(prev[j - 1] + (0 if x == y else w[i]), prev[j] + w[i], cur[j - 1] + ins[j - 1]))
             prev = cur
         return min(prev) if stretch else prev[-1]
 
@@ -260,8 +260,11 @@ def test_edit_distance_matches_the_textbook_recurrence():
         a = np.array([rng.randrange(4) for _ in range(rng.randrange(1, 8))], np.uint64)
         b = np.array([rng.randrange(4) for _ in range(rng.randrange(0, 12))], np.uint64)
         w = [rng.choice([0.5, 1.0, 2.0]) for _ in a]
+        ins = [rng.choice([0.5, 1.0, 3.0]) for _ in b]
         for stretch in (False, True):
-            assert edit_distance(a, b, stretch, np.array(w)) == pytest.approx(reference(a, b, stretch, w))
+            assert edit_distance(a, b, stretch, np.array(w)) == pytest.approx(reference(a, b, stretch, w, [1.0] * len(b)))
+            assert edit_distance(a, b, stretch, np.array(w), insert=np.array(ins)) == pytest.approx(
+                reference(a, b, stretch, w, ins))
     words_ = np.array([1, 2, 3], np.uint64)
     assert edit_distance(words_, np.array([9, 1, 2, 3, 9], np.uint64), stretch=True) == 0
     assert edit_distance(words_, np.array([9, 1, 2, 3, 9], np.uint64)) == 2
@@ -384,3 +387,26 @@ def test_a_copied_reference_solution_is_caught_without_its_prompt(math_eval):
     assert (~f.keep(scored)[0]).to_list() == [True, False]
     old = Decontaminate(eval_sets=[path], min_answer_share=0)  # any answer shingle counts
     assert (~old.keep(old.score(frame(("Show me a worked example.", half))))[0]).to_list() == [True]
+
+
+# (eval item, a clean MATH problem that holds a stretch close to it only by padding it with its own
+# content: the near-copy test's false matches while inserting a row word cost 1, however rare)
+PADDED = {
+    "matrix sum vs a vector equation": ("math_test_4714", "math_test_4890"),
+    "nested f(g(...)) vs an alternating composition": ("math_test_1108", "math_test_1049"),
+    "a circle's radius vs a value of c": ("math_test_31", "math_test_1041"),
+}
+
+
+@pytest.mark.parametrize("kind", list(PADDED))
+def test_a_stretch_padded_with_other_content_is_no_near_copy(math_eval, kind):
+    """Issue 9 part 3: inserting a word the eval item lacks costs that word's rarity, as deleting
+    one of the item's words does; the planted edit of the same item is still caught."""
+    path, math, drawn = math_eval
+    item, clean_id = PADDED[kind]
+    k = [math["id"][i] for i in drawn].index(item)
+    problem = math.filter(pl.col("id") == clean_id)["problem"][0]
+    f = Decontaminate(eval_sets=[path])
+    scored = f.score(frame((problem, "..."), (plant(math["problem"][drawn[k]], item, 0), "...")))
+    assert (~f.keep(scored)[0]).to_list() == [False, True]
+    assert f"math_eval.jsonl:{k}" in scored["score_decontaminate_hits"][1]
