@@ -512,11 +512,12 @@ class EvalIndex:
             word_offs = np.concatenate([[0], np.cumsum([len(t) for t in row_words])]).astype(np.int64)
             at, within = np.arange(len(rows)), absent
         todo = np.flatnonzero(~exact & (allow > 0) & (within <= allow))
+        weight = self.word_weight(h) if len(todo) else h[:0]  # inserting a word of the row costs its weight
         for k in todo.tolist():
             s = int(shorts[k])
-            text = h[word_offs[at[k]] : word_offs[at[k] + 1]]
-            cost = edit_distance(self.short_words[s], text, stretch=True, weights=self.short_weights[s], limit=allow[k],
-                                 insert=self.word_weight(text))
+            lo, hi = word_offs[at[k]], word_offs[at[k] + 1]
+            cost = edit_distance(self.short_words[s], h[lo:hi], stretch=True, weights=self.short_weights[s],
+                                 limit=allow[k], insert=weight[lo:hi])
             if cost <= allow[k]:
                 out.append((int(rows[k]), int(self.short_item[s]), cost / total[k]))
         frame = pl.DataFrame(out, schema={"row": pl.Int64, "item": pl.Int64, "edits": pl.Float64}, orient="row")
