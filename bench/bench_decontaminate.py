@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from scipy.sparse import csr_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -119,6 +120,47 @@ def edit_distance(a: list[str], b: list[str]) -> int:
     return int(prev[-1])
 
 
+def masked(text: str) -> list[str]:
+    """The words of a text with every number replaced by one placeholder."""
+    return ["#" if w.isdigit() else w for w in words(text)]
+
+
+def templated_variants(eval_problems: list[str], planted_edits: list[int], problems: list[str]) -> dict:
+    """Which of `problems` are near copies of an eval problem by definitions that do not use the
+    filter (word lists of whole problems, numbers masked or not):
+
+    - `same_skeleton`: equal to an eval problem once every number is masked (the same problem with
+      other numbers);
+    - `planted_lookalike`: within as few word edits (numbers unmasked) of an eval problem as that
+      problem's planted copy is: a rule that counts word edits cannot catch the planted copy
+      without flagging this row.
+    """
+    skeletons = {tuple(masked(t)) for t in eval_problems}
+    same = np.array([tuple(masked(t)) in skeletons for t in problems])
+    ev = [words(t) for t in eval_problems]
+    rows = [words(t) for t in problems]
+    vocab: dict[str, int] = {}
+
+    def incidence(texts: list[list[str]]) -> csr_matrix:  # text x distinct word
+        cols = [sorted({vocab.setdefault(w, len(vocab)) for w in ws}) for ws in texts]
+        ptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])])
+        return csr_matrix((np.ones(ptr[-1]), np.concatenate([np.array(c, np.int64) for c in cols]), ptr))
+
+    E, R = incidence(ev), incidence(rows)
+    E.resize(E.shape[0], len(vocab))
+    R.resize(R.shape[0], len(vocab))
+    shared = (R @ E.T).toarray()  # distinct words shared, row x eval problem
+    budget = np.array(planted_edits)
+    e_len, r_len = np.array([len(w) for w in ev]), np.array([len(w) for w in rows])
+    # Each word edit removes at most one distinct word and changes the length by at most one.
+    maybe = (shared >= np.diff(E.indptr) - budget) & (np.abs(r_len[:, None] - e_len[None, :]) <= budget)
+    lookalike = np.zeros(len(rows), bool)
+    for r, i in zip(*np.nonzero(maybe)):
+        if not lookalike[r] and edit_distance(ev[i], rows[r]) <= budget[i]:
+            lookalike[r] = True
+    return {"same_skeleton": same, "planted_lookalike": lookalike}
+
+
 def user_rows(prompts: list[str], source: str) -> pl.DataFrame:
     return make_frame([{"messages": [{"role": "user", "content": p}], "source": source} for p in prompts])
 
@@ -155,6 +197,9 @@ def math_case(tmp: Path, n_items: int, seed: int) -> dict:
             "math_rest": qa_rows([(problems[i], math["solution"][i]) for i in rest], "math_rest"),
         },
         "clean_prompts": {"math_rest": [problems[i] for i in rest]},
+        "clean_variants": {"math_rest": templated_variants(
+            [problems[i] for i in drawn], [edit_distance(words(problems[i]), words(p)) for i, p in zip(drawn, planted)],
+            [problems[i] for i in rest])},
     }
 
 
@@ -234,6 +279,15 @@ def run_case(name: str, case: dict, configs: dict) -> dict:
                 near = int(sum(d <= out["planted_edit_distance"]["max"] for d in dists))
                 entry["flagged_within_planted_edit_distance"] = near
                 entry["flagged_farther_pct"] = round(100 * (n - near) / len(df), 2)
+            variants = case.get("clean_variants", {}).get(clean_name)
+            if variants:  # the clean set without its near copies by definitions independent of the filter
+                is_flagged = c["flagged"].to_numpy()
+                gone = np.zeros(len(df), bool)
+                for vname, mask in variants.items():
+                    gone |= mask
+                    entry[f"without_{vname}"] = {"rows": int((~gone).sum()), "flagged": int(is_flagged[~gone].sum()),
+                                                 "flagged_pct": round(100 * is_flagged[~gone].mean(), 2),
+                                                 "variants": int(mask.sum()), "variants_flagged": int(is_flagged[mask].sum())}
             firsts = hits["messages"].head(5).map_elements(lambda m: m[0]["content"], return_dtype=pl.String)
             entry["examples"] = [{"hit": h, "text": t[:140]}
                                  for h, t in zip(hits[f"{f.column}_hit"].head(5).to_list(), firsts.to_list())]
@@ -273,6 +327,13 @@ def print_table(r: dict) -> None:
                 + (f" ({v['flagged_within_planted_edit_distance']} within {e['max']} word edits of the item hit; "
                    f"farther {v['flagged_farther_pct']}%)" if "flagged_within_planted_edit_distance" in v else "")
                 for k, v in res.items() if isinstance(v, dict))
+            for k, v in res.items():
+                if isinstance(v, dict) and "without_same_skeleton" in v:
+                    a, b = v["without_same_skeleton"], v["without_planted_lookalike"]
+                    clean += (f"; {k} without its {a['variants']} same-skeleton rows (numbers masked; "
+                              f"{a['variants_flagged']} flagged) {a['flagged']}/{a['rows']} = {a['flagged_pct']}%, "
+                              f"also without its {b['variants']} planted look-alikes ({b['variants_flagged']} flagged) "
+                              f"{b['flagged']}/{b['rows']} = {b['flagged_pct']}%")
             print(f"  {cname}: planted caught {res['planted_caught_pct']}% (under 30 words "
                   f"{res['planted_under_30_caught_pct']}%, the {res['planted_min_words_plus']} of >= 8 words "
                   f"{res['planted_min_words_plus_caught_pct']}%); clean flagged: {clean}; {res['rows_per_s']} rows/s")
