@@ -375,6 +375,9 @@ class EvalIndex:
         self._vocab, self._idf, self._idf_unseen = vocab, idf, float(np.log(1 + len(short_words)) + 1)
         self.short_sizes = sizes = np.array([len(w) for w in short_words])
         self.short_total = np.array([w.sum() for w in self.short_weights])
+        # The same, flat: short text s is [_short_start[s], _short_start[s] + sizes[s]) (see _absent_weight).
+        self._short_start = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self._flat_words, self._flat_weights = np.concatenate(short_words), np.concatenate(self.short_weights)
         sh, doc = _shingle_hashes(np.concatenate(short_words), np.concatenate([[0], np.cumsum(sizes)]), _PROBE, _SEED)
         keep = _drop_common(sh, owner[doc], self.item_set, common_items)
         self.probes = _Table(sh[keep], doc[keep])
@@ -473,8 +476,8 @@ class EvalIndex:
         present[((h + np.repeat(np.arange(len(word_offs) - 1, dtype=_U), np.diff(word_offs)) * _MIX) & mask)
                 .view(np.int64)] = True
         sizes = self.short_sizes[short]
-        words_ = np.concatenate([self.short_words[s] for s in short.tolist()])
-        weights = np.concatenate([self.short_weights[s] for s in short.tolist()])
+        first = np.repeat(self._short_start[short] - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        words_, weights = self._flat_words[first], self._flat_weights[first]
         slot = (words_ + np.repeat(row.astype(_U), sizes) * _MIX) & mask
         pair = np.repeat(np.arange(len(row)), sizes)
         absent = np.bincount(pair, np.where(present[slot.view(np.int64)], 0.0, weights), len(row))
