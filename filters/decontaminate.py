@@ -340,18 +340,18 @@ class EvalIndex:
         answer_arr = ~np.asarray(is_prompt, bool)[doc_arr[keep]] if texts else np.zeros(0, bool)
         self.short_lengths = sorted({int(k) for k in n_words_all[doc_arr[keep & mid]]})
         common = _drop_common(keys_arr, items_arr, self.item_set, common_items)
-        # Owner = item * 2 + (1 if the shingle is from an answer text): see `lookup`.
-        self.table = _Table(keys_arr[common], items_arr[common] * 2 + answer_arr[common])
+        # One entry per (shingle, item), owner = item * 2 + 1 if the shingle is in none of the item's
+        # prompt texts, only in its answers (see `lookup`).
+        owners = (
+            pl.DataFrame({"key": keys_arr[common], "item": items_arr[common], "answer": answer_arr[common]})
+            .group_by("key", "item").agg(pl.col("answer").all())
+        )
+        answer_only = owners["answer"].to_numpy()
+        self.table = _Table(owners["key"].to_numpy(), owners["item"].to_numpy() * 2 + answer_only)
         self.common_dropped = int(len(np.unique(keys_arr[~common])))
         # Distinct shingles per item (the denominator of `coverage`), and those only in its answers.
-        per_item = pl.DataFrame({"key": self.table.keys, "item": self.table.owners >> 1,
-                                 "answer": (self.table.owners & 1).astype(bool)})
-        sizes = per_item.group_by("item", "key").agg(pl.col("answer").all()).group_by("item").agg(
-            pl.len().alias("n"), pl.col("answer").sum().alias("answer"))
-        self.item_size = np.zeros(len(self.labels), np.int64)
-        self.answer_size = np.zeros(len(self.labels), np.int64)
-        self.item_size[sizes["item"].to_numpy()] = sizes["n"].to_numpy()
-        self.answer_size[sizes["item"].to_numpy()] = sizes["answer"].to_numpy()
+        self.item_size = np.bincount(self.table.owners >> 1, minlength=len(self.labels))
+        self.answer_size = np.bincount(self.table.owners >> 1, self.table.owners & 1, len(self.labels)).astype(np.int64)
 
     def _short_index(self, short_words: list[np.ndarray], owner: np.ndarray, allow: np.ndarray,
                      common_items: int) -> np.ndarray:
@@ -387,8 +387,9 @@ class EvalIndex:
     def word_weight(self, hashes: np.ndarray) -> np.ndarray:
         """Test 2's weight of each word: its smoothed inverse document frequency among the short
         eval texts (a word they never use weighs as much as one used once)."""
-        at = np.minimum(np.searchsorted(self._vocab, hashes), len(self._vocab) - 1)
-        return np.where(self._vocab[at] == hashes, self._idf[at], self._idf_unseen)
+        uniq, inverse = np.unique(hashes, return_inverse=True)  # few distinct words: search those only
+        at = np.minimum(np.searchsorted(self._vocab, uniq), len(self._vocab) - 1)
+        return np.where(self._vocab[at] == uniq, self._idf[at], self._idf_unseen)[inverse]
 
     def __len__(self) -> int:
         return len(self.table.keys)
@@ -412,22 +413,21 @@ class EvalIndex:
                 found = pl.DataFrame({"row": np.concatenate(found_doc) + lo, "key": np.concatenate(found_sh)}).unique()
                 row, key = found["row"].to_numpy(), found["key"].to_numpy()
                 at, owner = self.table.expand(key)  # each found shingle to every eval item holding it
-                hits = (
-                    pl.DataFrame({"row": row[at], "key": key[at], "item": owner >> 1, "prompt": (owner & 1) == 0})
-                    .group_by("row", "item", "key").agg(pl.col("prompt").any())
-                )
+                hits = pl.DataFrame({"row": row[at], "item": owner >> 1, "answer": owner & 1})
                 per_pair = hits.group_by("row", "item").agg(pl.len().cast(pl.Int64).alias("n"),
-                                                            pl.col("prompt").sum().cast(pl.Int64).alias("in_prompt"))
-                f_row, f_item, f_n, f_prompt = (per_pair[c].to_numpy() for c in ("row", "item", "n", "in_prompt"))
+                                                            pl.col("answer").sum().cast(pl.Int64).alias("in_answer"))
+                f_row, f_item, f_n, f_answer = (per_pair[c].to_numpy() for c in ("row", "item", "n", "in_answer"))
                 whole[f_row[f_n >= self.item_size[f_item]] - lo] = True
                 # Shingles found only in an item's answers are evidence when the row also shares its
                 # prompt's, or holds min_answer_share of its answers' (stock derivation phrases are not).
-                ok = (f_prompt > 0) | (f_n >= self.min_answer_share * self.answer_size[f_item])
-                if not ok.all():
+                ok = (f_answer < f_n) | (f_n >= self.min_answer_share * self.answer_size[f_item])
+                if ok.all():
+                    np.add.at(matches, row, 1)
+                else:
                     per_pair = per_pair.filter(pl.Series(ok))
-                    hits = hits.join(per_pair.select("row", "item"), on=["row", "item"])
+                    kept = hits.with_columns(key=pl.Series(key[at])).join(per_pair.select("row", "item"), on=["row", "item"])
+                    np.add.at(matches, kept.unique(["row", "key"])["row"].to_numpy(), 1)
                 frames.append(per_pair.select("row", "item", "n"))
-                np.add.at(matches, hits.unique(["row", "key"])["row"].to_numpy(), 1)
             if len(self.probes.keys):
                 row, short, absent = self._candidates(h, word_offs, whole)
                 cand_rows.append(row + lo)
@@ -515,7 +515,13 @@ class EvalIndex:
             word_offs = np.concatenate([[0], np.cumsum([len(t) for t in row_words])]).astype(np.int64)
             at, within = np.arange(len(rows)), absent
         todo = np.flatnonzero(~exact & (allow > 0) & (within <= allow))
-        weight = self.word_weight(h) if len(todo) else h[:0]  # inserting a word of the row costs its weight
+        # Inserting a word of the row costs its weight: looked up for the rows to check only.
+        weight = np.zeros(len(h))
+        spans = np.unique(at[todo])
+        if len(spans):
+            sizes = word_offs[spans + 1] - word_offs[spans]
+            pos = np.repeat(word_offs[spans] - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+            weight[pos] = self.word_weight(h[pos])
         for k in todo.tolist():
             s = int(shorts[k])
             lo, hi = word_offs[at[k]], word_offs[at[k] + 1]
