@@ -413,20 +413,14 @@ class EvalIndex:
                 found = pl.DataFrame({"row": np.concatenate(found_doc) + lo, "key": np.concatenate(found_sh)}).unique()
                 row, key = found["row"].to_numpy(), found["key"].to_numpy()
                 at, owner = self.table.expand(key)  # each found shingle to every eval item holding it
-                hits = pl.DataFrame({"row": row[at], "item": owner >> 1, "answer": owner & 1})
-                per_pair = hits.group_by("row", "item").agg(pl.len().cast(pl.Int64).alias("n"),
-                                                            pl.col("answer").sum().cast(pl.Int64).alias("in_answer"))
-                f_row, f_item, f_n, f_answer = (per_pair[c].to_numpy() for c in ("row", "item", "n", "in_answer"))
+                per_pair = pl.DataFrame({"row": row[at], "item": owner >> 1}).group_by("row", "item").agg(
+                    pl.len().cast(pl.Int64).alias("n"))
+                f_row, f_item, f_n = (per_pair[c].to_numpy() for c in ("row", "item", "n"))
                 whole[f_row[f_n >= self.item_size[f_item]] - lo] = True
-                # Shingles found only in an item's answers are evidence when the row also shares its
-                # prompt's, or holds min_answer_share of its answers' (stock derivation phrases are not).
-                ok = (f_answer < f_n) | (f_n >= self.min_answer_share * self.answer_size[f_item])
-                if ok.all():
-                    np.add.at(matches, row, 1)
-                else:
+                ok, counts = self._evidence(row, at, owner, f_row, f_item, f_n, lo, len(word_offs) - 1)
+                if not ok.all():
                     per_pair = per_pair.filter(pl.Series(ok))
-                    kept = hits.with_columns(key=pl.Series(key[at])).join(per_pair.select("row", "item"), on=["row", "item"])
-                    np.add.at(matches, kept.unique(["row", "key"])["row"].to_numpy(), 1)
+                np.add.at(matches, row[counts], 1)
                 frames.append(per_pair.select("row", "item", "n"))
             if len(self.probes.keys):
                 row, short, absent = self._candidates(h, word_offs, whole)
@@ -442,6 +436,31 @@ class EvalIndex:
         candidates = (rows[new], shorts[new], np.concatenate([np.zeros(0)] + cand_absent)[new],
                       [w for w, keep in zip(cand_words, new.tolist()) if keep])
         return matches, pairs, candidates
+
+    def _evidence(self, row, at, owner, f_row, f_item, f_n, lo: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Test 1's evidence in one batch: which (row, item) pairs of `lookup` count (shingles found
+        only in an item's answers count when the row also shares its prompt's, or holds
+        min_answer_share of its answers': stock derivation phrases are no copy), and which found
+        (row, shingle)s count (those of at least one pair that does)."""
+        ok, counts = np.ones(len(f_row), bool), np.ones(len(row), bool)
+        answer = (owner & 1).astype(bool)
+        if not answer.any():
+            return ok, counts
+        n_items = len(self.labels)
+        pair = f_row * n_items + f_item
+        order = np.argsort(pair)
+        code, n_answer = np.unique(row[at[answer]] * n_items + (owner[answer] >> 1), return_counts=True)
+        f_answer = np.zeros(len(pair), np.int64)
+        f_answer[order[np.searchsorted(pair, code, sorter=order)]] = n_answer
+        ok = (f_answer < f_n) | (f_n >= self.min_answer_share * self.answer_size[f_item])
+        if not ok.all():  # recount the rows with a dropped pair only
+            recount = np.zeros(n_rows, bool)
+            recount[f_row[~ok] - lo] = True
+            sub = np.flatnonzero(recount[row[at] - lo])
+            kept = np.isin(row[at[sub]] * n_items + (owner[sub] >> 1), pair[ok & recount[f_row - lo]])
+            counts[at[sub]] = False
+            counts[at[sub[kept]]] = True
+        return ok, counts
 
     def _candidates(self, h: np.ndarray, word_offs: np.ndarray, skip: np.ndarray) -> tuple:
         """Test 2's candidates in one batch: (row, short text) pairs sharing two of its probes (or

@@ -410,3 +410,20 @@ def test_a_stretch_padded_with_other_content_is_no_near_copy(math_eval, kind):
     scored = f.score(frame((problem, "..."), (plant(math["problem"][drawn[k]], item, 0), "...")))
     assert (~f.keep(scored)[0]).to_list() == [False, True]
     assert f"math_eval.jsonl:{k}" in scored["score_decontaminate_hits"][1]
+
+
+def test_answer_only_shingles_of_one_item_do_not_count_beside_another_items_prompt(tmp_path):
+    """A row copying item A's prompt and one sentence of item B's worked answer: A is hit, B is not,
+    and `matches` counts A's shingles only."""
+    sentence = "we can set up a system of two equations to represent the given information as follows"  # 16 words
+    path = write_jsonl(tmp_path / "ev.jsonl", [
+        {"problem": LONG, "solution": "It depends on the season and the place."},
+        {"problem": "Ann is 31 years younger than her dad.", "solution": f"Let a be Ann's age. {sentence}. " + "x " * 60},
+    ])
+    row = frame((LONG, f"Sure. First, {sentence}."))
+    scored = Decontaminate(eval_sets=[path]).score(row)
+    assert scored["score_decontaminate_hits"][0].to_list() == ["ev.jsonl:0"]
+    assert scored["score_decontaminate_matches"][0] == 6  # LONG's 18 words: 6 13-grams
+    old = Decontaminate(eval_sets=[path], min_answer_share=0).score(row)
+    assert old["score_decontaminate_hits"][0].to_list() == ["ev.jsonl:0", "ev.jsonl:1"]
+    assert old["score_decontaminate_matches"][0] == 6 + 4
