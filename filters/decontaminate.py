@@ -365,6 +365,7 @@ class EvalIndex:
         self.short_weights: list[np.ndarray] = []
         self.short_sizes, self.short_total = np.zeros(0, np.int64), np.zeros(0)
         self._vocab, self._idf, self._idf_unseen = np.zeros(1, _U), np.ones(1), 1.0
+        self._slot_mask, self._slots = _U(0), np.full(1, -1, np.int64)
         if not short_words:
             return np.zeros(0, bool)
         # Word weights: smoothed inverse document frequency over the short texts, so that words
@@ -373,6 +374,13 @@ class EvalIndex:
         idf = np.log((1 + len(short_words)) / (1 + df)) + 1
         self.short_weights = [idf[np.searchsorted(vocab, w)] for w in short_words]
         self._vocab, self._idf, self._idf_unseen = vocab, idf, float(np.log(1 + len(short_words)) + 1)
+        bits = int(np.clip(np.ceil(np.log2(len(vocab) * 8)), 10, 24))
+        self._slot_mask = _U((1 << bits) - 1)
+        slot = (vocab & self._slot_mask).view(np.int64)
+        self._slots = np.full(1 << bits, -1, np.int64)
+        self._slots[slot] = np.arange(len(vocab))
+        taken, n = np.unique(slot, return_counts=True)
+        self._slots[taken[n > 1]] = -2
         self.short_sizes = sizes = np.array([len(w) for w in short_words])
         self.short_total = np.array([w.sum() for w in self.short_weights])
         # The same, flat: short text s is [_short_start[s], _short_start[s] + sizes[s]) (see _absent_weight).
@@ -387,9 +395,13 @@ class EvalIndex:
     def word_weight(self, hashes: np.ndarray) -> np.ndarray:
         """Test 2's weight of each word: its smoothed inverse document frequency among the short
         eval texts (a word they never use weighs as much as one used once)."""
-        uniq, inverse = np.unique(hashes, return_inverse=True)  # few distinct words: search those only
-        at = np.minimum(np.searchsorted(self._vocab, uniq), len(self._vocab) - 1)
-        return np.where(self._vocab[at] == uniq, self._idf[at], self._idf_unseen)[inverse]
+        # A direct-addressed table on the low hash bits (no sort, no binary search); a slot that two
+        # vocabulary words share (-2) falls back to the binary search.
+        at = self._slots[(hashes & self._slot_mask).view(np.int64)]
+        shared = np.flatnonzero(at == -2)
+        at[shared] = np.minimum(np.searchsorted(self._vocab, hashes[shared]), len(self._vocab) - 1)
+        seen = (at >= 0) & (self._vocab[np.maximum(at, 0)] == hashes)
+        return np.where(seen, self._idf[np.maximum(at, 0)], self._idf_unseen)
 
     def __len__(self) -> int:
         return len(self.table.keys)

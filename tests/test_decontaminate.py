@@ -427,3 +427,14 @@ def test_answer_only_shingles_of_one_item_do_not_count_beside_another_items_prom
     old = Decontaminate(eval_sets=[path], min_answer_share=0).score(row)
     assert old["score_decontaminate_hits"][0].to_list() == ["ev.jsonl:0", "ev.jsonl:1"]
     assert old["score_decontaminate_matches"][0] == 6 + 4
+
+
+def test_word_weight_lookup_matches_a_binary_search(real):
+    """The near-copy test's word weights come from a direct-addressed table (shared slots fall back
+    to a binary search): the same weights as searching the sorted vocabulary, seen words or not."""
+    index = Decontaminate(eval_sets=real[0]).index()
+    assert (index._slots == -2).any()  # some vocabulary words share a slot: the fallback is exercised
+    unseen = np.random.default_rng(0).integers(0, 2**63, 10_000).astype(np.uint64)
+    q = np.concatenate([index._vocab, unseen, index._vocab[::-7]])
+    at = np.minimum(np.searchsorted(index._vocab, q), len(index._vocab) - 1)
+    assert np.array_equal(index.word_weight(q), np.where(index._vocab[at] == q, index._idf[at], index._idf_unseen))
