@@ -230,7 +230,9 @@ def edit_distance(a: np.ndarray, b: np.ndarray, stretch: bool = False, weights: 
     """
     w = np.ones(len(a)) if weights is None else np.asarray(weights, float)
     # Cumulative insertion cost along b: inserting b[j:k] costs idx[k] - idx[j].
-    idx = np.arange(len(b) + 1, dtype=float) if insert is None else np.concatenate([[0.0], np.cumsum(insert)])
+    idx = np.arange(len(b) + 1, dtype=float)
+    if insert is not None:
+        np.cumsum(insert, out=idx[1:])
     prev = np.zeros(len(b) + 1) if stretch else idx.copy()
     tmp = np.empty(len(b) + 1)
     for i, word in enumerate(a):
