@@ -24,7 +24,10 @@ settings. Printed per eval set: planted caught (all, and items under 30 words), 
 flagged per clean set. MATH itself holds many problems that differ from another by a few numbers
 (templated variants), so each flagged rest-of-MATH row is also measured against the problem it hit:
 word-level edit distance between the two problems, set beside the edit distance of the planted
-copies (computed here, by dynamic programming, not by the filter).
+copies (computed here, by dynamic programming, not by the filter); the rest of MATH is also scored
+without its near copies by two definitions that do not use the filter (`templated_variants`), and
+`lookalike_floor` gives the fewest rest-of-MATH rows any rule that counts word edits must flag to
+catch 95% of the planted copies.
 
 Data are non-commercial in part (AlpacaEval, Alpaca): used here only, never copied into the package.
 """
