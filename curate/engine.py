@@ -25,6 +25,7 @@ from curate.output import write_splits
 from curate.llm.teacher import build_llm
 from curate.records import concat, frame_digest
 from curate.recipe import Recipe
+from curate.report.compute import StepSections
 from curate.steps import Context, StepResult, digest, embedded_model_file, files_digest
 
 DONE = "_DONE.json"
@@ -105,6 +106,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
     records = [{"step": "inputs", "kind": "inputs", "rows_in": 0, "rows_out": df.height, "dropped": {},
                 "seconds": round(time.time() - started, 3), "skipped": False}]
     rejects = []
+    sections = StepSections()
     must_run = False
     try:
         for i, step in enumerate(recipe.steps, 1):
@@ -136,6 +138,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
                 info["skipped"] = False
             records.append(info)
             rejects.append(rejected)
+            sections.add(name, step, df, rejected)
     finally:
         if llm is not None:
             llm.close()
@@ -144,17 +147,22 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
     write_parquet(df, out / "records.parquet")  # the kept rows with every score, before conversion
     write_parquet(all_rejects, out / "rejects.parquet")
     data_files = write_splits(df, cfg.output, out, seed=cfg.seed)
-    return publish_report(recipe, out, records, df, all_rejects, data_files, seconds=time.time() - started)
+    return publish_report(recipe, out, records, df, all_rejects, data_files, seconds=time.time() - started,
+                          sections=sections.sections)
 
 
 def publish_report(recipe: Recipe, out: Path, steps: list[dict], final: pl.DataFrame, rejects: pl.DataFrame,
-                   data_files: dict, seconds: float) -> dict:
-    """Validate the final data, then write report.json / .md / .html and the dataset card."""
-    from curate.report import build_report, write_card, write_reports
-    from curate.validate import validate
+                   data_files: dict, seconds: float, sections: dict | None = None) -> dict:
+    """Validate the final data, then write report.json / .md / .html and the dataset card. Without
+    `sections` (computed while the steps ran) they are read from the step folders."""
+    from curate.report.card import write_card
+    from curate.report.compute import build_report, read_sections
+    from curate.report.render import write_reports
+    from curate.report.validate import validate
 
     validation = validate(final, recipe.steps)  # on 0 rows too: "at least 1 row" fails
-    report = build_report(recipe, steps, final, rejects, data_files, seconds, out, validation)
+    sections = read_sections(recipe, steps, out) if sections is None else sections
+    report = build_report(recipe, steps, final, rejects, data_files, seconds, out, sections, validation)
     write_reports(report, out)
     write_card(recipe, report, out / "README.md")
     return report
