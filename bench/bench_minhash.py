@@ -4,7 +4,7 @@
 
 Data: the 55k T0 prompts in /work/shared/data/dedup_t0_templates (`prompt` field). Every method
 is timed end to end, text in -> duplicate pairs (or clusters) out, shingling included, with the
-same shingles (`filters.dedup.shingles` is the Python twin of our vectorised shingler), the same
+same shingles (`curate.text.shingles` is the Python twin of our vectorised shingler), the same
 num_perm and the same bands x rows. Imports and a warm-up run stay outside the timed regions.
 
 Baselines:
@@ -38,6 +38,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from curate import text as T  # noqa: E402
 from filters import dedup as D  # noqa: E402
 
 DATA = Path("/work/shared/data/dedup_t0_templates/t0_train_50k_per_template.jsonl.gz")
@@ -62,7 +63,7 @@ class ShingleSets:
     """Exact shingle sets of all docs as a sparse 0/1 matrix (docs x distinct shingles).
 
     Built from our 64-bit shingle hashes: the tokenizer test shows they are the Python shingle
-    sets (`filters.dedup.shingles`) element for element; distinct shingles collide with
+    sets (`curate.text.shingles`) element for element; distinct shingles collide with
     probability ~2^-64 per pair.
     """
 
@@ -148,7 +149,7 @@ def main() -> None:
 
     # Warm-up (imports, caches, the probe table) outside every timed region.
     D.cluster(texts.head(2000), threshold=t, num_perm=k, ngram=ng, seed=seed)
-    warm = [D.shingles(x, ng) for x in text_list[:200]]
+    warm = [T.shingles(x, ng) for x in text_list[:200]]
     m = datasketch.MinHash(num_perm=k, seed=seed)
     m.update_batch([s.encode() for s in warm[0]])
     rensa.RMinHash(k, seed).update(list(warm[0]))
@@ -167,8 +168,9 @@ def main() -> None:
     sec_p, (sig, our_pairs) = best_of(ours_pairs, args.repeat)
     one_thread = lambda: D.cluster(texts, threshold=t, num_perm=k, ngram=ng, seed=seed, n_jobs=1)  # noqa: E731
     sec_1, _ = best_of(one_thread, args.repeat)
-    est = D.estimate_jaccard(sig, our_pairs[:, 0], our_pairs[:, 1])
-    our_verified = our_pairs[est >= t]
+    details = D.minhash_signatures(texts, k, ng, seed, details=True)
+    sim = D.pair_similarity(details, our_pairs[:, 0], our_pairs[:, 1], t)  # what verify=True keeps
+    our_verified = our_pairs[sim >= t]
     results["ours: text -> clusters (verified)"] = dict(seconds=sec_c, docs=n, pairs=None)
     results["ours: text -> clusters, 1 thread"] = dict(seconds=sec_1, docs=n, pairs=None)
     results["ours: text -> all LSH pairs"] = dict(seconds=sec_p, docs=n, pairs=as_set(our_pairs))
@@ -181,7 +183,7 @@ def main() -> None:
     results["ours: MinHashDedup.score (records)"] = dict(seconds=sec_f, docs=n, pairs=None)
 
     # --- Python shingling, shared by the baselines ------------------------------------------
-    sec_sh, sets = best_of(lambda: [D.shingles(x, ng) for x in text_list], 1)
+    sec_sh, sets = best_of(lambda: [T.shingles(x, ng) for x in text_list], 1)
     sh_per_doc = sec_sh / n
     print(f"Python shingling (same shingles as ours): {n / sec_sh:,.0f} docs/s; added to each baseline")
 
@@ -227,7 +229,7 @@ def main() -> None:
     results["rensa: RMinHash + RMinHashLSH"] = dict(seconds=sec + sec_sh, docs=n, pairs=rensa_pairs)
 
     def rensa_core_on_our_shingles():
-        hashes, offsets = D.shingle_hashes(texts, ng, seed)
+        hashes, offsets = T.shingle_hashes(texts, ng, seed)
         mat = rensa.RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets.astype(np.uint64), k, seed)
         return rensa.RMinHashLSH(t, k, bands).query_duplicate_flags_matrix_one_shot(mat)
 
@@ -236,11 +238,11 @@ def main() -> None:
 
     # --- quality against exact Jaccard -----------------------------------------------------
     t0 = time.perf_counter()
-    exact = ShingleSets(*D.shingle_hashes(texts, ng, seed))
+    exact = ShingleSets(*T.shingle_hashes(texts, ng, seed))
     cand = exact.prefix_candidates(t)
     named = {
         "ours LSH pairs": as_set(our_pairs),
-        "ours verified (est J >= t)": as_set(our_verified),
+        "ours verified (pair_similarity)": as_set(our_verified),
         "datasketch (update_batch)": ds_pairs,
         "rensa": rensa_pairs,
     }

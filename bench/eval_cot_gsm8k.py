@@ -58,17 +58,9 @@ def load_questions(path: Path, n: int, seed: int) -> pl.DataFrame:
 def make_backend(threads: int | None):
     from curate.llm.embedded import EmbeddedBackend
 
-    backend = EmbeddedBackend()
     if threads:
-        # Pre-load the shared model with our thread count (load_llama keeps one model per key).
-        import llama_cpp
-
-        from curate.llm import embedded
-
-        path = str(embedded.embedded_model_path())
-        embedded._LOADED[(path, backend.n_ctx, False)] = llama_cpp.Llama(
-            model_path=path, n_ctx=backend.n_ctx, n_threads=threads, verbose=False)
-    return backend
+        os.environ["CURATE_THREADS"] = str(threads)  # read when the backend loads the model
+    return EmbeddedBackend()
 
 
 def probe(llm: LLM, max_tokens: int) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.folder import require_complete
 
 UPLOAD = ["data/*", "README.md", "recipe.yaml", "report.json", "report.md", "report.html", "rejects.parquet"]
 
@@ -20,6 +21,7 @@ def publish(out: str | Path, repo: str, private: bool = False, api=None, message
     for required in ("README.md", "data"):
         if not (out / required).exists():
             raise CurateError(f"{out}: not a finished run folder (no {required}); run `curate run` first")
+    require_complete(out, "publish it")  # a killed run's folder may hold files of two runs
     if "/" not in repo:
         raise CurateError(f"--repo must be 'owner/name', got {repo!r}")
     if api is None:

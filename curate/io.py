@@ -3,17 +3,25 @@
 Readers accept jsonl, json, parquet, csv, plain text (a .txt file or a folder of them: one document
 per file, in a `text` column) and a `datasets` dataset saved to disk, and map the common
 shapes onto the record schema: messages (`messages`), ShareGPT (`conversations` with from/value),
-Alpaca (`instruction` / `input` / `output`), prompt/completion, and question/answer. A malformed line
-is reported with its file and line number; an input with no usable text column names the columns
-it has. Writers are atomic: a file appears whole or not at all.
+Alpaca (`instruction` / `input` / `output`), prompt/completion, and question/answer. Text is UTF-8,
+or UTF-16/UTF-32 with a byte-order mark; anything else (a binary file, a broken Parquet file, a
+malformed line, a key that is a list in one row and text in another) is an error naming the file
+and line, and an input with no usable text column names the columns it has. Rows are mapped as
+they are; `curate.records.split_invalid` says which are not valid SFT rows.
+Writers are atomic: a file appears whole or not at all.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import io
 import json
+import logging
 import os
+import re
 import tempfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,11 +31,55 @@ import polars as pl
 from curate.errors import CurateError
 from curate.records import conform, content_id, meta_struct
 
+log = logging.getLogger(__name__)
+
 # Column names tried, in order, for each role when no explicit mapping is given.
 PROMPT_COLUMNS = ("instruction", "prompt", "question", "query", "input_text", "text")
 RESPONSE_COLUMNS = ("output", "completion", "response", "answer_text", "chosen")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+# Byte-order marks, UTF-32 before UTF-16 (the UTF-32-LE mark starts with the UTF-16-LE one).
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def decode_text(data: bytes, where: str) -> str:
+    """The text in a file's bytes: UTF-8, or the UTF-16/UTF-32 a byte-order mark declares.
+    Anything else is refused with the line of the first bad byte: decoding with replacement
+    characters would change the data without a word."""
+    for bom, encoding in BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError as exc:
+                name = encoding.upper().removesuffix("-SIG")
+                raise CurateError(f"{where}: starts with a {name} byte-order mark but is not valid {name} "
+                                  f"text (bad bytes at offset {exc.start}); save it as UTF-8") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise CurateError(f"{where}:{_line_at(data, nul)}: not UTF-8 text (a NUL byte at offset {nul}: "
+                          "a binary file, or UTF-16 without a byte-order mark); save it as UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CurateError(f"{where}:{_line_at(data, exc.start)}: not UTF-8 text (byte "
+                          f"0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8") from None
+
+
+def _line_at(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def read_text(path: str | Path) -> str:
+    """A text file's content (gunzipped if it ends in .gz), decoded by `decode_text`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        if path.name.lower().endswith(".gz"):
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CurateError(f"{path}: cannot read: {exc}") from None
+    return decode_text(data, str(path))
 
 
 def read_table(path: str | Path) -> pl.DataFrame:
@@ -43,20 +95,14 @@ def read_table(path: str | Path) -> pl.DataFrame:
     if name.endswith((".json", ".json.gz")):
         return _read_json(path)
     if name.endswith(".parquet"):
-        return _nonempty(pl.read_parquet(path), path)
+        return _nonempty(_read_parquet(path), path)
     if name.endswith(".txt"):
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
         if not text.strip():
             raise CurateError(f"{path}: the file is empty")
         return pl.DataFrame({"text": [text]})
     if name.endswith((".csv", ".tsv")):
-        try:
-            df = pl.read_csv(path, separator="\t" if name.endswith(".tsv") else ",")
-        except pl.exceptions.NoDataError:
-            raise CurateError(f"{path}: the file is empty") from None
-        except pl.exceptions.ComputeError as exc:
-            raise CurateError(f"{path}: cannot parse as CSV: {exc}") from None
-        return _nonempty(df, path)
+        return _read_csv(path, separator="\t" if name.endswith(".tsv") else ",")
     raise CurateError(f"{path}: unknown format (expected .jsonl, .json, .parquet, .csv, .txt or a folder)")
 
 
@@ -73,7 +119,8 @@ def read_records(
     """Read a dataset and map it onto the record schema.
 
     `prompt` / `response` / `system` / `gold` name columns explicitly; otherwise the shape is
-    detected from the column names (see the module docstring).
+    detected from the column names (see the module docstring). Rows are mapped as they are:
+    `curate.records.split_invalid` tells the valid SFT rows from the rest.
     """
     df = read_table(path)
     if limit is not None:
@@ -92,14 +139,17 @@ def to_records(
     system: str | None = None,
     gold: str | None = None,
 ) -> pl.DataFrame:
-    """Map a frame of any supported shape onto records (`origin` names it in error messages)."""
+    """Map a frame of any supported shape onto records (`origin` names it in error messages).
+    Numbers in a text column are read as text, with a warning naming the column."""
     for key, col in (("prompt", prompt), ("response", response), ("system", system), ("gold", gold)):
         if col is not None and col not in df.columns:
             raise CurateError(f"{origin}: column {col!r} (given as {key}) not found; columns are {df.columns}")
     rows = df.to_dicts()
     if prompt is None and "messages" in df.columns:
+        _warn_non_text(df, "messages", "content", origin)
         messages = [_check_messages(r["messages"], origin, i) for i, r in enumerate(rows)]
     elif prompt is None and "conversations" in df.columns:
+        _warn_non_text(df, "conversations", "value", origin)
         messages = [_sharegpt(r["conversations"], origin, i) for i, r in enumerate(rows)]
     else:
         p_col = prompt or next((c for c in PROMPT_COLUMNS if c in df.columns), None)
@@ -111,17 +161,21 @@ def to_records(
         r_col = response or next((c for c in RESPONSE_COLUMNS if c in df.columns and c != p_col), None)
         # Alpaca keeps the task's input apart from the instruction.
         extra_input = "input" if p_col == "instruction" and "input" in df.columns else None
+        for col in (p_col, r_col, extra_input, system):
+            if col:
+                _warn_non_text(df, col, None, origin)
         messages = []
         for r in rows:
-            user = str(r[p_col] or "").strip()
-            if extra_input and (r.get(extra_input) or "").strip():
-                user = f"{user}\n\n{r[extra_input].strip()}"
+            user = _text(r[p_col]).strip()
+            extra = _text(r[extra_input]).strip() if extra_input else ""
+            if extra:
+                user = f"{user}\n\n{extra}"
             turns = []
-            if system and r.get(system):
-                turns.append({"role": "system", "content": str(r[system])})
+            if system and _text(r[system]):
+                turns.append({"role": "system", "content": _text(r[system])})
             turns.append({"role": "user", "content": user})
-            if r_col and r.get(r_col) is not None:
-                turns.append({"role": "assistant", "content": str(r[r_col])})
+            if r_col and r[r_col] is not None:
+                turns.append({"role": "assistant", "content": _text(r[r_col])})
             messages.append(turns)
     out: dict[str, Any] = {
         "id": [content_id(m) for m in messages],
@@ -145,53 +199,76 @@ def to_records(
     return conform(frame)
 
 
+def _text(value: Any) -> str:
+    """A cell as text: null is empty (a falsy number such as 0 is "0")."""
+    return "" if value is None else str(value)
+
+
+def _warn_non_text(df: pl.DataFrame, col: str, field: str | None, origin: str) -> None:
+    """Warn once when a column read as text (or its turns' `field`) holds numbers or booleans."""
+    dtype = df.schema[col]
+    if field is not None:
+        inner = getattr(dtype, "inner", None)
+        fields = {f.name: f.dtype for f in inner.fields} if isinstance(inner, pl.Struct) else {}
+        dtype, col = fields.get(field, pl.String), f"{col}[].{field}"
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        log.warning("%s: column %r holds numbers (%s), not text; they are read as text", origin, col, dtype)
+
+
 def _check_messages(msgs: Any, origin: str, i: int) -> list[dict[str, str]]:
+    """A row's turns as they are (a null row has none); `split_invalid` judges them."""
+    if msgs is None:
+        return []
     if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
-        raise CurateError(f"{origin}: row {i + 1}: 'messages' must be a list of {{role, content}} objects")
-    return [{"role": str(m["role"]), "content": "" if m["content"] is None else str(m["content"])} for m in msgs]
+        raise CurateError(f"{origin}: row {i + 1}: 'messages' must be a list of {{role, content}} objects "
+                          "(for a column of plain text, name it with prompt=...)")
+    return [{"role": _text(m["role"]), "content": _text(m["content"])} for m in msgs]
 
 
 def _sharegpt(turns: Any, origin: str, i: int) -> list[dict[str, str]]:
+    """ShareGPT turns with their speakers named as roles; an unknown speaker keeps its name, so
+    `split_invalid` rejects the row (tool or function turns, say) instead of the whole file."""
+    if turns is None:
+        return []
     if not isinstance(turns, list):
-        raise CurateError(f"{origin}: row {i + 1}: 'conversations' must be a list of {{from, value}} objects")
+        raise CurateError(f"{origin}: row {i + 1}: 'conversations' must be a list of {{from, value}} objects "
+                          "(for a column of plain text, name it with prompt=...)")
     out = []
     for t in turns:
-        who = SHAREGPT_ROLES.get(str(t.get("from", "")).lower()) if isinstance(t, dict) else None
-        if who is None:
-            raise CurateError(f"{origin}: row {i + 1}: unknown ShareGPT speaker in {t!r}")
-        out.append({"role": who, "content": str(t.get("value") or "")})
+        speaker = _text(t.get("from")) if isinstance(t, dict) else ""
+        out.append({"role": SHAREGPT_ROLES.get(speaker.lower(), speaker),
+                    "content": _text(t.get("value")) if isinstance(t, dict) else ""})
     return out
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
+def _parse_json(text: str, path: Path, lineno: int | None = None) -> Any:
+    """json.loads, with errors naming the file and line (`lineno`: the line `text` is, in JSON Lines)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CurateError(f"{path}:{lineno or exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise CurateError(f"{path}{f':{lineno}' if lineno else ''}: malformed JSON (nested too deeply)") from None
 
 
 def _read_jsonl(path: Path) -> pl.DataFrame:
-    rows = []
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CurateError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise CurateError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
-            rows.append(row)
-    return _nonempty(_frame_from_rows(rows, path), path)
+    rows, lines = [], []
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):  # not splitlines: JSON text may hold U+2028
+        if not line.strip():
+            continue
+        row = _parse_json(line, path, lineno)
+        if not isinstance(row, dict):
+            raise CurateError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append(row)
+        lines.append(lineno)
+    return _nonempty(_frame_from_rows(rows, path, lines), path)
 
 
 def _read_json(path: Path) -> pl.DataFrame:
-    with _open_text(path) as fh:
-        text = fh.read()
+    text = read_text(path)
     if not text.strip():
         raise CurateError(f"{path}: the file is empty")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CurateError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    data = _parse_json(text, path)
     if isinstance(data, dict):  # {"data": [...]} or {"train": [...]} wrappers
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -202,27 +279,100 @@ def _read_json(path: Path) -> pl.DataFrame:
     return _nonempty(_frame_from_rows(data, path), path)
 
 
-def _frame_from_rows(rows: list[dict], path: Path) -> pl.DataFrame:
+# The kind of each JSON value, for `_check_shapes`.
+_KINDS = {str: "text", int: "number", float: "number", bool: "true/false", list: "a list", dict: "an object"}
+
+
+def _check_shapes(rows: list[dict], path: Path, lines: list[int] | None) -> None:
+    """polars infers one type per column from rows of Python values, and where rows disagree it
+    turns a list into its string, or a whole row's messages into null, without a word. So before
+    it does: a key holding a list or an object in one row and anything else in another is an
+    error naming both rows; numbers or booleans among text are read as text, with a warning.
+    `lines` are the rows' line numbers (JSON Lines); without them rows are counted from 1."""
+    seen: dict[str, dict[str, list[int]]] = {}  # key path -> kind -> [rows holding it, first row, last row]
+
+    def visit(key: str, value: Any, row: int, depth: int) -> None:
+        kind = _KINDS.get(type(value))
+        if kind is None:
+            return
+        entry = seen.setdefault(key, {}).setdefault(kind, [0, row, -1])
+        if entry[2] != row:
+            entry[0], entry[2] = entry[0] + 1, row
+        if depth < 3 and kind == "a list":
+            for item in value:
+                visit(key + "[]", item, row, depth + 1)
+        elif depth < 3 and kind == "an object":
+            for k, v in value.items():
+                visit(f"{key}.{k}", v, row, depth + 1)
+
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            visit(key, value, i, 0)
+    at = (lambda i: f"{path}:{lines[i]}") if lines else (lambda i: f"{path}: row {i + 1}")
+    on = (lambda i: f"on line {lines[i]}") if lines else (lambda i: f"in row {i + 1}")
+    for key, kinds in seen.items():
+        if len(kinds) < 2:
+            continue
+        order = sorted(kinds, key=lambda k: kinds[k][1])
+        if "a list" in kinds or "an object" in kinds:
+            first, odd = order[0], order[1]
+            raise CurateError(f"{at(kinds[odd][1])}: '{key}' is {odd} here but {first} {on(kinds[first][1])}; "
+                              "every row must give a key the same shape")
+        if "text" in kinds:
+            others = [k for k in order if k != "text"]
+            what = " and ".join("numbers" if k == "number" else "true/false values" for k in others)
+            log.warning("%s: '%s' holds %s in %d of %d rows, text in the others; they are read as text",
+                        at(min(kinds[k][1] for k in others)), key, what, sum(kinds[k][0] for k in others), len(rows))
+
+
+def _frame_from_rows(rows: list[dict], path: Path, lines: list[int] | None = None) -> pl.DataFrame:
+    _check_shapes(rows, path, lines)
     try:
         return pl.DataFrame(rows, infer_schema_length=None)
-    except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
-        raise CurateError(f"{path}: rows do not share one schema: {exc}") from None
+    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError) as exc:
+        raise CurateError(f"{path}: rows do not share one schema: {_first_line(exc)}") from None
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise CurateError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+
+
+def _read_csv(path: Path, separator: str) -> pl.DataFrame:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CurateError(f"{path}: cannot read: {exc}") from None
+    text = decode_text(raw, str(path))
+    data = text.encode("utf-8") if raw.startswith(tuple(b for b, _ in BOMS)) else raw
+    try:
+        df = pl.read_csv(io.BytesIO(data), separator=separator)
+    except pl.exceptions.NoDataError:
+        raise CurateError(f"{path}: the file is empty") from None
+    except pl.exceptions.PolarsError as exc:
+        raise CurateError(f"{path}: cannot parse as CSV: {_first_line(exc)}") from None
+    return _nonempty(df, path)
 
 
 def _read_dataset_dir(path: Path) -> pl.DataFrame:
     if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
         import datasets
 
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except (OSError, ValueError, KeyError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise CurateError(f"{path}: cannot load the saved `datasets` dataset ({_first_line(exc)})") from None
         if isinstance(ds, datasets.DatasetDict):
             ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
         return _nonempty(pl.from_arrow(ds.data.table), path)
     files = sorted(path.glob("*.parquet"))
     if files:
-        return _nonempty(pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed"), path)
+        return _nonempty(pl.concat([_read_parquet(f) for f in files], how="diagonal_relaxed"), path)
     texts = sorted(path.glob("*.txt"))  # a folder of plain-text documents, one per file
     if texts:
-        return pl.DataFrame({"text": [t.read_text(encoding="utf-8") for t in texts], "source": [t.stem for t in texts]})
+        return pl.DataFrame({"text": [read_text(t) for t in texts], "source": [t.stem for t in texts]})
     raise CurateError(f"{path}: a folder must be a saved `datasets` dataset or hold .parquet or .txt files")
 
 
@@ -232,17 +382,51 @@ def _nonempty(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     return df
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (polars adds hints and backtrace notes below)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 # Writing ------------------------------------------------------------------------------------------
+
+# atomic_path's temporary files: `.<name>.<8 random characters>.tmp` beside the target (mkstemp).
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def temp_file_target(name: str) -> str | None:
+    """The file name an atomic_path temporary file of this name was to become, or None if `name`
+    is not one (a run killed mid-write leaves one behind; curate.folder removes them)."""
+    m = _TEMP_NAME.match(name)
+    return m.group("target") if m else None
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask sets it, and
+    another thread could create a file in between)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds.
+
+    The file gets the mode any newly created file would (0666 less the umask): mkstemp makes it
+    0600, which left train.parquet and the reports unreadable to other users."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -6,11 +6,12 @@ splits, so `datasets.load_dataset(OUT)` loads the folder with the right splits.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curate.formats import DEFAULT_WRAPPER, Format, convert
 from curate.io import write_jsonl, write_parquet
@@ -24,8 +25,9 @@ class OutputConfig(BaseModel):
     files: list[Literal["parquet", "jsonl"]] = Field(default_factory=lambda: ["parquet", "jsonl"])
     reasoning: Literal["inline", "field", "drop"] = "inline"
     reasoning_wrapper: str = DEFAULT_WRAPPER
-    validation: float | int = Field(0, ge=0)  # a fraction (< 1) or a row count (>= 1) held out
-    stratify: str | None = "source"  # keep each source's share the same in both splits
+    validation: float | int = 0  # a fraction (< 1) or a row count (>= 1) held out
+    stratify: str | None = "source"  # keep each source's share the same in both splits (checked against
+    # the data's columns once the inputs are read: curate.recipe.check_output_columns)
     shuffle: bool = True
 
     @model_validator(mode="after")
@@ -33,6 +35,34 @@ class OutputConfig(BaseModel):
         if not self.files:
             raise ValueError("output.files needs at least one of parquet, jsonl")
         return self
+
+    @field_validator("validation", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value):
+        if isinstance(value, bool):  # YAML `true` would be read as the count 1
+            raise ValueError("give a fraction below 1 (0.05) or a whole number of rows (200), not true/false")
+        return value
+
+    @field_validator("validation")
+    @classmethod
+    def _fraction_or_count(cls, value: float | int) -> float | int:
+        """A float is a fraction in [0, 1); a row count is written as a whole number. 1.0 could
+        mean one row or every row, so it is refused rather than guessed."""
+        if isinstance(value, float) and math.isfinite(value) and value >= 1:
+            raise ValueError(f"{value}: a fraction must be below 1 and a row count is a whole number (1.0 could "
+                             "mean one row or all of them): write 1 for one row, or a fraction such as 0.05")
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{value} is not a size: give a fraction in [0, 1) or a whole number of rows")
+        return value
+
+    @field_validator("reasoning_wrapper")
+    @classmethod
+    def _wrapper_keeps_both(cls, wrapper: str) -> str:
+        missing = [p for p in ("{reasoning}", "{answer}") if p not in wrapper]
+        if missing:
+            raise ValueError(f"the wrapper must hold {' and '.join(missing)}: the last answer is written as the "
+                             f"wrapper with both filled in (default {DEFAULT_WRAPPER!r})")
+        return wrapper
 
 
 def split(df: pl.DataFrame, cfg: OutputConfig, seed: int) -> dict[str, pl.DataFrame]:
@@ -59,8 +89,14 @@ def split(df: pl.DataFrame, cfg: OutputConfig, seed: int) -> dict[str, pl.DataFr
     return {"train": df.filter(~is_val), "validation": df.filter(is_val)}
 
 
-def write_splits(df: pl.DataFrame, cfg: OutputConfig, out: Path, seed: int) -> dict[str, dict[str, str]]:
-    """Write every split in every file type; return {split: {filetype: relative path}}."""
+def write_splits(df: pl.DataFrame, cfg: OutputConfig, out: Path, seed: int,
+                 replaceable: Callable[[Path], bool] = lambda path: False) -> dict[str, dict[str, str]]:
+    """Write every split in every file type; return {split: {filetype: relative path}}.
+
+    A file in `<out>/data/` that this call did not write but an earlier run did (`replaceable`,
+    the folder's manifest: e.g. the validation split of a run that held rows out) is removed, so
+    `datasets.load_dataset(OUT)` does not load it as a split. No other file is ever removed.
+    """
     written: dict[str, dict[str, str]] = {}
     for name, part in split(df, cfg, seed).items():
         rows = convert(part, cfg.format, reasoning=cfg.reasoning, wrapper=cfg.reasoning_wrapper)
@@ -69,7 +105,7 @@ def write_splits(df: pl.DataFrame, cfg: OutputConfig, out: Path, seed: int) -> d
             (write_parquet if ext == "parquet" else write_jsonl)(rows, path)
             written.setdefault(name, {})[ext] = str(path.relative_to(out))
     keep = {out / p for files in written.values() for p in files.values()}
-    for stale in (out / "data").glob("*"):  # e.g. a validation split an earlier run of this folder wrote
-        if stale.is_file() and stale not in keep:
+    for stale in sorted((out / "data").glob("*")):
+        if stale.is_file() and stale not in keep and replaceable(stale):
             stale.unlink()
     return written

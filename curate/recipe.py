@@ -19,22 +19,31 @@ taken from there (`resolve_path`).
 Unknown keys and wrong types are errors naming the key path (`steps[1].minhash_dedup.treshold`).
 Overrides from the command line (`-o teacher.model=X`, `-o steps.1.minhash_dedup.threshold=0.9`,
 or by step kind: `-o steps.minhash_dedup.threshold=0.9`) are applied before validation.
+YAML anchors and aliases (`&base` / `*base`) work, but may add at most MAX_ALIAS_NODES values to
+what is written, so a few lines cannot expand into billions (`load_yaml`); each use of an alias is
+its own copy, so an override changes one place only.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from curate.errors import CurateError
+from curate.io import read_text
 from curate.llm.teacher import TeacherConfig
 from curate.output import OutputConfig
 from curate.registry import step_class
-from curate.steps import Filter, Step, path_settings
+from curate.steps import SEED_LIMIT, Filter, Step, path_settings
+
+# How many values YAML aliases may add to a document beyond the ones written in it.
+MAX_ALIAS_NODES = 100_000
 
 
 class InputConfig(BaseModel):
@@ -55,13 +64,23 @@ class RecipeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     license: str | None = None  # of the output data, for the dataset card
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     inputs: list[InputConfig] = Field(default_factory=list)
     steps: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: str | None = None  # response cache file; default <out>/cache/llm.sqlite
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """The name is the default run folder, runs/<name>: one plain folder name, so no recipe can
+        send its output outside runs/ (`../x`, `/tmp/x`) or into runs/ itself (`.`)."""
+        if not PLAIN_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a plain folder name (letters, digits, '.', '_', '-'; starting with a "
+                             "letter or digit; at most 100 characters): it names the run folder runs/<name>")
+        return name
 
 
 class Recipe:
@@ -115,8 +134,11 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     if not path.exists():
         raise CurateError(f"{path}: recipe not found")
+    if path.is_dir():
+        raise CurateError(f"{path}: a folder; give the recipe's YAML file")
+    text = read_text(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -128,9 +150,81 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return build_recipe(raw, base_dir=path.parent, origin=str(path), path=path)
 
 
+def load_yaml(text: str, where: str, lines: bool = True) -> Any:
+    """Parse YAML with the safe loader, bounding what aliases expand to (`MAX_ALIAS_NODES`).
+
+    The loader builds an alias as a reference to its anchor's object, so a few lines of aliases
+    of aliases (a "billion laughs") load at once, then expand in validation, hashing and JSON
+    into billions of values. The node graph is measured before anything is built. `where` names
+    the text in errors, with `:line` when `lines`."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_expansion(root, where, lines)
+        return _unshared(loader.construct_document(root))
+    except RecursionError:
+        raise CurateError(f"{where}: the YAML is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, where: str, lines: bool) -> None:
+    sizes: dict[int, int] = {}  # id(node) -> values under it, aliases expanded
+    open_nodes: set[int] = set()
+    at = (lambda node: f"{where}:{node.start_mark.line + 1}") if lines else (lambda node: where)
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise CurateError(f"{at(node)}: a YAML alias refers to itself (it sits inside its own anchor)")
+        open_nodes.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            sizes[key] = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            sizes[key] = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            sizes[key] = 1
+        open_nodes.discard(key)
+        return sizes[key]
+
+    total = size(root)
+    if total - len(sizes) <= MAX_ALIAS_NODES:  # len(sizes): the values written
+        return
+    # Name the key whose value expands: follow the largest value down through mappings (and
+    # through lists of mappings, such as `steps`).
+    node, keypath = root, ""
+    while True:
+        if isinstance(node, yaml.MappingNode):
+            options = [(f".{k.value}" if keypath else str(k.value), v) for k, v in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            options = [(f"[{i}]", c) for i, c in enumerate(node.value) if isinstance(c, yaml.MappingNode)]
+        else:
+            options = []
+        label, child = max(options, key=lambda o: sizes[id(o[1])], default=(None, None))
+        if child is None or sizes[id(child)] <= MAX_ALIAS_NODES:
+            break
+        node, keypath = child, keypath + label
+    raise CurateError(f"{at(node)}: {keypath + ': ' if keypath else ''}YAML aliases expand this to {total:,} values, "
+                      f"{total - len(sizes):,} more than written; at most {MAX_ALIAS_NODES:,} more are allowed")
+
+
+def _unshared(value: Any) -> Any:
+    """A copy in which each use of a YAML alias is its own object (the loader shares them)."""
+    if isinstance(value, dict):
+        return {k: _unshared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshared(v) for v in value]
+    return value
+
+
 def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>", path: Path | None = None) -> Recipe:
-    """Validate `raw` and build its steps. `raw` is kept as written (for recipe.yaml and the card);
-    the built config and steps hold the resolved paths."""
+    """Validate `raw` and build its steps. `raw` is kept as written, less the credentials in URLs
+    (for recipe.yaml and the card); the built config and steps hold the resolved paths and the URLs
+    as given."""
     checked = copy.deepcopy(raw)
     teacher = checked.get("teacher")
     if isinstance(teacher, dict) and isinstance(teacher.get("model_path"), str):
@@ -153,7 +247,41 @@ def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>"
         except ValidationError as exc:
             raise CurateError(f"{origin}: invalid recipe:\n{_format_errors(exc, prefix=f'steps[{i}].{kind}')}") from None
     _name_filters(steps, origin)
-    return Recipe(config, steps, base_dir, raw, path)
+    return Recipe(config, steps, base_dir, redact_secrets(raw), path)
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|signature|sig|auth", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """A URL without the credentials it may carry: user:password@ and secret-looking query
+    parameters become ***. Anything that is not an absolute URL comes back unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.scheme or not parts.netloc:
+        return url
+    netloc, query = parts.netloc, parts.query
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(_SECRET_PARAM.search(k) for k, _ in pairs):
+        query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs])
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as typed, so the step hash of a URL without credentials stays what it was
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_secrets(raw: Any) -> Any:
+    """A copy of a raw recipe with every URL's credentials redacted (`redact_url`): `Recipe.raw` is
+    what gets written (recipe.yaml, the card), so a key typed into `teacher.base_url` stays out of them."""
+    if isinstance(raw, dict):
+        return {k: redact_secrets(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [redact_secrets(v) for v in raw]
+    return redact_url(raw) if isinstance(raw, str) and "://" in raw else raw
 
 
 def _name_filters(steps: list[Step], origin: str) -> None:
@@ -199,7 +327,13 @@ def apply_override(raw: dict, item: str) -> None:
     """Set `a.b.c=value` in the raw recipe; the value is parsed as YAML (so 0.9 is a float)."""
     if "=" not in item:
         raise CurateError(f"override {item!r}: expected KEY.PATH=VALUE")
-    key, value = item.split("=", 1)
+    key, text = item.split("=", 1)
+    shown = item if len(item) <= 80 else item[:77] + "..."
+    try:
+        value = load_yaml(text, f"override {shown!r}", lines=False)
+    except yaml.YAMLError as exc:
+        raise CurateError(f"override {shown!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)}); "
+                          "quote it for the shell, e.g. -o 'seed=3' or -o 'steps.mix.weights={a: 1, b: 2}'") from None
     parts = key.strip().split(".")
     node: Any = raw
     for depth, part in enumerate(parts):
@@ -222,15 +356,25 @@ def apply_override(raw: dict, item: str) -> None:
             if idx >= len(node):
                 raise CurateError(f"override {key!r}: {where}: index out of range")
             if last:
-                node[idx] = yaml.safe_load(value)
+                node[idx] = value
                 return
             node = node[idx]
         elif isinstance(node, dict):
             if last:
-                node[part] = yaml.safe_load(value)
+                node[part] = value
                 return
             if node.get(part) is None:
                 node[part] = {}
             node = node[part]
         else:
             raise CurateError(f"override {key!r}: {where} is not a mapping or list")
+
+
+def check_output_columns(recipe: Recipe, columns: list[str]) -> None:
+    """Output settings that name a column, checked once the inputs are read (their columns and
+    the score columns the recipe's filters add are known then), before any step runs."""
+    stratify = recipe.config.output.stratify
+    known = [*columns, *(c for s in recipe.steps if isinstance(s, Filter) for c in s.score_columns())]
+    if stratify and stratify not in known:
+        raise CurateError(f"{recipe.path or 'recipe'}: output.stratify: no column {stratify!r} in the data; "
+                          f"its columns are {', '.join(known)} (stratify by source, the default, or leave it out)")

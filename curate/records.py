@@ -136,6 +136,54 @@ def message_text(df: pl.DataFrame, part: str = "text") -> pl.Series:
     return df.select(expr.fill_null("").alias(part)).to_series()
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def invalid_reason(messages: list[dict] | None) -> tuple[str, str] | None:
+    """Why a conversation is not a valid SFT row, as (reason, detail), or None if it is.
+
+    Valid: optional system turns first, then turns alternating user / assistant from a user
+    turn, no user turn empty. A row with no assistant turn is a prompt (seeds for a generator):
+    one user turn. A row with an answer must end with it. An empty final answer is left to the
+    filters (heuristics drops it as "empty response"); an empty answer inside a conversation is not.
+    """
+    turns = list(messages or [])
+    if not turns:
+        return "no turns", "the conversation is empty"
+    start = next((k for k, m in enumerate(turns) if m["role"] != "system"), len(turns))
+    for k, m in enumerate(turns):
+        if m["role"] not in ROLES:
+            return "unknown role", f"turn {k + 1} has role {m['role']!r} (expected one of {', '.join(ROLES)})"
+        if m["role"] == "system" and k > start:
+            return "system turn after the start", f"turn {k + 1} is a system turn after a {turns[k - 1]['role']} turn"
+    if start == len(turns):
+        return "no user turn", "only system turns"
+    if turns[start]["role"] != "user":
+        return "starts with an assistant turn", f"turn {start + 1} is the first after the system turns"
+    for k in range(start, len(turns)):
+        m, expected = turns[k], "user" if (k - start) % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            return "turns do not alternate", f"turn {k + 1} is a {m['role']} turn after a {turns[k - 1]['role']} turn"
+        if not (m["content"] or "").strip() and (m["role"] == "user" or k < len(turns) - 1):
+            return f"empty {m['role']} turn", f"turn {k + 1} is empty"
+    if len(turns) - start > 1 and turns[-1]["role"] == "user":
+        return "ends with a user turn", f"turn {len(turns)} is a user turn after the answer in turn {len(turns) - 1}"
+    return None
+
+
+def split_invalid(df: pl.DataFrame, origin: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(valid rows, invalid rows with `reason` and a `detail` naming `origin` and the row,
+    counted from 1 in the order read)."""
+    found = [invalid_reason(m) for m in df["messages"].to_list()]
+    bad = pl.Series([f is not None for f in found], dtype=pl.Boolean)
+    problems = [(i, f) for i, f in enumerate(found) if f is not None]
+    rejected = df.filter(bad).with_columns(
+        pl.Series("reason", [reason for _, (reason, _) in problems], dtype=pl.String),
+        pl.Series("detail", [f"{origin} row {i + 1}: {detail}" for i, (_, detail) in problems], dtype=pl.String),
+    )
+    return df.filter(~bad), rejected
+
+
 def meta_struct(rows: list[dict[str, Any]]) -> pl.Series:
     """A META column from a list of dicts (missing keys become null)."""
     return pl.Series("meta", rows, dtype=META)

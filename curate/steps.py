@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, get_args
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curate.records import concat, frame_digest
 
@@ -38,6 +38,18 @@ class _RecipePathMarker:
 # A setting that names a file: in a recipe, a relative value is resolved against the recipe's folder
 # (curate.recipe), so a recipe runs from any working directory; in Python it is used as given.
 RecipePath = Annotated[str, _RecipePathMarker()]
+
+
+# Seeds reach polars (u64), numpy, llama.cpp (u32, which wraps) and OpenAI-compatible servers (int64):
+# a seed in [0, 2**63) fits them all; one outside fails only where it is first used, after steps ran.
+SEED_LIMIT = 2**63
+
+
+def check_seed(seed: int | None) -> int | None:
+    """A seed in [0, SEED_LIMIT), or None (for "the recipe's seed")."""
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"a seed is a whole number from 0 to 2**63 - 1, not {seed}")
+    return seed
 
 
 def path_settings(model: type[BaseModel]) -> list[str]:
@@ -132,6 +144,23 @@ class Step(BaseModel):
     # Bump it in the class whose code changed, when the change alters what the step outputs: a
     # rerun then redoes the step instead of reusing the old code's output, and a filter rescores.
     code_version: ClassVar[int] = 1
+
+    @field_validator("seed", check_fields=False)
+    @classmethod
+    def _seed_in_range(cls, seed: int | None) -> int | None:
+        return check_seed(seed)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self):
+        """Each setting `min<X>` (min_response_words, min, minn) must not exceed its `max<X>`:
+        contradictory bounds would drop every row, or silently mean nothing."""
+        for low in type(self).model_fields:
+            high = "max" + low[3:]
+            if low.startswith("min") and high in type(self).model_fields:
+                lo, hi = getattr(self, low), getattr(self, high)
+                if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo > hi:
+                    raise ValueError(f"{low} ({lo}) must not exceed {high} ({hi})")
+        return self
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         raise NotImplementedError
@@ -363,5 +392,5 @@ def _as_polars(df):
     raise TypeError(f"expected a polars DataFrame or a datasets.Dataset, got {type(df).__name__}")
 
 
-__all__ = ["Step", "Filter", "StaleScores", "StepResult", "Context", "RecipePath", "reasons", "concat", "digest",
+__all__ = ["Step", "Filter", "SEED_LIMIT", "check_seed", "StaleScores", "StepResult", "Context", "RecipePath", "reasons", "concat", "digest",
            "file_digest", "files_digest", "embedded_model_file"]

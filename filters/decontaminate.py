@@ -1,6 +1,6 @@
 """Eval-set decontamination: drop training rows that copy an eval item, whole or lightly edited.
 
-Two tests, both on words normalised by `filters.dedup` (NFKC, lowercase, split at whitespace and
+Two tests, both on words normalised by `curate.text` (NFKC, lowercase, split at whitespace and
 punctuation), so case, punctuation and spacing edits never hide a copy:
 
 1. Long n-gram overlap: the rule of GPT-3 (Brown et al. 2020, appendix C: 13-grams of lowercased,
@@ -76,7 +76,7 @@ from curate.errors import CurateError
 from curate.io import read_table
 from curate.records import message_text
 from curate.steps import Filter, RecipePath, reasons
-from filters.dedup import TextPart, _arrow_strings, _batches, _shingle_hashes, _tokenize, words
+from curate.text import TextPart, hashed_words, ngram_hashes, words
 
 # Eval-file columns read by default (matched case-insensitively): the prompt, then reference answers.
 PROMPT_FIELDS = ("instruction", "input", "prompt", "question", "query", "problem", "turns", "conversations",
@@ -159,7 +159,7 @@ def markup_words(texts: list[str]) -> set[str]:
     """Words used mostly as markup or code in these texts: LaTeX command and environment names and
     the words of Asymptote `[asy]` blocks, unless the texts use the word at least as often as
     prose (outside `$...$` math and code: `\\in` or `\\angle` do not make "in" or "angle"
-    markup). Normalised as `filters.dedup.words` does."""
+    markup). Normalised as `curate.text.words` does."""
     markup: Counter[str] = Counter()
     prose: Counter[str] = Counter()
     for t in texts:
@@ -184,16 +184,8 @@ def _prose_flags(text: str, markup: set[str], n_words: int) -> np.ndarray:
                        bool, len(ws))
 
 
-def _hashed_words(texts: pl.Series):
-    """Yield (first row, word hashes, word offsets) per batch of ~1 MB of text."""
-    data, offs = _arrow_strings(texts)
-    for lo, hi in _batches(offs):
-        h, word_offs = _tokenize(data[offs[lo] : offs[hi]], offs[lo : hi + 1] - offs[lo], True)
-        yield lo, h, word_offs
-
-
 def _window_starts(word_offs: np.ndarray, n: int) -> np.ndarray:
-    """First word of each n-word window inside one document, in `_shingle_hashes` order."""
+    """First word of each n-word window inside one document, in `ngram_hashes` order."""
     n_words = np.diff(word_offs)
     count = np.where(n_words >= n, n_words - n + 1, 0)
     first = np.repeat(word_offs[:-1], count)
@@ -296,10 +288,10 @@ class EvalIndex:
         keys, docs = [np.zeros(0, _U)], [np.zeros(0, np.int64)]
         n_words_all = np.zeros(len(texts), np.int64)
         text_words: dict[int, np.ndarray] = {}  # the words of texts that test 2 may cover
-        for lo, h, word_offs in _hashed_words(pl.Series("text", texts, dtype=pl.String)):
+        for lo, _, h, word_offs in hashed_words(pl.Series("text", texts, dtype=pl.String)):
             n_words = np.diff(word_offs)
             n_words_all[lo : lo + len(n_words)] = n_words
-            sh, doc = _shingle_hashes(h, word_offs, ngram, _SEED)
+            sh, doc = ngram_hashes(h, word_offs, ngram, _SEED)
             keep = n_words[doc] > 0
             if min_prose > 0:
                 prose = np.concatenate([np.zeros(0, bool)] + [
@@ -354,7 +346,7 @@ class EvalIndex:
         self.short_weights = [idf[np.searchsorted(vocab, w)] for w in short_words]
         self.short_sizes = sizes = np.array([len(w) for w in short_words])
         self.short_total = np.array([w.sum() for w in self.short_weights])
-        sh, doc = _shingle_hashes(np.concatenate(short_words), np.concatenate([[0], np.cumsum(sizes)]), _PROBE, _SEED)
+        sh, doc = ngram_hashes(np.concatenate(short_words), np.concatenate([[0], np.cumsum(sizes)]), _PROBE, _SEED)
         keep = _drop_common(sh, owner[doc], self.item_set, common_items)
         self.probes = _Table(sh[keep], doc[keep])
         self.short_probes = np.bincount(self.probes.owners, minlength=len(short_words))
@@ -371,11 +363,11 @@ class EvalIndex:
         matches = np.zeros(len(texts), np.int64)
         frames = [pl.DataFrame(schema={"row": pl.Int64, "item": pl.Int64, "n": pl.Int64})]
         cand_rows, cand_shorts, cand_absent, cand_words = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [], []
-        for lo, h, word_offs in _hashed_words(texts):
+        for lo, _, h, word_offs in hashed_words(texts):
             whole = np.zeros(len(word_offs) - 1, bool)  # rows holding every shingle of some eval text
             found_sh, found_doc = [], []
             for n in [self.ngram, *self.short_lengths]:  # short eval fields: their own run length
-                sh, doc = self.table.find(*_shingle_hashes(h, word_offs, n, _SEED))
+                sh, doc = self.table.find(*ngram_hashes(h, word_offs, n, _SEED))
                 found_sh.append(sh)
                 found_doc.append(doc)
             if sum(len(x) for x in found_sh):
@@ -411,7 +403,7 @@ class EvalIndex:
         of the edit distance: an absent word must be deleted or replaced); rows in `skip` (whole
         copies of an eval text, flagged by test 1 whatever test 2 finds) are left out. Returns
         (rows, shorts, that weight)."""
-        sh, doc = _shingle_hashes(h, word_offs, _PROBE, _SEED)
+        sh, doc = ngram_hashes(h, word_offs, _PROBE, _SEED)
         keep = ~skip[doc]
         sh, doc = self.probes.find(sh[keep], doc[keep])
         if not len(sh):
@@ -466,7 +458,7 @@ class EvalIndex:
         if prompts is not None and len(rows):  # the prompts' words, and the bound again on them
             uniq = np.unique(rows)
             hashes, offsets = [np.zeros(0, _U)], [np.zeros(1, np.int64)]
-            for _, h, word_offs in _hashed_words(prompts):
+            for _, _, h, word_offs in hashed_words(prompts):
                 offsets.append(word_offs[1:] + sum(len(x) for x in hashes))
                 hashes.append(h)
             h, word_offs = np.concatenate(hashes), np.concatenate(offsets)

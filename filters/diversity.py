@@ -3,7 +3,7 @@ for Alignment?", Repr Filter): walk the rows from the best score down and keep a
 embedding's cosine similarity to a row already kept exceeds `tau` (DEITA: 0.9).
 
 Embedders (`embedder`):
-- "hashing" (default): TF-IDF of word unigrams and bigrams (the `filters.dedup` tokenizer), hashed
+- "hashing" (default): TF-IDF of word unigrams and bigrams (`curate.text.hashing_embeddings`), hashed
   with random signs into `dim` dimensions (feature hashing, Weinberger et al. 2009), L2-normalised.
   No model; 1.6k (long T0 prompts) to 14k (short Alpaca rows) rows/s measured on 2 busy cores.
   It sees shared wording, not meaning, so 0.9 means "nearly the same words". The IDF is fitted on
@@ -36,7 +36,6 @@ otherwise keep() says to rescore, because which rows are selected depends on tau
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -48,11 +47,9 @@ from pydantic import Field as Setting
 from curate.errors import require
 from curate.records import message_text
 from curate.steps import Filter, RecipePath, StaleScores, embedded_model_file, reasons
-from filters.dedup import TextPart, _arrow_strings, _batches, _fmix64, _shingle_hashes, _tokenize
+from curate.text import TextPart, hashing_embeddings
 
-_U = np.uint64
 _LLAMA: dict[tuple, Any] = {}
-_LLAMA_LOCK = threading.Lock()
 LAST_EMBED_STATS: dict[str, Any] = {}  # rows, seconds, tokens of the last llama_cpp embedding call
 
 
@@ -60,78 +57,31 @@ LAST_EMBED_STATS: dict[str, Any] = {}  # rows, seconds, tokens of the last llama
 # Embedders
 
 
-def hashing_embeddings(texts: pl.Series | list[str], dim: int = 1024, seed: int = 7) -> np.ndarray:
-    """Hashed TF-IDF vectors of word unigrams + bigrams, L2-normalised, shape (n, dim) float32.
-
-    tf is sublinear (1 + log count), idf = log((1 + n) / (1 + df)) + 1 over the given texts, and
-    each feature adds +-tfidf to one of `dim` buckets (sign from another hash bit), so inner
-    products are unbiased estimates of the exact sparse TF-IDF cosine (error ~ 1/sqrt(dim)).
-    Texts with no words get a zero vector (cosine 0 with everything).
-    """
-    s = texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.String)
-    data, offs = _arrow_strings(s)
-    n = len(offs) - 1
-    feats, docs = [], []
-    for lo, hi in _batches(offs):
-        h, word_offs = _tokenize(data[offs[lo] : offs[hi]], offs[lo : hi + 1] - offs[lo], True)
-        n_words = np.diff(word_offs)
-        for g in (1, 2):
-            sh, doc = _shingle_hashes(h, word_offs, g, seed)
-            ok = n_words[doc] >= g  # a text shorter than g words has no g-gram (not a whole-text shingle)
-            feats.append(sh[ok])
-            docs.append(doc[ok] + lo)
-    if not feats:
-        return np.zeros((n, dim), np.float32)
-    tf = (
-        pl.DataFrame({"doc": np.concatenate(docs), "f": np.concatenate(feats)})
-        .group_by("doc", "f")
-        .len()
-    )
-    df_count = tf.group_by("f").len().rename({"len": "df"})
-    tf = tf.join(df_count, on="f")
-    f = tf["f"].to_numpy()
-    weight = (1.0 + np.log(tf["len"].to_numpy())) * (np.log((1.0 + n) / (1.0 + tf["df"].to_numpy())) + 1.0)
-    mixed = _fmix64(f ^ _U(0x2545F4914F6CDD1D))
-    bucket = (mixed % _U(dim)).astype(np.int64)
-    sign = np.where((mixed >> _U(63)) == 1, -1.0, 1.0)
-    doc = tf["doc"].to_numpy().astype(np.int64)
-    order = np.argsort(doc, kind="stable")
-    doc, bucket, value = doc[order], bucket[order], (weight * sign)[order]
-    out = np.zeros((n, dim), np.float32)
-    step = max(1, (1 << 22) // dim)  # rows per chunk: bounds the float64 scratch to ~32 MB
-    for lo in range(0, n, step):
-        a, b = np.searchsorted(doc, [lo, lo + step])
-        flat = (doc[a:b] - lo) * dim + bucket[a:b]
-        hi = min(lo + step, n)
-        out[lo:hi] = np.bincount(flat, weights=value[a:b], minlength=(hi - lo) * dim).reshape(hi - lo, dim)
-    norm = np.linalg.norm(out, axis=1, keepdims=True)
-    np.divide(out, norm, out=out, where=norm > 0)
-    return out
-
-
 def load_embedding_model(model_path: str | Path | None = None, max_tokens: int = 512, pooling: str = "mean",
                          threads: int | None = None):
     """A llama.cpp model in embedding mode, pooling "mean" or "last" (loaded once per process)."""
-    from curate.llm.embedded import default_threads, embedded_model_path
+    from curate.llm.embedded import default_threads, embedded_model_path, new_llama, run_on_llama_thread
 
     llama_cpp = require("llama_cpp", extra="embedded", package="llama-cpp-python")
     if model_path is None:
         model_path = embedded_model_path()
     key = (str(model_path), max_tokens, pooling)
     kinds = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "last": llama_cpp.LLAMA_POOLING_TYPE_LAST}
-    with _LLAMA_LOCK:
+
+    def get():  # on the llama.cpp thread, the only one that touches _LLAMA
         if key not in _LLAMA:
-            _LLAMA[key] = llama_cpp.Llama(
-                model_path=str(model_path),
+            _LLAMA[key] = new_llama(
+                model_path,
                 embedding=True,
                 pooling_type=kinds[pooling],
                 n_ctx=max_tokens,
                 n_batch=max_tokens,  # embed() truncates each text to n_batch tokens
                 n_ubatch=max_tokens,
                 n_threads=threads or default_threads(),
-                verbose=False,
             )
         return _LLAMA[key]
+
+    return run_on_llama_thread(get)
 
 
 def llama_embeddings(
@@ -144,17 +94,24 @@ def llama_embeddings(
     """Pooled final hidden states of a GGUF model (default: the embedded SmolLM2-135M), one row per
     text, first `max_tokens` tokens; centered on the rows' mean (see the module docstring) and
     L2-normalised. Shape (n, n_embd) float32."""
+    from curate.llm.embedded import run_on_llama_thread
+
     texts = texts.fill_null("").to_list() if isinstance(texts, pl.Series) else list(texts)
     llm = load_embedding_model(model_path, max_tokens, pooling)
     start = time.perf_counter()
     vecs = np.zeros((len(texts), llm.n_embd()), np.float32)
-    tokens = 0
-    for i, text in enumerate(texts):
-        if not text.strip():
-            continue  # zero vector: llama.cpp cannot decode an empty sequence
-        vec, count = llm.embed(text, normalize=False, truncate=True, return_count=True)
-        vecs[i] = vec
-        tokens += count
+
+    def embed_all() -> int:
+        tokens = 0
+        for i, text in enumerate(texts):
+            if not text.strip():
+                continue  # zero vector: llama.cpp cannot decode an empty sequence
+            vec, count = llm.embed(text, normalize=False, truncate=True, return_count=True)
+            vecs[i] = vec
+            tokens += count
+        return tokens
+
+    tokens = run_on_llama_thread(embed_all)
     LAST_EMBED_STATS.update(rows=len(texts), tokens=tokens, seconds=time.perf_counter() - start)
     norm = np.linalg.norm(vecs, axis=1, keepdims=True)
     np.divide(vecs, norm, out=vecs, where=norm > 0)

@@ -194,7 +194,7 @@ class FastTextClassifier(Filter):
     min_count: int = Setting(1, ge=1)
     loss: Literal["softmax", "ns", "hs", "ova"] = "softmax"
     threads: int = Setting(1, ge=1)  # 1 = reproducible (fastText's multithreaded SGD is racy)
-    seed: int = 0
+    seed: int = Setting(0, ge=0, lt=2**31)  # fastText's seed is a C int
     model_out: str | None = None
 
     _model: Any = PrivateAttr(default=None)

@@ -27,8 +27,9 @@ Anchors: a file (`anchors`, any format `curate.io.read_records` reads), or K rep
 pool: k-means over embeddings, then the real row nearest to each centroid (the repo: mean of
 LLaMA-7B's last hidden state, KMeans(100, random_state=0)). `embedding="model"` mean-pools the
 scoring model's last hidden state, one forward pass per row, about 1/K of the scoring cost;
-`embedding="hashing"` uses hashed word vectors, no model pass, for quick or model-free runs. As in
-the repo, a row chosen as an anchor is also scored against itself (at most 1/K of its GS).
+`embedding="hashing"` uses hashed TF-IDF word vectors (`curate.text.hashing_embeddings`, as the
+diversity filter), no model pass, for quick or model-free runs. As in the repo, a row chosen as an
+anchor is also scored against itself (at most 1/K of its GS).
 
 Cost. Scoring is N*K anchor passes; what is left after the tricks below is the anchor tokens
 themselves, which must be recomputed for every candidate because they attend to it:
@@ -45,11 +46,8 @@ bench/bench_nuggets.py compares this with scoring every pair from scratch.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,6 +59,7 @@ from pydantic import Field, model_validator
 
 from curate.records import message_text
 from curate.steps import Filter, RecipePath, embedded_model_file, reasons
+from curate.text import hashing_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -211,23 +210,6 @@ def _result(one: np.ndarray, zero: np.ndarray) -> GoldenScores:
 # Anchors from the pool
 
 
-def hashing_vectors(texts: Sequence[str], dim: int = 1024) -> np.ndarray:
-    """L2-normalised signed feature hashing of lowercased words and word bigrams (log counts)."""
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    cache: dict[str, tuple[int, float]] = {}
-    for i, text in enumerate(texts):
-        words = re.findall(r"\w+", text.lower())
-        for gram in words + [f"{a} {b}" for a, b in itertools.pairwise(words)]:
-            if gram not in cache:
-                h = int.from_bytes(hashlib.blake2b(gram.encode(), digest_size=8).digest(), "little")
-                cache[gram] = (h % dim, 1.0 if (h >> 63) else -1.0)
-            j, sign = cache[gram]
-            out[i, j] += sign
-    out = np.sign(out) * np.log1p(np.abs(out))
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.where(norms > 0, norms, 1)
-
-
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 100) -> np.ndarray:
     """Lloyd's k-means with k-means++ seeding; returns the (k, d) centroids."""
     rng = np.random.default_rng(seed)
@@ -346,7 +328,7 @@ class Nuggets(Filter):
             scorer = scorer or self.scorer()
             vectors = scorer.embed([render(*p) for p in parts])
         else:
-            vectors = hashing_vectors([render(*p) for p in parts])
+            vectors = hashing_embeddings([render(*p) for p in parts])
         eligible = None
         if scorer is not None:  # a query that fills the anchor budget alone leaves nothing to score
             budget = self.max_anchor_tokens

@@ -97,13 +97,9 @@ class Perplexity(Filter):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.max is not None and self.min is not None and self.min > self.max:
-            raise ValueError("min must not exceed max")
         if self.on == "text" and not self.score_text:
             raise ValueError("on='text' needs score_text=True")
-        if None not in (self.min_percentile, self.max_percentile) and self.min_percentile > self.max_percentile:
-            raise ValueError("min_percentile must not exceed max_percentile")
-        return self
+        return self  # min <= max and min_percentile <= max_percentile: Step checks every min/max pair
 
     @property
     def is_global(self) -> bool:  # type: ignore[override]

@@ -22,6 +22,7 @@ import pytest
 
 from curate.engine import rebuild_report, run_recipe
 from curate.recipe import load_recipe
+from curate.report.card import md_literal
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,7 +273,7 @@ def test_recipe_on_foreign_data(name, overrides, request, tmp_path):
         for col, sc in sec["scores"].items():
             assert f"| {step} | {col} | " in card and (sc["summary"] or f"| 0 | - | - | - |" in card), col
     for inp in recipe.config.inputs:
-        assert f"| {inp.path} | " in card
+        assert f"| {md_literal(inp.path)} | " in card  # escaped: a path may hold Markdown characters
 
     # `curate report` rebuilds the same report and card from the folder
     again = rebuild_report(out)

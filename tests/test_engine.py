@@ -36,7 +36,7 @@ def test_run_writes_steps_rejects_data_report_and_card(recipe_path, tmp_path):
     out = tmp_path / "out"
     report = run_recipe(load_recipe(recipe_path), out, show_progress=False)
     assert [(s["step"], s["rows_in"], s["rows_out"]) for s in report["steps"]] == [
-        ("inputs", 0, 4), ("01-heuristics", 4, 3), ("02-exact_dedup", 3, 2)]
+        ("inputs", 4, 4), ("01-heuristics", 4, 3), ("02-exact_dedup", 3, 2)]
     for name in ("01-heuristics", "02-exact_dedup"):
         assert (out / "steps" / name / "_DONE.json").exists()
     rejects = pl.read_parquet(out / "rejects.parquet")

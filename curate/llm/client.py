@@ -35,7 +35,8 @@ class Usage:
     requests: int = 0  # requests asked for
     sent: int = 0  # requests that went to the backend (not served by the cache)
     cache_hits: int = 0
-    failures: int = 0
+    failures: int = 0  # requests that failed for good in this run (the next run sends them again) ...
+    permanent_failures: int = 0  # ... except these, which the server refused as bad requests (Response.permanent)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
@@ -77,6 +78,7 @@ class LLM:
         usage = Usage(requests=len(requests), sent=len(todo), cache_hits=len(requests) - len(todo))
         for r in responses:
             usage.failures += not r.ok
+            usage.permanent_failures += r.permanent
             usage.prompt_tokens += r.prompt_tokens
             usage.completion_tokens += r.completion_tokens
         usage.cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens)

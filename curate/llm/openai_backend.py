@@ -43,6 +43,9 @@ else:  # aiohttp requires async-timeout on these versions
 from curate.llm.base import Backend, Request, Response, top_logprobs_of
 
 _RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
+# The request itself is wrong: a rerun sends it again only if it changed. Other 4xx (401, 403, 404)
+# say the key, model or URL is wrong, which the user fixes before rerunning.
+_BAD_REQUEST = frozenset({400, 413, 422})
 _RETRY_AFTER_CAP = 600.0  # a server asking for a longer pause is not waited for beyond this
 _SNIPPET = 200  # characters of a bad body kept in an error message
 
@@ -98,6 +101,10 @@ class _Retry(Exception):
 
 class _Fail(Exception):
     """An attempt failed in a way a retry will not fix (a 4xx such as 400 or 401)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
@@ -277,6 +284,7 @@ class OpenAIBackend(Backend):
                 return Response(
                     error=f"model refused: {str(message['refusal'])[:_SNIPPET]}",
                     finish_reason=choice.get("finish_reason"),
+                    permanent=True,
                 )
         else:
             text = choice.get("text")
@@ -332,13 +340,13 @@ class OpenAIBackend(Backend):
         reason = f"HTTP {status}: {_snippet(raw)}"
         if status >= 500 or status in _RETRY_STATUS:
             raise _Retry(reason, status, parse_retry_after(headers) if status == 429 else None)
-        raise _Fail(reason)
+        raise _Fail(reason, status)
 
     async def acomplete(self, request: Request) -> Response:
         try:
             url, body = self.payload(request)
         except ValueError as exc:
-            return Response(error=f"cannot build request: {exc}")
+            return Response(error=f"cannot build request: {exc}", permanent=True)
         chat = request.messages is not None
         est = request.approx_prompt_tokens() + request.max_tokens
         attempts = 0
@@ -348,7 +356,8 @@ class OpenAIBackend(Backend):
                 await self._wait_for_capacity(est)
                 response = await self._attempt(url, body, chat)
             except _Fail as exc:
-                return Response(error=self._redact(_final(str(exc), attempts, retried=False)))
+                return Response(error=self._redact(_final(str(exc), attempts, retried=False)),
+                                permanent=exc.status in _BAD_REQUEST)
             except _Retry as exc:
                 if attempts > self.max_retries:
                     return Response(error=self._redact(_final(exc.message, attempts, retried=True)))

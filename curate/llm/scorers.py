@@ -20,8 +20,8 @@ _LOCK = threading.Lock()
 
 
 def get_scorer(kind: ScorerKind = "llama_cpp", model_path: str | Path | None = None, **kwargs):
-    """One scorer per (kind, model, settings) per process: scorers built on one loaded model must
-    also share its lock, so they are not created twice. Default model: the embedded SmolLM2-135M."""
+    """One scorer per (kind, model, settings) per process, so a model is loaded once. Default
+    model: the embedded SmolLM2-135M."""
     key = (kind, str(model_path) if model_path else None, tuple(sorted(kwargs.items())))
     with _LOCK:
         if key not in _SCORERS:

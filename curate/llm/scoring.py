@@ -14,7 +14,7 @@ this module reads the raw logits instead.
 
 Two routes to the same numbers. `score` / `score_ids` / `score_after_prefix` run the high-level
 `Llama` with logits at every position (simple; the reference). `score_ids_after_prefix` drives
-llama.cpp's batch API on a second context that shares the loaded weights: the vocabulary
+llama.cpp's batch API on a second context that shares the loaded weights (`score_many` uses it): the vocabulary
 projection runs only at rows that predict a target token (a fifth of this model's weights, paid
 per row), and a shared prefix is decoded once. On the embedded model its numbers equal `score_ids`
 bit for bit (tests/test_nuggets.py); in general llama.cpp may pick other kernels for other batch
@@ -23,11 +23,12 @@ shapes, so compare to float tolerance.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from curate.llm.embedded import run_on_llama_thread
 
 
 def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
@@ -61,7 +62,6 @@ class LlamaCppScorer:
 
         self.llm = load_llama(model_path, n_ctx=n_ctx, logits_all=True)
         self.n_ctx = n_ctx
-        self._lock = threading.Lock()
         self._contexts: dict[tuple, _BatchContext] = {}  # batch-API contexts on the same weights
 
     def tokenize(self, text: str) -> list[int]:
@@ -89,29 +89,47 @@ class LlamaCppScorer:
         """`score` on token ids: the whole sequence from scratch, logits at every position."""
         ids = list(context) + list(target)
         self._check_fits(len(ids))
-        with self._lock:
-            self.llm.reset()
-            self.llm.eval(ids)
-            return self._target_logprobs(len(context), ids)
+        return run_on_llama_thread(self._eval_and_read, ids, len(context))
+
+    def _eval_and_read(self, ids: list[int], start: int) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return self._target_logprobs(start, ids)
 
     def score_many(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-        return [self.score(c, t) for c, t in pairs]
+        """`score` for each pair, by the batch route: the token prefix that the contexts share (a
+        chat template's system turn, for example) is decoded once, and the vocabulary projection
+        runs only at rows that predict a target token. Pairs with an empty context go without it."""
+        tokenized = [(self.tokenize(c), self.tokenize(t)) for c, t in pairs]
+        prefix = shared_prefix([c for c, _ in tokenized if c])
+        groups: dict[bool, list[int]] = {True: [], False: []}
+        for i, (ctx, _) in enumerate(tokenized):
+            groups[bool(prefix) and ctx[: len(prefix)] == prefix].append(i)
+        out: list[np.ndarray] = [np.zeros(0)] * len(pairs)
+        for has_prefix, idx in groups.items():
+            pre = prefix if has_prefix else []
+            got = self.score_ids_after_prefix(pre, [(tokenized[i][0][len(pre) :], tokenized[i][1]) for i in idx])
+            for i, lp in zip(idx, got):
+                out[i] = lp
+        return out
 
     def score_after_prefix(self, prefix: str, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
         """Per-token log p(target | prefix + context) for each (context, target); the prefix is
         evaluated once and its KV cache kept while each pair is evaluated after it."""
+        return run_on_llama_thread(self._score_after_prefix, prefix, pairs)
+
+    def _score_after_prefix(self, prefix: str, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
         pre = self.tokenize(prefix)
         out = []
-        with self._lock:
-            self.llm.reset()
-            self.llm.eval(pre)
-            for context, target in pairs:
-                ctx_ids, tgt_ids = self.tokenize(context), self.tokenize(target)
-                ids = pre + ctx_ids + tgt_ids
-                self._check_fits(len(ids))
-                self.llm.n_tokens = len(pre)  # drop the previous pair; eval() trims the KV cache to here
-                self.llm.eval(ctx_ids + tgt_ids)
-                out.append(self._target_logprobs(len(pre) + len(ctx_ids), ids))
+        self.llm.reset()
+        self.llm.eval(pre)
+        for context, target in pairs:
+            ctx_ids, tgt_ids = self.tokenize(context), self.tokenize(target)
+            ids = pre + ctx_ids + tgt_ids
+            self._check_fits(len(ids))
+            self.llm.n_tokens = len(pre)  # drop the previous pair; eval() trims the KV cache to here
+            self.llm.eval(ctx_ids + tgt_ids)
+            out.append(self._target_logprobs(len(pre) + len(ctx_ids), ids))
         return out
 
     # The batch API route ---------------------------------------------------------------------
@@ -140,8 +158,9 @@ class LlamaCppScorer:
         # target token when a pair has no context of its own.
         head, tail = prefix[:-1], prefix[-1:]
         parallel = max(1, min(parallel, len(pairs) or 1))
-        out: list[np.ndarray] = []
-        with self._lock:
+
+        def work() -> list[np.ndarray]:
+            out: list[np.ndarray] = []
             bc = self._batch_context(parallel)
             bc.clear()
             if head:
@@ -173,29 +192,36 @@ class LlamaCppScorer:
                         llama_cpp.llama_memory_seq_rm(bc.memory, g + 1, -1, -1)
                 if stop is not None and stop(out):
                     break
-        return out
+            return out
+
+        return run_on_llama_thread(work)
 
     def embed(self, texts: Sequence[str], max_tokens: int = 512) -> np.ndarray:
         """Mean-pooled last hidden state of each text (first `max_tokens` tokens), float32 (n, n_embd):
         NUGGETS' anchor embedding (mean of `last_hidden_state`, here without pad positions)."""
-        out = np.zeros((len(texts), self.llm.n_embd()), dtype=np.float32)
-        with self._lock:
+
+        def work() -> np.ndarray:
+            out = np.zeros((len(texts), self.llm.n_embd()), dtype=np.float32)
             bc = self._batch_context(1, embeddings=True)
             for i, text in enumerate(texts):
                 ids = self.tokenize(text)[:max_tokens] or [self.llm.token_eos()]
                 bc.clear()
                 bc.decode([(tok, pos, 0, True) for pos, tok in enumerate(ids)], 0)
                 out[i] = bc.embedding(0)
-        return out
+            return out
+
+        return run_on_llama_thread(work)
 
     def set_threads(self, n_threads: int) -> None:
         """Threads for both routes (benchmarks compare them on equal threads)."""
         import llama_cpp
 
-        with self._lock:
+        def work() -> None:
             self.llm.context_params.n_threads = self.llm.context_params.n_threads_batch = n_threads
             for ctx in [self.llm._ctx.ctx] + [bc.ctx for bc in self._contexts.values()]:
                 llama_cpp.llama_set_n_threads(ctx, n_threads, n_threads)
+
+        run_on_llama_thread(work)
 
     def _batch_context(self, parallel: int, embeddings: bool = False) -> _BatchContext:
         key = (parallel, embeddings)
@@ -264,6 +290,16 @@ class _BatchContext:
 
         ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, seq)
         return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
+
+
+def shared_prefix(seqs: Sequence[Sequence[int]]) -> list[int]:
+    """The longest token prefix common to all `seqs` (empty if there are none)."""
+    if not seqs:
+        return []
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        n = next((j for j in range(n) if s[j] != first[j]), n)
+    return list(first[:n])
 
 
 def sum_and_count(logprobs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@ metadata, what the data is, how it was made, and how to rerun it."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -41,7 +42,7 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
         f"- Seed: {cfg.seed}",
         f"- Tokens: {llm['prompt_tokens']} prompt, {llm['completion_tokens']} completion"
         + (f"; cost ${llm['cost']:.4f}" if llm["cost"] else ""),
-        f"- Sources: " + (", ".join(f"{s} ({v['rows']} rows)" for s, v in report["sources"].items()) or "-"),
+        f"- Sources: " + (", ".join(f"{md_literal(s)} ({v['rows']} rows)" for s, v in report["sources"].items()) or "-"),
     ]
     if report.get("validation"):
         v = report["validation"]
@@ -50,7 +51,7 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     if raw_inputs:
         lines += ["", "## Inputs", "", "| path | source | license |", "|---|---|---|"]
         for raw, inp in zip(raw_inputs, cfg.inputs):
-            lines.append(f"| {raw.get('path', inp.path)} | {inp.source or '-'} | {inp.license or 'not stated'} |")
+            lines.append(f"| {md_literal(raw.get('path', inp.path))} | {md_literal(inp.source or '-')} | {md_literal(inp.license or 'not stated')} |")
         if any(step.needs_llm for step in recipe.steps):
             lines += ["", "Rows a teacher wrote also fall under the teacher's terms of use."]
     lines += ["", "## Steps", "", "| step | in | out | dropped |", "|---|---|---|---|"]
@@ -69,6 +70,13 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     lines += ["", "## Recipe", "", "Rerun with `curate run recipe.yaml` (the same seed and cache give the same data).", "",
               "```yaml", yaml.safe_dump(recipe.raw, sort_keys=False).rstrip(), "```", ""]
     write_text("\n".join(lines), path)
+
+
+def md_literal(text) -> str:
+    """A value from the user's data or recipe (a source name, a path) as literal Markdown text, also
+    inside a table cell: markup characters escaped, HTML tags inert, one line."""
+    text = " ".join(str(text).split())
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|~])", r"\\\1", text)
 
 
 def _fmt(x) -> str:

