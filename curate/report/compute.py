@@ -117,12 +117,16 @@ def read_sections(recipe: Recipe, steps: list[dict], out: Path) -> dict[str, dic
         folder = out / "steps" / info["step"]
         if not (folder / "data.parquet").exists():
             continue
-        schemas = [pl.read_parquet_schema(folder / name) for name in ("data.parquet", "rejects.parquet")]
-        kept, rejected = (pl.read_parquet(folder / name, columns=[c for c in schema if c in EXAMPLE_COLUMNS
-                                                                  or c.startswith("score_")])
-                          for name, schema in zip(("data.parquet", "rejects.parquet"), schemas))
-        sections.add(info["step"], step, kept, rejected, columns=schemas[0])
+        (kept, columns), (rejected, _) = (_shown_columns(folder / name) for name in ("data.parquet", "rejects.parquet"))
+        sections.add(info["step"], step, kept, rejected, columns=columns)
     return sections.sections
+
+
+def _shown_columns(path: Path) -> tuple[pl.DataFrame, list[str]]:
+    """The columns of a step file that a section shows (scores, the examples' text), and all its column names."""
+    columns = list(pl.read_parquet_schema(path))
+    shown = [c for c in columns if c in EXAMPLE_COLUMNS or c.startswith("score_")]
+    return pl.read_parquet(path, columns=shown), columns
 
 
 def length_counter(recipe: Recipe) -> TokenCounter:
