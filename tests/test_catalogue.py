@@ -22,7 +22,7 @@ import pytest
 
 from curate.engine import rebuild_report, run_recipe
 from curate.recipe import load_recipe
-from curate.report import md_literal
+from curate.report.card import md_literal
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]

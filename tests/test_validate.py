@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from curate.records import make_frame
-from curate.validate import validate
+from curate.report.validate import validate
 from filters.heuristics import Heuristics
 
 ENGINES = ["polars", pytest.param("great-expectations", marks=pytest.mark.filterwarnings("ignore"))]
