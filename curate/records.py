@@ -70,8 +70,9 @@ def make_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return conform(df)
 
 
-def conform(df: pl.DataFrame) -> pl.DataFrame:
-    """Add missing core columns as nulls, cast them to the schema, put them first, fill ids."""
+def conform(df: pl.DataFrame, recompute_ids: bool = False) -> pl.DataFrame:
+    """Add missing core columns as nulls, cast them to the schema, put them first, fill ids
+    (recompute_ids: every id afresh, for rows whose content has changed)."""
     if "messages" not in df.columns:
         raise ValueError(f"a record frame needs a 'messages' column; it has {df.columns}")
     missing = [pl.lit(None, dtype=t).alias(c) for c, t in SCHEMA.items() if c not in df.columns]
@@ -81,7 +82,7 @@ def conform(df: pl.DataFrame) -> pl.DataFrame:
         df = df.with_columns(_conform_meta(df["meta"]))
     extra = [c for c in df.columns if c not in SCHEMA]
     df = df.select(*CORE_COLUMNS, *extra)
-    if df["id"].null_count():
+    if recompute_ids or df["id"].null_count():
         df = with_ids(df)
     return df
 

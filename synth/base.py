@@ -17,7 +17,7 @@ import polars as pl
 
 from curate.errors import CurateError
 from curate.llm import LLM, Request, Response, Usage
-from curate.records import META, conform, with_ids
+from curate.records import META, conform
 
 PROMPTS = Path(__file__).parent / "prompts"
 
@@ -102,7 +102,7 @@ def build_rows(rows: list[dict[str, Any]]) -> pl.DataFrame:
     df = pl.DataFrame(rows, infer_schema_length=None)
     if "meta" in df.columns:
         df = df.with_columns(pl.Series("meta", [r.get("meta") for r in rows], dtype=META))
-    return with_ids(conform(df))
+    return conform(df, recompute_ids=True)
 
 
 def reject_rows(rows: list[dict[str, Any]]) -> pl.DataFrame | None:

@@ -15,7 +15,7 @@ import polars as pl
 from pydantic import Field
 
 from curate.llm import Request
-from curate.records import META, conform, with_ids
+from curate.records import META, conform
 from curate.steps import Context, Step, StepResult
 from synth.base import TRUNCATED, cut_off, teacher_meta, template_hash
 
@@ -87,4 +87,4 @@ class Responses(Step):
             pl.Series("messages", [m for _, m, _ in answered], dtype=df.schema["messages"]),
             pl.Series("meta", [meta for _, _, meta in answered], dtype=META),
         )
-        return with_ids(conform(out))
+        return conform(out, recompute_ids=True)

@@ -1,6 +1,8 @@
 """Readers map the common dataset shapes onto records; bad input gets an error naming file and line."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import datasets
 import polars as pl
@@ -100,3 +102,41 @@ def test_plain_text_documents(tmp_path):
                                         [{"role": "user", "content": "Another one."}]]
     assert df["source"].to_list() == ["a", "b"]
     assert read_records(tmp_path / "docs" / "b.txt")["messages"][0].to_list()[0]["content"] == "Another one."
+
+
+# Ids --------------------------------------------------------------------------------------------
+
+def canonical_id(messages, reasoning=None):
+    """The id as defined (curate.records.content_id), written out: blake2b of the canonical JSON."""
+    canon = json.dumps([[m["role"], m["content"]] for m in messages or []] + ([reasoning] if reasoning else []),
+                       ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(canon.encode("utf-8"), digest_size=8).hexdigest()
+
+
+# Ids key every cache and resume state: the values read must never change (a few files keep the test fast).
+REAL = [("gsm8k_train/train.jsonl", 3000), ("dedup_gpteacher_toolformer/toolformer_labeled.jsonl", 3000)]
+
+
+@pytest.mark.parametrize("name,limit", REAL)
+def test_read_ids_unchanged_on_real_data(name, limit, tmp_path):
+    path = Path("/work/shared/data") / name
+    if not path.exists():
+        pytest.skip(f"{path} is not here")
+    df = read_records(path, limit=limit)
+    assert df["id"].to_list() == [canonical_id(m) for m in df["messages"].to_list()]  # read ids ignore reasoning
+    write_parquet(df, tmp_path / "records.parquet")  # an earlier run's records, read back as messages
+    assert read_records(tmp_path / "records.parquet")["id"].to_list() == df["id"].to_list()
+
+
+def test_generated_rows_are_hashed_once(monkeypatch):
+    """build_rows used to hash every row twice: conform filled the missing ids, then with_ids redid them."""
+    from synth.base import build_rows
+
+    calls = []
+    blake2b = hashlib.blake2b
+    monkeypatch.setattr(hashlib, "blake2b", lambda *a, **k: calls.append(1) or blake2b(*a, **k))
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}], "meta": {"seed": i}}
+            for i in range(5)]
+    df = build_rows(rows)
+    assert len(calls) == 5
+    assert df["id"].to_list() == [canonical_id(r["messages"]) for r in rows]
