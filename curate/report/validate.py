@@ -104,6 +104,68 @@ def validate(df: pl.DataFrame, steps: list, engine: str | None = None) -> dict[s
     return {"engine": label, "passed": sum(r["success"] for r in results), "total": len(results), "results": results}
 
 
+def validate_parts(parts: list, steps: list, engine: str | None = None) -> dict[str, Any]:
+    """`validate` on the final rows, given as parts (curate.parts.Part). Up to SAMPLE_ROWS rows they
+    are validated together (great-expectations when installed); beyond, with polars, a part at a
+    time: every row is checked, each part's facts dropped once counted (ids are kept as hashes)."""
+    from curate.report.compute import SAMPLE_ROWS, read_rows
+
+    total = sum(p.rows for p in parts)
+    if total <= SAMPLE_ROWS:
+        return validate(read_rows(parts, None, None), steps, engine)
+    suite = None
+    failing: dict[int, list] = {}  # expectation -> [rows failing, first values]
+    ids = []
+    for part in parts:
+        df = part.read()
+        table = _facts(df)
+        scores = [c for c in df.columns if c.startswith("score_") and df.schema[c].is_numeric()]
+        table = table.with_columns(df.select(scores)) if scores else table
+        suite = suite or expectations(steps, table)
+        ids.append(table["id"].hash(seed=0))
+        for k, (kind, column, kw) in enumerate(suite):
+            if kind in ("row_count", "unique") or column not in table.columns:
+                continue
+            bad = _failing(table[column], kind, kw)
+            got = failing.setdefault(k, [0, []])
+            got[0] += int(bad.sum())
+            got[1] += table[column].filter(bad).head(3 - len(got[1])).to_list()
+    hashes = pl.concat(ids)
+    repeated = hashes.is_duplicated()
+    firsts = []
+    if repeated.any():  # the ids of the first repeated rows, read back
+        wanted = set(hashes.filter(repeated).unique().to_list())
+        for part in parts:
+            col = part.read(["id"])["id"]
+            firsts += col.filter(col.hash(seed=0).is_in(list(wanted))).head(3 - len(firsts)).to_list()
+            if len(firsts) == 3:
+                break
+    results = []
+    for k, (kind, column, kw) in enumerate(suite):
+        if kind == "row_count":
+            n, examples = (0 if total >= kw["min_value"] else total), []
+            results.append({"expectation": _describe(kind, column, kw), "success": n == 0,
+                            "details": "" if n == 0 else f"{total} rows"})
+            continue
+        n, examples = (int(repeated.sum()), firsts) if kind == "unique" else failing.get(k, [0, []])
+        results.append({"expectation": _describe(kind, column, kw), "success": n == 0,
+                        "details": f"{n} rows fail, e.g. {examples[:3]}" if n else ""})
+    return {"engine": f"{POLARS_ENGINE} (every row, a part at a time)", "passed": sum(r["success"] for r in results),
+            "total": len(results), "results": results}
+
+
+def _failing(col: pl.Series, kind: str, kw: dict) -> pl.Series:
+    """Which values of `col` fail an in_set or between expectation."""
+    if kind == "in_set":
+        return ~col.is_in(kw["value_set"])
+    bad = pl.Series([False] * len(col), dtype=pl.Boolean)
+    if kw.get("min_value") is not None:
+        bad = bad | (col < kw["min_value"]).fill_null(False)
+    if kw.get("max_value") is not None:
+        bad = bad | (col > kw["max_value"]).fill_null(False)
+    return bad
+
+
 def _with_gx(table: pl.DataFrame, suite) -> list[dict[str, Any]]:
     gx = require("great_expectations", "gx", "great-expectations")
     import great_expectations.expectations as gxe
@@ -140,16 +202,7 @@ def _with_polars(table: pl.DataFrame, suite) -> list[dict[str, Any]]:
                         "details": "" if ok else f"{table.height} rows"})
             continue
         col = table[column]
-        if kind == "unique":
-            bad = col.is_duplicated()
-        elif kind == "in_set":
-            bad = ~col.is_in(kw["value_set"])
-        else:
-            bad = pl.Series([False] * len(col), dtype=pl.Boolean)
-            if kw.get("min_value") is not None:
-                bad = bad | (col < kw["min_value"]).fill_null(False)
-            if kw.get("max_value") is not None:
-                bad = bad | (col > kw["max_value"]).fill_null(False)
+        bad = col.is_duplicated() if kind == "unique" else _failing(col, kind, kw)
         n = int(bad.sum())
         out.append({"expectation": _describe(kind, column, kw), "success": n == 0,
                     "details": f"{n} rows fail, e.g. {col.filter(bad).head(3).to_list()}" if n else ""})
