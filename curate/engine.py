@@ -374,7 +374,9 @@ class LocalRun:
         else:
             rows = pl.read_parquet(path)
         keep |= {path, marker}
-        return Resolved(rows, info["shared"], info["stats"]), info["files"]["resolved.parquet"]
+        # the parts' key: everything `apply` is given (a whole-frame fingerprint changes with any row)
+        return Resolved(rows, info["shared"], info["stats"]), digest(info["files"]["resolved.parquet"], info["shared"],
+                                                                      info["stats"])
 
     def frame_unit(self, p: PlannedStep, sf: StepFolder, parts: list[Part], key: str, damaged: bool) -> Unit:
         """A FRAME step: every row gathered, one `run`, the output cut into parts; its marker is the step's."""

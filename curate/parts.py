@@ -116,17 +116,17 @@ class StepFolder:
         marker.unlink(missing_ok=True)
         done = []
         for path, frame in [*kept, *rejects]:
-            write_parquet(frame, path)
+            write_parquet(frame, path, compression="lz4")
             done.append(Part(path, file_digest(path), frame.height, frame if keep_frames else None))
         files = {self.rel(p.path): p.digest for p in done}
-        write_json({"key": key, **info, "files": files, "parts": {"kept": [self.rel(p) for p, _ in kept],
-                                                                  "rejects": [self.rel(p) for p, _ in rejects]},
+        write_json({"key": key, **info, "files": files, "outputs": {"kept": [self.rel(p) for p, _ in kept],
+                                                                    "rejects": [self.rel(p) for p, _ in rejects]},
                     "rows": {self.rel(p.path): p.rows for p in done}}, marker)
         return Unit(done[: len(kept)], done[len(kept):], marker, info)
 
     def unit_from(self, marker: Path, info: dict) -> Unit:
         """The Unit a reused marker describes."""
-        parts = info["parts"]
+        parts = info["outputs"]
         made = lambda rel: Part(self.path / rel, info["files"][rel], info["rows"][rel])  # noqa: E731
         return Unit([made(r) for r in parts["kept"]], [made(r) for r in parts["rejects"]], marker, info, reused=True)
 

@@ -7,9 +7,10 @@ numbers from a finished folder (`read_sections`). Lengths are in tokens (curate/
 turn of each final row tokenised once.
 
 At scale the report reads a sample: a step that saw more than SAMPLE_ROWS rows shows the score
-distributions and examples of a deterministic sample of its rows, and the lengths and each
-source's tokens come from a sample of the final rows (the report says so: `sampled`). Counts are
-exact: rows per step, reason and source. Runs of at most SAMPLE_ROWS rows read every row.
+distributions and examples of a deterministic sample of its rows, and above TOKEN_ROWS final rows
+the lengths and each source's tokens come from a sample of them (the report says so: `sampled`,
+`lengths_sampled`). Counts are exact: rows per step, reason and source; the validation of the
+final data checks every row. Smaller runs read every row.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from curate.report.plots import histogram_data
 from curate.steps import Filter
 from curate.tokens import TokenCounter, message_tokens, teacher_tokenizer, token_counter
 
-SAMPLE_ROWS = 100_000  # above this many rows, distributions and examples come from a sample
+SAMPLE_ROWS = 20_000  # above this many rows, score distributions and examples come from a sample
+TOKEN_ROWS = 5_000  # and above this many final rows, lengths in tokens (~250,000 tokens a second here)
 LLM_FIELDS = ("requests", "sent", "cache_hits", "failures", "prompt_tokens", "completion_tokens", "cost")
 EXAMPLES = 3  # kept and dropped examples shown per filter
 SNIPPET = 400
@@ -167,8 +169,8 @@ def read_sections(recipe: Recipe, steps: list[dict], out: Path) -> dict[str, dic
             continue
         done = json.loads(marker.read_text(encoding="utf-8"))
         made = lambda rel: Part(folder / rel, done["files"][rel], done["rows"][rel])  # noqa: E731
-        if "parts" in done and isinstance(done["parts"], dict):  # a FRAME step: its marker lists its parts
-            kept, rejected = [made(r) for r in done["parts"]["kept"]], [made(r) for r in done["parts"]["rejects"]]
+        if "outputs" in done:  # a FRAME step: its marker lists its parts
+            kept, rejected = [made(r) for r in done["outputs"]["kept"]], [made(r) for r in done["outputs"]["rejects"]]
         else:
             kept, rejected = step_parts(folder, done)
         sections.add_parts(info["step"], step, kept, rejected)
@@ -179,10 +181,10 @@ def step_parts(folder: Path, done: dict) -> tuple[list[Part], list[Part]]:
     """A row-local or STATE step's parts, in order, from its units' markers."""
     units = sorted(folder.glob("parts/[0-9][0-9][0-9][0-9][0-9].json"))[: done.get("parts", 0)]
     infos = [json.loads(u.read_text(encoding="utf-8")) for u in units]
-    slots = max((len(i["parts"]["kept"]) for i in infos), default=0)
+    slots = max((len(i["outputs"]["kept"]) for i in infos), default=0)
     made = lambda info, rel: Part(folder / rel, info["files"][rel], info["rows"][rel])  # noqa: E731
-    kept = [made(i, i["parts"]["kept"][s]) for s in range(slots) for i in infos]
-    rejected = [made(i, rel) for i in infos for rel in i["parts"]["rejects"]]
+    kept = [made(i, i["outputs"]["kept"][s]) for s in range(slots) for i in infos]
+    rejected = [made(i, rel) for i in infos for rel in i["outputs"]["rejects"]]
     return kept, rejected
 
 
@@ -195,10 +197,10 @@ def length_counter(recipe: Recipe) -> TokenCounter:
 
 def _lengths_and_sources(parts: list[Part], counter: TokenCounter) -> tuple[dict, dict, dict | None]:
     """Length histograms of prompts, responses (and reasoning) and each source's rows and tokens;
-    above SAMPLE_ROWS final rows, lengths and tokens from a sample (tokens per source scaled up to
+    above TOKEN_ROWS final rows, lengths and tokens from a sample (tokens per source scaled up to
     its rows, which are counted exactly), and what was sampled."""
     total = sum(p.rows for p in parts)
-    positions = sample_positions(total, SAMPLE_ROWS, salt=7)
+    positions = sample_positions(total, TOKEN_ROWS, salt=7)
     final = read_rows(parts, ["messages", "reasoning", "source"], positions)
     lengths, sources = _lengths_and_sources_of(final, counter)
     if positions is None:

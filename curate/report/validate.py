@@ -35,12 +35,14 @@ def _facts(df: pl.DataFrame) -> pl.DataFrame:
         contents.list.eval((pl.element().str.len_chars() == 0).cast(pl.Int64)).list.sum().alias("empty_turns"),
         roles.alias("_roles"),
     )
-    def alternate(rs: list[str]) -> bool:
-        turns = rs[1:] if rs and rs[0] == "system" else rs
-        return bool(turns) and turns[-1] == "assistant" and all(r == ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(turns))
+    # roles alternate: after one optional system turn, user / assistant / user ..., ending with the assistant
+    turns = pl.col("_roles").list.slice((pl.col("_roles").list.first() == "system").fill_null(False).cast(pl.Int64))
+    expected = pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.lit("user")).otherwise(pl.lit("assistant"))
+    alternate = ((turns.list.len() > 0) & (turns.list.last() == "assistant")
+                 & turns.list.eval(pl.element() == expected).list.all()).fill_null(False)
 
     return facts.with_columns(
-        pl.Series("roles_alternate", [alternate(r) for r in facts["_roles"].to_list()], dtype=pl.Boolean),
+        alternate.alias("roles_alternate"),
         message_text(df, "prompt").str.count_matches(r"\S+").cast(pl.Int64).alias("prompt_words"),
         message_text(df, "response").str.count_matches(r"\S+").cast(pl.Int64).alias("response_words"),
         # null finish reason (rows not made by a teacher, e.g. an existing dataset) counts as not cut
