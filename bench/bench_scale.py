@@ -40,7 +40,7 @@ import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("CURATE_SHARED_DATA") or ROOT.parent / "shared" / "data")
 EVALS = ["alpaca_eval_805.jsonl", "vicuna_bench_question_80.jsonl", "mt_bench_question_80.jsonl",
          "lima_test_300.jsonl", "wizardlm_testset_218.jsonl", "selfinstruct_user_oriented_252.jsonl"]
 CHUNK = 500_000  # rows generated at a time
