@@ -112,7 +112,7 @@ class Magpie(Step):
     """Generate `n` user queries from the pre-query template alone, then answer each."""
 
     kind: ClassVar[str] = "magpie"
-    code_version: ClassVar[int] = 1
+    code_version: ClassVar[int] = 2  # 2: a custom template stops at its own markup's end-of-turn markers, not all 8
     needs_llm: ClassVar[bool] = True
     is_source: ClassVar[bool] = True
     n: int = Field(8, ge=1)
