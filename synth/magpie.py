@@ -67,6 +67,17 @@ PRE_QUERY: dict[str, ChatFormat] = {
 ALL_STOPS = tuple(dict.fromkeys(s for f in PRE_QUERY.values() for s in f.stop))
 
 
+def template_stops(template: str) -> tuple[str, ...]:
+    """The end-of-turn markers for a custom pre-query template: those of the families whose chat
+    markup it uses (ChatML's "<|im_start|>user", Llama-3's "<|start_header_id|>", ...), else every
+    known one. Why not always all: the OpenAI API (and vLLM's server) takes at most 4 stop sequences
+    per request, and ALL_STOPS holds 8; the backend would apply the rest itself, after the server
+    had generated past them."""
+    found = [s for f in PRE_QUERY.values()
+             if f.pre_query.strip() in template or any(m in template for m in f.stop) for s in f.stop]
+    return tuple(dict.fromkeys(found)) or ALL_STOPS
+
+
 def chat_format(model: str) -> tuple[str, ChatFormat] | None:
     """The (family, format) of the first PRE_QUERY entry with a pattern in the model name, or None.
     Order matters: ChatML comes first, so a ChatML fine-tune named after its Llama base is ChatML."""
@@ -101,7 +112,7 @@ class Magpie(Step):
     """Generate `n` user queries from the pre-query template alone, then answer each."""
 
     kind: ClassVar[str] = "magpie"
-    code_version: ClassVar[int] = 1
+    code_version: ClassVar[int] = 2  # 2: a custom template stops at its own markup's end-of-turn markers, not all 8
     needs_llm: ClassVar[bool] = True
     is_source: ClassVar[bool] = True
     n: int = Field(8, ge=1)
@@ -114,7 +125,7 @@ class Magpie(Step):
     response_temperature: float = Field(0.7, ge=0)
     response_max_tokens: int = Field(512, ge=1)
     keep_truncated: bool = False  # keep answers cut at response_max_tokens (they end mid-answer)
-    stop: list[str] | None = None  # default: the family's end-of-turn markers (all known ones for a custom template)
+    stop: list[str] | None = None  # default: the family's end-of-turn markers (a custom template: template_stops)
     seed: int | None = None  # default: the recipe's seed; query i uses seed + i
 
     def prefix(self, model: str) -> tuple[str, tuple[str, ...]]:
@@ -123,7 +134,8 @@ class Magpie(Step):
             if self.system_prompt is not None:
                 raise CurateError("magpie: with pre_query_template, write the system turn into the template "
                                   "itself (system_prompt is only filled into the built-in templates)")
-            return self.pre_query_template, tuple(self.stop) if self.stop is not None else ALL_STOPS
+            stops = tuple(self.stop) if self.stop is not None else template_stops(self.pre_query_template)
+            return self.pre_query_template, stops
         found = chat_format(model)
         if found is None:
             raise CurateError(
