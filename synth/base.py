@@ -205,8 +205,6 @@ def with_fields(rows: pl.DataFrame, index: list[int], fields: list[dict[str, Any
         updates.append(pl.Series(name, values, dtype=META if name == "meta" else out.schema.get(name)))
     out = conform(out.with_columns(updates) if updates else out)
     changed = pl.Series([bool(f) for f in fields], dtype=pl.Boolean)
-    if changed.all() and out.height:
-        return with_ids(out)
     if changed.any():
         out = out.with_columns(pl.when(changed).then(with_ids(out)["id"]).otherwise(pl.col("id")).alias("id"))
     return out

@@ -358,6 +358,7 @@ class EvolInstruct(Step):
         # 3. answer the surviving rewrites, then rules b and c on the answers
         ans_reqs = {k: self._response_request(parsed[k], seed) for k in parsed}
         ans_resps = dict(zip(ans_reqs, generate(llm, list(ans_reqs.values()), f"{self.kind} r{round_no} responses", usage)))
+
         def judge_answer(turns, resp):
             """Rules b and c on the answer to a rewrite (the answer is kept in the rejected row)."""
             answer = (resp.text or "").strip()

@@ -19,7 +19,9 @@ unless `keep_truncated`. Rows: [system?], user = query, assistant = response, so
 meta with the params of both calls and the hash of the rendered pre-query prefix.
 
 Magpie is a source step: input rows (if the recipe has any) pass through unchanged and the new rows
-are appended; a recipe may start with it and have no `inputs`.
+are appended; a recipe may start with it and have no `inputs`. It is not a RowGenerator (synth.base):
+its requests come from indices, not rows, each answer waits for its query, and a duplicate query is
+found across all n; each answer is decided by the same `outcome` as every generator's.
 """
 
 from __future__ import annotations
