@@ -19,7 +19,9 @@ unless `keep_truncated`. Rows: [system?], user = query, assistant = response, so
 meta with the params of both calls and the hash of the rendered pre-query prefix.
 
 Magpie is a source step: input rows (if the recipe has any) pass through unchanged and the new rows
-are appended; a recipe may start with it and have no `inputs`.
+are appended; a recipe may start with it and have no `inputs`. It is not a RowGenerator (synth.base):
+its requests come from indices, not rows, each answer waits for its query, and a duplicate query is
+found across all n; each answer is decided by the same `outcome` as every generator's.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from curate.errors import CurateError
 from curate.llm import Request, Usage
 from curate.records import concat
 from curate.steps import Context, Step, StepResult
-from synth.base import TRUNCATED, build_rows, combined_meta, cut_off, generate, reject_rows, template_hash
+from synth.base import FAILED, Reject, answered, build_rows, combined_meta, generate, outcome, reject_rows, template_hash
 from synth.evol_instruct import normalize_instruction
 
 RAW_PROMPT_ERROR = ("magpie needs a backend that accepts raw prompts "
@@ -170,8 +172,8 @@ class Magpie(Step):
         queries: list[tuple[str, Request, Any]] = []
         for req, resp in zip(q_reqs, q_resps):
             if not resp.ok:
-                rejects.append({"messages": system + [{"role": "user", "content": ""}], "source": self.kind,
-                                "reason": "teacher request failed", "detail": resp.error})
+                rejects.append(Reject(FAILED, resp.error).row({"messages": system + [{"role": "user", "content": ""}],
+                                                              "source": self.kind}))
                 continue
             query = clean_query(resp.text, stops)
             why = query_failure(query, resp.finish_reason, self.min_query_words)
@@ -191,21 +193,14 @@ class Magpie(Step):
         a_resps = generate(ctx.llm, a_reqs, f"{self.kind} responses", usage)
         rows = []
         for (query, q_req, q_resp), a_req, a_resp in zip(queries, a_reqs, a_resps):
-            turns = system + [{"role": "user", "content": query}]
-            if not a_resp.ok:
-                rejects.append({"messages": turns, "source": self.kind, "reason": "teacher request failed",
-                                "detail": a_resp.error})
-            elif not (a_resp.text or "").strip():
-                rejects.append({"messages": turns, "source": self.kind, "reason": "empty response",
-                                "detail": a_resp.text})
-            elif cut_off(a_resp) and not self.keep_truncated:
-                rejects.append({"messages": turns + [{"role": "assistant", "content": a_resp.text.strip()}],
-                                "source": self.kind, "reason": TRUNCATED,
-                                "detail": f"cut at response_max_tokens={self.response_max_tokens}"})
+            asked = {"messages": system + [{"role": "user", "content": query}], "source": self.kind}
+            got = outcome(a_req, a_resp, lambda: answered(asked["messages"], a_resp),
+                          keep_truncated=self.keep_truncated, setting="response_max_tokens")
+            if isinstance(got, Reject):
+                rejects.append(got.row(asked))
             else:
-                rows.append({"messages": turns + [{"role": "assistant", "content": a_resp.text.strip()}],
-                             "source": self.kind,
-                             "meta": combined_meta(ctx.llm, [("query", q_req, q_resp), ("response", a_req, a_resp)], thash)})
+                meta = combined_meta(ctx.llm, [("query", q_req, q_resp), ("response", a_req, a_resp)], thash)
+                rows.append({**asked, **got, "meta": meta})
         new = build_rows(rows)
         kept = concat([df, new]) if df.height else new
         stats = {"llm": usage.as_dict(),
