@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar
 import polars as pl
 from pydantic import BaseModel, PrivateAttr, ValidationError, field_serializer, field_validator, model_validator
 
+from curate.errors import CurateError
 from curate.llm import Request, Response
 from curate.records import CORE_COLUMNS
 from curate.steps import Context, RecipePath, digest
@@ -77,44 +78,38 @@ class Structured(Responses):
         return None if model is None else f"{model.__module__}.{model.__qualname__}"
 
     @model_validator(mode="after")
-    def _load_schema(self):
-        """Read and check the schema now, so a bad one stops the recipe before anything runs."""
+    def _one_schema(self):
+        """Check the schema now, so a bad one stops the recipe as it loads. A schema file that is
+        not there is named when first needed (`schema_dict`), which is when the engine takes the
+        steps' hashes, before any step runs: a recipe's copy in an output folder, which
+        `curate report` loads, points at files beside it that are not there."""
         given = [n for n in ("json_schema", "json_schema_file", "response_format") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of json_schema (inline), json_schema_file (a .json file) or "
                              "response_format (a pydantic model class, from Python)"
                              + (f"; got {' and '.join(given)}" if given else ""))
-        setting = given[0]
         if self.response_format is not None:
-            schema = strict_form(self.response_format.model_json_schema())
-        elif self.json_schema_file is not None:
-            schema = read_schema_file(self.json_schema_file)
-        else:
-            schema = self.json_schema
-        from jsonschema.exceptions import SchemaError
-
-        try:
-            schema_validator(schema_text(schema))
-        except SchemaError as exc:
-            where = "/".join(map(str, exc.absolute_path)) or "its top level"
-            raise ValueError(f"{setting}: not a valid JSON schema, at {where}: {exc.message}") from None
-        if schema.get("type") != "object" or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
-            raise ValueError(f"{setting}: the schema's top level must be an object with properties "
-                             "(type: object, properties: ...): its properties become the row's columns")
-        for name in schema["properties"]:
-            column = self.prefix + name
-            if column in RESERVED or column.startswith("score_"):
-                raise ValueError(f"{setting}: property {name!r} would be the column {column!r}, which "
-                                 f"{'filters name their scores so' if column.startswith('score_') else 'records use'}; "
-                                 "set prefix (for example prefix: out_)")
-        self._schema = schema
+            self._schema = checked(strict_form(self.response_format.model_json_schema()), "response_format", self.prefix)
+        elif self.json_schema is not None:
+            self._schema = checked(self.json_schema, "json_schema", self.prefix)
+        elif Path(self.json_schema_file).is_file():
+            self._schema = checked(read_schema_file(self.json_schema_file), "json_schema_file", self.prefix)
         return self
+
+    def schema_dict(self) -> dict[str, Any]:
+        """The schema asked for (a pydantic model's in OpenAI's strict form)."""
+        if not self._schema:
+            try:
+                self._schema = checked(read_schema_file(self.json_schema_file), "json_schema_file", self.prefix)
+            except ValueError as exc:
+                raise CurateError(f"{self.kind}: {exc}") from None
+        return self._schema
 
     # The schema -----------------------------------------------------------------------------
     def schema_text(self) -> str:
         """The schema as sent with every request: compact JSON with its keys in their given order
         (properties are written in that order, so it is part of what the teacher is asked)."""
-        return schema_text(self._schema)
+        return schema_text(self.schema_dict())
 
     def columns(self) -> list[tuple[str, str, pl.DataType, Callable[[Any], Any]]]:
         """(property, column, polars type, converter) for each top-level property."""
@@ -193,10 +188,32 @@ def schema_text(schema: dict[str, Any]) -> str:
     return json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
 
 
+def checked(schema: dict[str, Any], setting: str, prefix: str) -> dict[str, Any]:
+    """`schema` if the step can use it: a valid JSON schema (under the draft its $schema names) whose
+    top level is an object with properties, none of which lands on a reserved column."""
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        schema_validator(schema_text(schema))
+    except SchemaError as exc:
+        where = "/".join(map(str, exc.absolute_path)) or "its top level"
+        raise ValueError(f"{setting}: not a valid JSON schema, at {where}: {exc.message}") from None
+    if schema.get("type") != "object" or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+        raise ValueError(f"{setting}: the schema's top level must be an object with properties "
+                         "(type: object, properties: ...): its properties become the row's columns")
+    for name in schema["properties"]:
+        column = prefix + name
+        if column in RESERVED or column.startswith("score_"):
+            why = "filters name their scores so" if column.startswith("score_") else "records use"
+            raise ValueError(f"{setting}: property {name!r} would be the column {column!r}, which {why}; "
+                             "set prefix (for example prefix: out_)")
+    return schema
+
+
 def read_schema_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"json_schema_file {path}: no such file")
+        raise ValueError(f"json_schema_file {path}: no such file (a relative path is read from the recipe's folder)")
     try:
         schema = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

@@ -11,12 +11,14 @@ server and vLLM's server (the session fixtures of tests/conftest.py), and run th
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal, Optional
 
 import polars as pl
 import pytest
 from pydantic import BaseModel, Field
 
+from curate.engine import run_recipe
 from curate.errors import CurateError
 from curate.llm import LLM, Request, ResponseCache
 from curate.llm.embedded import EmbeddedBackend
@@ -226,8 +228,9 @@ def write_recipe(folder, step: str) -> str:
     ("{}", "give exactly one of json_schema (inline), json_schema_file"),
     ("{json_schema: {type: object, properties: {a: {type: string}}}, json_schema_file: s.json}",
      "got json_schema and json_schema_file"),
-    ("{json_schema_file: missing.json}", "json_schema_file missing.json: no such file"),
     ("{json_schema_file: bad.json}", "bad.json:2:7: not JSON: Expecting value"),
+    ("{json_schema_file: list.json}", "list.json: a JSON schema is an object, not list"),
+    ("{json_schema_file: answer.json}", "json_schema_file: property 'answer' would be the column 'answer'"),
     ("{json_schema: {type: object, properties: {a: {type: text}}}}",
      "json_schema: not a valid JSON schema, at properties/a/type: 'text' is not valid"),
     ("{json_schema: {type: array, items: {type: string}}}", "the schema's top level must be an object with properties"),
@@ -238,9 +241,22 @@ def write_recipe(folder, step: str) -> str:
 ])
 def test_bad_settings_stop_the_recipe_naming_the_key(tmp_path, step, message):
     (tmp_path / "bad.json").write_text('{"type": "object",\n "a": ,}')
+    (tmp_path / "list.json").write_text("[1]")
+    (tmp_path / "answer.json").write_text(json.dumps({"type": "object", "properties": {"answer": {"type": "string"}}}))
     with pytest.raises(CurateError) as exc:
         load_recipe(write_recipe(tmp_path, step))
     assert "steps[0].structured" in str(exc.value) and message in str(exc.value), str(exc.value)
+
+
+def test_a_missing_schema_file_stops_the_run_before_any_step(tmp_path):
+    """Named when the engine takes the steps' hashes, before any step runs; not when the recipe
+    loads, since a recipe's copy in an output folder (which `curate report` loads) points at files
+    beside it that are not there."""
+    recipe = load_recipe(write_recipe(tmp_path, "{json_schema_file: missing.json}"))
+    with pytest.raises(CurateError, match=re.escape("structured: json_schema_file missing.json: no such file "
+                                                    "(a relative path is read from the recipe's folder)")):
+        run_recipe(recipe, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out" / "steps").exists()
 
 
 def test_a_schema_file_is_read_from_the_recipe_folder(tmp_path):
