@@ -19,8 +19,12 @@ Requests outside the OpenAI API's documented limits get HTTP 400, as the OpenAI 
 server answer them (`openai_limit_error`): more than 4 `stop` sequences, `n` outside 1..128,
 `top_logprobs` outside 0..20 (chat) or `logprobs` outside 0..5 (completions), a `seed` outside the
 64-bit integer range, `temperature` outside 0..2, `top_p` outside 0..1. So a client that exceeds
-one fails a fast test here, not only against a real server. A normal answer honours `stop`: the
-echo ends before the first stop sequence found in it (finish reason "stop").
+one fails a fast test here, not only against a real server; so does a `response_format` OpenAI
+refuses (`response_format_error`: a json_schema without a valid name, or strict with a schema its
+strict mode does not take). A normal answer honours `stop`: the echo ends before the first stop
+sequence found in it (finish reason "stop"). A request for JSON (`response_format`) whose prompt
+starts with "{" is answered with the prompt itself, cut at max_tokens words: a test chooses the
+JSON, valid or not; other JSON requests get {"echo": prompt}.
 
 Every fault applies to the first `times` requests carrying that prompt (default 1; `times=always`
 for every one), then the prompt is answered normally. "Prompt" (the key used for counting) is the
