@@ -266,17 +266,19 @@ def test_a_schema_file_is_read_from_the_recipe_folder(tmp_path):
         "q_question", "q_difficulty", "q_points", "q_tags"]
 
 
-def test_the_recipe_runs_through_the_cli_against_a_server(tmp_path):
+def test_the_recipe_runs_against_a_server(tmp_path):
     """The engine's path (inputs, step hash, rejects.parquet, report), with the recipe's own schema
-    file and answers the fault server chooses: a rerun into the same folder sends nothing."""
+    file and answers the fault server chooses: a rerun into the same folder sends nothing. (In this
+    process: the CLI costs seconds of imports; the slow tests run the recipe through it.)"""
     answers = ['{"question": "Q1?", "answer": "A1", "difficulty": "easy"}',
                '{"question": "Q2?", "answer": "A2", "difficulty": "impossible"}']
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"instruction": a}) + "\n" for a in answers))
     with fault_server() as server:
         overrides = [f"inputs.0.path={tmp_path / 'in.jsonl'}", "teacher.backend=openai", "teacher.model=m",
                      f"teacher.base_url={server.base_url}", "teacher.api_key_env=CURATE_TEST_NO_KEY"]
-        report = run_recipe_cli("recipes/structured.yaml", tmp_path / "out", overrides=overrides)
-        run_recipe_cli("recipes/structured.yaml", tmp_path / "out", overrides=overrides)
+        report = run_recipe(load_recipe(ROOT / "recipes" / "structured.yaml", overrides), tmp_path / "out",
+                            show_progress=False)
+        run_recipe(load_recipe(ROOT / "recipes" / "structured.yaml", overrides), tmp_path / "out", show_progress=False)
         assert server.stats()["total"] == 2  # the rerun skipped the finished step
     assert_funnel_adds_up(report["steps"])
     records = pl.read_parquet(tmp_path / "out" / "records.parquet")
