@@ -96,6 +96,7 @@ class Structured(Responses):
             self._schema = checked(read_schema_file(self.json_schema_file), "json_schema_file", self.prefix)
         return self
 
+    # The schema -----------------------------------------------------------------------------
     def schema_dict(self) -> dict[str, Any]:
         """The schema asked for (a pydantic model's in OpenAI's strict form)."""
         if not self._schema:
@@ -105,7 +106,6 @@ class Structured(Responses):
                 raise CurateError(f"{self.kind}: {exc}") from None
         return self._schema
 
-    # The schema -----------------------------------------------------------------------------
     def schema_text(self) -> str:
         """The schema as sent with every request: compact JSON with its keys in their given order
         (properties are written in that order, so it is part of what the teacher is asked)."""
@@ -171,7 +171,7 @@ class Structured(Responses):
 
 
 def _not_json(constant: str) -> None:
-    """json.loads takes NaN and Infinity, which are not JSON (RFC 8259) and no other parser reads."""
+    """json.loads takes NaN and Infinity, which are not JSON (RFC 8259): a strict reader refuses them."""
     raise ValueError(f"{constant} is not JSON")
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from curate.engine import run_recipe
 from curate.errors import CurateError
-from curate.llm import LLM, Request, ResponseCache
+from curate.llm import LLM, Request, Response, ResponseCache
 from curate.llm.embedded import EmbeddedBackend
 from curate.llm.openai_backend import OpenAIBackend, openai_strict, response_format
 from curate.recipe import load_recipe
@@ -300,6 +300,16 @@ def test_the_embedded_backend_refuses_a_schema_it_cannot_make_a_grammar_of():
         Request.chat([{"role": "user", "content": "x"}], json_schema=json.dumps(schema)))
     assert response.permanent and response.error.startswith("embedded model: no llama.cpp grammar for this JSON schema")
     assert "Missing" in response.error
+
+
+def test_nan_and_infinity_are_not_json():
+    """Python's json module reads them; the schema would let NaN through as a number."""
+    step = Structured(json_schema={"type": "object", "properties": {"x": {"type": "number"}}})
+    (request,) = step.requests(rows("q").to_dicts()[0], Context())
+    for text in ('{"x": NaN}', '{"x": -Infinity}'):
+        with pytest.raises(ValueError, match="is not JSON"):
+            step.parse({}, request, Response(text=text, finish_reason="stop"))
+    assert step.parse({}, request, Response(text='{"x": 1e3}', finish_reason="stop"))["x"] == 1000.0
 
 
 def test_strict_form_keeps_what_the_model_says():
