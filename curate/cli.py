@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from curate.errors import CurateError
+from curate.errors import EXIT_VALIDATION_FAILED, CurateError, ValidationFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make and curate SFT training data.")
 err = Console(stderr=True)
@@ -46,11 +46,15 @@ def run(
     failures = failed_requests(report["steps"])
     if failures:
         out.print(f"[bold yellow]{failures}[/]")
-    _print_failed_expectations(report)
+    _validation_outcome(report)
 
 
-def _print_failed_expectations(report: dict) -> None:
-    """A failed expectation of the final data is worth a line on the terminal, not only in report.md."""
+def _validation_outcome(report: dict) -> None:
+    """A failed expectation of the final data is worth a line on the terminal, not only in report.md;
+    with validate.fail_on_error the command fails instead (ValidationFailed names them; exit code 3)."""
+    from curate.report.validate import raise_if_failed
+
+    raise_if_failed(report)
     v = report.get("validation")
     if v and v["passed"] < v["total"]:
         failed = "; ".join(f"{c['expectation']} ({c['details']})" for c in v["results"] if not c["success"])
@@ -112,7 +116,7 @@ def report(out_dir: Path = typer.Argument(..., help="A finished run folder.")):
 
     rep = rebuild_report(out_dir)
     out.print(f"rebuilt {out_dir}/report.html ({rep['rows']['out']} rows, {len(rep['steps']) - 1} steps)")
-    _print_failed_expectations(rep)
+    _validation_outcome(rep)
 
 
 @app.command()
@@ -129,10 +133,15 @@ def publish(
 
 
 def main() -> None:
-    """Run the CLI. A CurateError (bad input, settings, environment) is a message and exit 2; any
-    other exception is a bug: a one-line message and exit 1, with the traceback when CURATE_DEBUG=1."""
+    """Run the CLI. Final data that fails a critical expectation with `validate.fail_on_error: true`
+    is a message and exit 3 (after everything is written); a CurateError (bad input, settings,
+    environment) is a message and exit 2; any other exception is a bug: a one-line message and
+    exit 1, with the traceback when CURATE_DEBUG=1."""
     try:
-        app()
+        app(prog_name="curate")  # also under `python -m curate.cli`: the name completion scripts call
+    except ValidationFailed as exc:  # everything is written; the data failed a critical expectation
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_VALIDATION_FAILED)
     except CurateError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -9,6 +9,8 @@
       - responses: {n: 1, max_tokens: 256}
       - minhash_dedup: {threshold: 0.8}
     output: {format: messages, files: [parquet, jsonl], validation: 0.05}
+    validate: {fail_on_error: true, expectations: [{expect_column_values_to_not_be_null: {column: source}}]}
+                                          # great-expectations; see curate.report.validate
 
 Relative file paths in a recipe (inputs, `cache`, `teacher.model_path`, and step settings typed
 `RecipePath`: eval sets, anchor files, prompt templates, model files) are read from the recipe's
@@ -40,6 +42,7 @@ from curate.io import read_text
 from curate.llm.teacher import TeacherConfig
 from curate.output import OutputConfig
 from curate.registry import step_class
+from curate.report.validate import ValidateConfig, check_columns, check_declared, view_columns
 from curate.steps import SEED_LIMIT, Filter, Step, path_settings
 
 # How many values YAML aliases may add to a document beyond the ones written in it.
@@ -71,6 +74,8 @@ class RecipeConfig(BaseModel):
     steps: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: str | None = None  # response cache file; default <out>/cache/llm.sqlite
+    # `validate:` (curate.report.validate); not named `validate`, which is a BaseModel method
+    checks: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
 
     @field_validator("name")
     @classmethod
@@ -247,6 +252,7 @@ def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>"
         except ValidationError as exc:
             raise CurateError(f"{origin}: invalid recipe:\n{_format_errors(exc, prefix=f'steps[{i}].{kind}')}") from None
     _name_filters(steps, origin)
+    check_declared(config.checks, origin)
     return Recipe(config, steps, base_dir, redact_secrets(raw), path)
 
 
@@ -371,8 +377,10 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def check_output_columns(recipe: Recipe, columns: list[str]) -> None:
-    """Output settings that name a column, checked once the inputs are read (their columns and
-    the score columns the recipe's filters add are known then), before any step runs."""
+    """Output and validation settings that name a column, checked once the inputs are read (their
+    columns and the score columns the recipe's filters add are known then), before any step runs."""
+    check_columns(recipe.config.checks, view_columns(columns, recipe.steps, recipe.config.output),
+                  str(recipe.path or "recipe"))
     stratify = recipe.config.output.stratify
     known = [*columns, *(c for s in recipe.steps if isinstance(s, Filter) for c in s.score_columns())]
     if stratify and stratify not in known:

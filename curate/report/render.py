@@ -25,8 +25,13 @@ def render_markdown(report: dict) -> str:
               f"{llm['completion_tokens']} completion tokens, cost ${llm['cost']:.4f}", ""]
     if r.get("validation"):
         v = r["validation"]
-        lines.append(f"Validation ({v['engine']}): {v['passed']}/{v['total']} expectations met")
-        lines += [f"- {'PASS' if c['success'] else 'FAIL'} {c['expectation']}" for c in v["results"]]
+        lines.append(f"Validation ({v['engine']}): {v['passed']}/{v['total']} expectations met"
+                     + ("; the run failed (validate.fail_on_error)" if v.get("fails_run") else ""))
+        lines += [f"- {'PASS' if c['success'] else 'FAIL'} {c['expectation']}"
+                  + (f" [{c['severity']}]" if c.get("severity", "critical") != "critical" else "")
+                  + ("" if c["success"] or not c.get("details") else f": {c['details']}") for c in v["results"]]
+        if v.get("files"):
+            lines.append(f"\nSuite, results and the table they ran on, in great-expectations' format: {', '.join(v['files'])}")
     return "\n".join(lines) + "\n"
 
 
