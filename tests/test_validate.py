@@ -129,6 +129,25 @@ def test_a_declared_expectation_fails_on_the_row_that_breaks_it():
     assert not validate(df, [Heuristics()], warning_only, engine="great-expectations")["fails_run"]
 
 
+@GX_ONLY
+def test_each_result_belongs_to_its_expectation():
+    """GX returns its results in its own order (table-level aggregates before column maps): each
+    result must be matched to its expectation, not zipped by position. Found on the Cherry Alpaca
+    data, where a passing mean was reported failed with the null count of the expectation before it."""
+    df = scored(CLEAN)
+    checks = declared({"expect_column_values_to_not_be_null": {"column": "gold"}},
+                      {"expect_column_mean_to_be_between": {"column": "response_words", "min_value": 2}},
+                      {"expect_column_values_to_not_be_null": {"column": "gold"}},  # twice: both fail
+                      {"expect_column_max_to_be_between": {"column": "response_words", "max_value": 3}})
+    result = validate(df, [Heuristics()], checks, engine="great-expectations")
+    got = [(r["expectation"], r["success"], r["details"]) for r in result["results"] if r["declared"]]
+    assert got == [("expect_column_values_to_not_be_null(column='gold')", False, "3 rows fail (null)"),
+                   ("expect_column_mean_to_be_between(column='response_words', min_value=2)", True, ""),
+                   ("expect_column_values_to_not_be_null(column='gold')", False, "3 rows fail (null)"),
+                   ("expect_column_max_to_be_between(column='response_words', max_value=3)", False, "observed 5")]
+    assert [r["success"] for r in result["results"] if not r["declared"]] == [True] * 9
+
+
 def test_the_view_has_the_output_format_columns_and_convenience_columns():
     df = scored([row(), {"messages": [turn("system", "Be brief."), turn("user", "Name a planet."),
                                       turn("assistant", "Mars.")], "source": "s"}])

@@ -331,11 +331,15 @@ def _with_gx(table: pl.DataFrame, suite: list[Check]) -> tuple[list[dict[str, An
         batch = (ctx.data_sources.add_pandas("curate").add_dataframe_asset("final")
                  .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": table.to_pandas()}))
         gsuite = gx.ExpectationSuite(name=SUITE_NAME)
-        for check in suite:
-            gsuite.add_expectation(get_expectation_impl(check.type)(**check.kwargs))
+        expectations = [get_expectation_impl(check.type)(**check.kwargs) for check in suite]
+        for expectation in expectations:
+            gsuite.add_expectation(expectation)  # an equal one already in the suite is not added twice
         res = batch.validate(gsuite)
+    # GX orders results its own way (aggregates first): find each check's result by its configuration
+    by_config = {_config_key(r.expectation_config): r for r in res.results}
     out = []
-    for check, r in zip(suite, res.results):
+    for check, expectation in zip(suite, expectations):
+        r = by_config[_config_key(expectation.configuration)]
         result = r.result or {}
         if r.exception_info and r.exception_info.get("raised_exception"):
             details = f"error in great-expectations: {r.exception_info.get('exception_message')}"
@@ -344,9 +348,16 @@ def _with_gx(table: pl.DataFrame, suite: list[Check]) -> tuple[list[dict[str, An
         elif "unexpected_count" in result:
             details = _failing(result["unexpected_count"], result.get("partial_unexpected_list") or [])
         else:
-            details = f"observed {result.get('observed_value')!r}"
+            observed = result.get("observed_value")
+            details = f"observed {observed.item() if hasattr(observed, 'item') else observed!r}"  # numpy scalars
         out.append(_result(check, bool(r.success), details))
     return out, gsuite.to_json_dict(), res.to_json_dict()
+
+
+def _config_key(config) -> tuple:
+    """An expectation configuration as a key: its type and arguments (less the batch GX adds)."""
+    kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+    return config.type, repr(sorted(kwargs.items())), str(config.severity)
 
 
 def _with_polars(table: pl.DataFrame, suite: list[Check]) -> list[dict[str, Any]]:
