@@ -91,9 +91,13 @@ def test_numeric_columns_are_summarised_without_row_numbers(tmp_path):
     path = tmp_path / "d.csv"
     pd.DataFrame({"idx": [1, 2, 3], "question_id": [7, 9, 8], "difficulty": [3, 1, 2], "count": [4, 6, 5],
                   "instruction": ["a", "b", "c"]}).to_csv(path)
-    proc = cli("inspect", str(path))
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    result = CliRunner().invoke(app, ["inspect", str(path)])  # in this process; output not a terminal
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
     at = lines.index("numeric columns:")
     assert [line.split()[0] for line in lines[at + 2: at + 4]] == ["difficulty", "count"]
     assert lines[at + 4] == "not summarised (row numbers or ids): (unnamed), idx, question_id"

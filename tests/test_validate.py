@@ -86,7 +86,6 @@ def test_unknown_engine_is_an_error():
 
 # Recipe-declared expectations (validate: in a recipe), run by great-expectations ------------------
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -101,7 +100,6 @@ from curate.output import OutputConfig
 from curate.recipe import build_recipe, load_recipe
 from curate.report.validate import GX_FILES, ValidateConfig, view
 
-ROOT = Path(__file__).resolve().parents[1]
 GX_ONLY = pytest.mark.filterwarnings("ignore")  # GX's own deprecation warnings on import
 SHORT = "expect_column_value_lengths_to_be_between(column='response', min_value=10)"
 
@@ -237,13 +235,18 @@ def test_report_rebuild_saves_the_gx_files_of_an_older_folder(folder):
 
 
 @GX_ONLY
-def test_fail_on_error_fails_the_run_after_writing_everything(folder):
+def test_fail_on_error_fails_the_run_after_writing_everything(folder, monkeypatch, capsys):
+    """`curate run` as the console script calls it (curate.cli.main, in this process: a subprocess
+    would spend seconds importing great-expectations again)."""
+    from curate.cli import main
+
     recipe = write_recipe(folder, LENGTH.format("true"))
     out = folder / "out"
-    proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", str(recipe), "--out", str(out), "--quiet"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 3, proc.stderr
-    message = " ".join(proc.stderr.split())
+    monkeypatch.setattr(sys, "argv", ["curate", "run", str(recipe), "--out", str(out), "--quiet"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 3
+    message = " ".join(capsys.readouterr().err.split())
     assert "validation failed (2 of 11 expectations, validate.fail_on_error is true)" in message
     assert "expect_column_value_lengths_to_be_between(column='output', min_value=5): 1 rows fail" in message
     # the folder is finished: data, report and GX files are there, and a rerun would skip every step
