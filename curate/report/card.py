@@ -10,6 +10,7 @@ import yaml
 
 from curate.io import write_text
 from curate.recipe import Recipe
+from curate.report.render import price_text
 
 
 def write_card(recipe: Recipe, report: dict, path: Path) -> None:
@@ -41,7 +42,8 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
          if any(step.needs_llm for step in recipe.steps) else "- Teacher: none (no step calls a model)"),
         f"- Seed: {cfg.seed}",
         f"- Tokens: {llm['prompt_tokens']} prompt, {llm['completion_tokens']} completion"
-        + (f"; cost ${llm['cost']:.4f}" if llm["cost"] else ""),
+        + (f"; cost ${llm['cost']:.4f} ({price_text(report['teacher'].get('price'))})"
+           if llm["prompt_tokens"] + llm["completion_tokens"] else ""),
         f"- Sources: " + (", ".join(f"{md_literal(s)} ({v['rows']} rows)" for s, v in report["sources"].items()) or "-"),
     ]
     if report.get("validation"):

@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from curate.mix import Mix
+from curate.pricing import teacher_price
 from curate.recipe import Recipe
 from curate.report.plots import histogram_data
 from curate.steps import Filter
@@ -183,7 +184,8 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "seed": recipe.config.seed,
-        "teacher": {"backend": recipe.config.teacher.backend, "model": recipe.config.teacher.model},
+        "teacher": {"backend": recipe.config.teacher.backend, "model": recipe.config.teacher.model,
+                    "price": teacher_price(recipe.config.teacher).as_dict()},
         "rows": {"in": steps[0]["rows_in"] or steps[0]["rows_out"], "out": final.height, "rejected": rejects.height, "splits": split_rows},
         "steps": funnel,
         "llm": totals,
