@@ -50,6 +50,9 @@ class TeacherConfig(BaseModel):
     max_retries: int = Field(5, ge=0)
     chat_only: bool = False  # openai: the server only serves /chat/completions
     price: PriceConfig = Field(default_factory=PriceConfig)  # unset: from the price table (curate/pricing.py)
+    # The license or terms the teacher's outputs come under (an id from curate/licenses.py, e.g.
+    # llama3.1, or `other`), checked against the output license like an input's.
+    license: str | None = None
     # vllm: model = HF id or folder, model_path = a .gguf to convert; neither = the embedded model
     dtype: str | None = None
     max_model_len: int | None = Field(None, gt=0)
