@@ -29,6 +29,7 @@ its own copy, so an override changes one place only.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from curate.errors import CurateError
 from curate.io import read_text
+from curate.licenses import recipe_licenses
 from curate.llm.teacher import TeacherConfig
 from curate.output import OutputConfig
 from curate.registry import step_class
 from curate.report.validate import ValidateConfig, check_columns, check_declared, view_columns
 from curate.steps import SEED_LIMIT, Filter, Step, path_settings
+
+log = logging.getLogger(__name__)
 
 # How many values YAML aliases may add to a document beyond the ones written in it.
 MAX_ALIAS_NODES = 100_000
@@ -68,7 +72,7 @@ class RecipeConfig(BaseModel):
     name: str
     description: str = ""
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
-    license: str | None = None  # of the output data, for the dataset card
+    license: str | None = None  # of the output data, for the dataset card; checked by curate/licenses.py
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     inputs: list[InputConfig] = Field(default_factory=list)
     steps: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
@@ -253,7 +257,10 @@ def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>"
             raise CurateError(f"{origin}: invalid recipe:\n{_format_errors(exc, prefix=f'steps[{i}].{kind}')}") from None
     _name_filters(steps, origin)
     check_declared(config.checks, origin)
-    return Recipe(config, steps, base_dir, redact_secrets(raw), path)
+    recipe = Recipe(config, steps, base_dir, redact_secrets(raw), path)
+    for warning in recipe_licenses(recipe).warnings:  # before anything runs; the card repeats them
+        log.warning("%s: license: %s", origin, warning)
+    return recipe
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
