@@ -21,13 +21,20 @@ from curate.llm.cache import ResponseCache
 
 @dataclass
 class Price:
-    """USD per million tokens, as given in a recipe's `teacher.price`."""
+    """USD per million tokens, and where the figures came from (a recipe's `teacher.price`, a price
+    table, a local model): curate/pricing.py decides, the report shows `source`."""
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    source: str = "not priced"
+    known: bool = True  # False: no price was found, so the cost counted (0) is not the real cost
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+
+    def as_dict(self) -> dict:
+        return {"input_per_mtok": self.input_per_mtok, "output_per_mtok": self.output_per_mtok,
+                "source": self.source, "known": self.known}
 
 
 @dataclass

@@ -162,6 +162,12 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def api_base_url(base_url: str | None) -> str:
+    """The URL requests go to: the given one, else $OPENAI_BASE_URL, else OpenAI's API (what the
+    openai client does too); prices are looked up by this URL (curate/pricing.py)."""
+    return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+
+
 class OpenAIBackend(Backend):
     """Chat and raw-completion requests to an OpenAI-compatible `base_url` (…/v1)."""
 
@@ -194,7 +200,7 @@ class OpenAIBackend(Backend):
         self.structured_output = structured_output
         self.supports_raw_prompt = raw_prompts
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        self.base_url = api_base_url(base_url)
         # Kept private and out of repr/errors; local servers (vLLM, llama.cpp) need none.
         self.__api_key = api_key if api_key is not None else os.environ.get(api_key_env) or None
         self.max_concurrency = max_concurrency

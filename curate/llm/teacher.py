@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -9,10 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.llm.base import Backend
 from curate.llm.cache import ResponseCache
-from curate.llm.client import LLM, Price
+from curate.llm.client import LLM
+
+log = logging.getLogger(__name__)
 
 
 class PriceConfig(BaseModel):
+    """USD per million tokens at the standard (synchronous) rate. Given, it overrides the price table
+    (curate/pricing.py); a batch API is priced at half of it."""
+
     model_config = ConfigDict(extra="forbid")
     input_per_mtok: float = Field(0.0, ge=0)
     output_per_mtok: float = Field(0.0, ge=0)
@@ -43,7 +49,10 @@ class TeacherConfig(BaseModel):
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
     chat_only: bool = False  # openai: the server only serves /chat/completions
-    price: PriceConfig = Field(default_factory=PriceConfig)
+    price: PriceConfig = Field(default_factory=PriceConfig)  # unset: from the price table (curate/pricing.py)
+    # The license or terms the teacher's outputs come under (an id from curate/licenses.py, e.g.
+    # llama3.1, or `other`), checked against the output license like an input's.
+    license: str | None = None
     # vllm: model = HF id or folder, model_path = a .gguf to convert; neither = the embedded model
     dtype: str | None = None
     max_model_len: int | None = Field(None, gt=0)
@@ -97,9 +106,14 @@ def build_backend(cfg: TeacherConfig) -> Backend:
 
 
 def build_llm(cfg: TeacherConfig, cache_path: str | Path | None, show_progress: bool = True) -> LLM:
+    from curate.pricing import teacher_price
+
+    price = teacher_price(cfg)
+    if not price.known:
+        log.warning("teacher %s: %s", cfg.model, price.source)
     return LLM(
         backend=build_backend(cfg),
         cache=ResponseCache(cache_path) if cache_path else None,
-        price=Price(cfg.price.input_per_mtok, cfg.price.output_per_mtok),
+        price=price,
         show_progress=show_progress,
     )
