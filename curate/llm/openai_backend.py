@@ -24,7 +24,7 @@ has to bound how many are in flight:
   `max_model_len`; it refuses a larger max_tokens, and itself caps one that only the prompt pushes
   past the context). A prompt longer than the context is refused by the server (HTTP 400, not
   retried).
-- A request's `json_schema` is sent as `response_format` (`response_format`): OpenAI's structured
+- A request's `json_schema` is sent as `response_format` (built by `response_format`): OpenAI's structured
   outputs form, which vLLM's and SGLang's servers take too, `strict` only where the schema meets
   OpenAI's strict rules (OpenAI refuses a strict request whose schema does not). llama-cpp-python's
   server takes only its own form (json_object with a schema, which it turns into a grammar: the same
