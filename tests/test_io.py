@@ -100,3 +100,38 @@ def test_plain_text_documents(tmp_path):
                                         [{"role": "user", "content": "Another one."}]]
     assert df["source"].to_list() == ["a", "b"]
     assert read_records(tmp_path / "docs" / "b.txt")["messages"][0].to_list()[0]["content"] == "Another one."
+
+
+def test_cells_become_the_text_python_writes():
+    """The column-wise mapping gives each cell the text str() gives it, as the row-by-row reader it
+    replaced did (polars writes 1e-05 as "0.00001" and True as "true"); Python's whitespace is
+    stripped (U+001C is whitespace to Python, not to polars); a false source falls back to the
+    input's name."""
+    from curate.io import to_records
+
+    df = pl.DataFrame({"instruction": [" Add\x1c", "Say hi."], "input": [1e-05, None], "output": [True, None],
+                       "source": [0, 7]})
+    got = to_records(df, source="d").select("messages", "source").to_dicts()
+    assert got == [{"messages": [{"role": "user", "content": "Add\n\n1e-05"}, {"role": "assistant", "content": "True"}],
+                    "source": "d"},
+                   {"messages": [{"role": "user", "content": "Say hi."}], "source": "7"}]
+
+
+def test_sharegpt_and_messages_edge_rows():
+    """A turn that is not an object has no speaker and no text; an unknown speaker keeps its name
+    (split_invalid rejects the row); a null row has no turns; extra fields of a turn are dropped;
+    a message that is not a {role, content} object is an error naming the row."""
+    from curate.io import to_records
+
+    conv = pl.DataFrame({"conversations": [[{"from": "Human", "value": "hi"}, None, {"from": "tool", "value": None},
+                                            {"from": "GPT", "value": "yo"}], None]})
+    assert to_records(conv)["messages"].to_list() == [
+        [{"role": "user", "content": "hi"}, {"role": "", "content": ""}, {"role": "tool", "content": ""},
+         {"role": "assistant", "content": "yo"}], []]
+    chat = pl.DataFrame({"messages": [[{"role": "user", "content": 2.5, "name": "x"}], None]})
+    assert to_records(chat)["messages"].to_list() == [[{"role": "user", "content": "2.5"}], []]
+    holes = pl.DataFrame({"messages": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}, None]]})
+    with pytest.raises(CurateError, match=r"<frame>: row 2: 'messages' must be a list of \{role, content\} objects"):
+        to_records(holes)
+    with pytest.raises(CurateError, match=r"<frame>: row 3: 'conversations' must be a list"):
+        to_records(pl.DataFrame({"conversations": [None, None, "text"]}))
