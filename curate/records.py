@@ -138,6 +138,16 @@ def message_text(df: pl.DataFrame, part: str = "text") -> pl.Series:
     return df.select(expr.fill_null("").alias(part)).to_series()
 
 
+
+def turn_lists(turns: pl.DataFrame, n_rows: int, turn: pl.Expr, name: str = "messages") -> pl.Series:
+    """Lists built from a frame of turns, one row per turn: for each row 0..n_rows-1 (the `row`
+    column), the values of `turn` (e.g. pl.struct("role", "content")) in the order of `turns`;
+    a row with none gets an empty list. Grouping measured ~10x faster than polars'
+    concat_list of structs (bench/bench_hotpaths.py)."""
+    grouped = turns.group_by("row", maintain_order=True).agg(turn.alias(name))
+    rows = pl.DataFrame({"row": pl.int_range(n_rows, eager=True, dtype=turns.schema["row"])})
+    return rows.join(grouped, on="row", how="left", maintain_order="left")[name].fill_null([])
+
 ROLES = ("system", "user", "assistant")
 
 
