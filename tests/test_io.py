@@ -135,3 +135,30 @@ def test_sharegpt_and_messages_edge_rows():
         to_records(holes)
     with pytest.raises(CurateError, match=r"<frame>: row 3: 'conversations' must be a list"):
         to_records(pl.DataFrame({"conversations": [None, None, "text"]}))
+
+
+def test_json_lines_read_by_arrow_or_else_as_python_reads_them(tmp_path):
+    """A plain JSON Lines file is read by Arrow's columnar reader; where Arrow would read it
+    otherwise than Python's json does, the line-by-line reader reads it: a date stays text, an
+    integer beyond 64 bits stays exact, two objects on one line or one over two lines are
+    malformed JSON on that line, nesting Arrow's parser would overflow its stack on is refused by
+    name, bytes that are not UTF-8 are named by line."""
+    from curate.io import _arrow_jsonl
+
+    plain = write_lines(tmp_path / "plain.jsonl", [json.dumps({"prompt": f"p{i}", "score": i / 3}) for i in range(5)])
+    assert _arrow_jsonl(plain.read_bytes()) is not None
+    assert read_table(plain).equals(pl.DataFrame({"prompt": [f"p{i}" for i in range(5)], "score": [i / 3 for i in range(5)]}))
+
+    dates = write_lines(tmp_path / "dates.jsonl", ['{"prompt": "p", "gold": "2020-01-01"}'])
+    assert read_table(dates).schema["gold"] == pl.String
+    big = write_lines(tmp_path / "big.jsonl", ['{"prompt": "p", "gold": 12345678901234567890}'])
+    assert read_table(big)["gold"].to_list() == [12345678901234567890]
+    for lines, line in ((['{"prompt": "a"}', '{"prompt": "b"} {"prompt": "c"}'], 2), (['{"prompt":', '"a"}'], 1)):
+        with pytest.raises(CurateError, match=rf"\.jsonl:{line}: malformed JSON"):
+            read_table(write_lines(tmp_path / "two.jsonl", lines))
+    deep = write_lines(tmp_path / "deep.jsonl", ['{"prompt": "a"}', '{"prompt": ' + "[" * 20_000 + "]" * 20_000 + "}"])
+    with pytest.raises(CurateError, match=r"deep\.jsonl:2: malformed JSON \(nested too deeply\)"):
+        read_table(deep)
+    (tmp_path / "bytes.jsonl").write_bytes(b'{"prompt": "a"}\n{"prompt": "b\xff"}\n')
+    with pytest.raises(CurateError, match=r"bytes\.jsonl:2: not UTF-8 text"):
+        read_table(tmp_path / "bytes.jsonl")
