@@ -291,15 +291,10 @@ def char_class(predicate: str) -> str:
     """`python_chars(predicate)` as the inside of a regex character class for polars ("[" + ... + "]"),
     written as ranges of code points. "isword" is Python's `\\w` (isalnum and "_")."""
     chars = python_chars("isalnum") + "_" if predicate == "isword" else python_chars(predicate)
-    points = sorted({ord(c) for c in chars})
-    parts, i = [], 0
-    while i < len(points):
-        j = i
-        while j + 1 < len(points) and points[j + 1] == points[j] + 1:
-            j += 1
-        parts.append(f"\\x{{{points[i]:X}}}" + (f"-\\x{{{points[j]:X}}}" if j > i else ""))
-        i = j + 1
-    return "".join(parts)
+    points = np.unique(np.frombuffer(chars.encode("utf-32-le"), np.uint32))
+    breaks = np.flatnonzero(np.diff(points) != 1) + 1
+    firsts, lasts = points[np.r_[0, breaks]], points[np.r_[breaks - 1, len(points) - 1]]
+    return "".join(f"\\x{{{a:X}}}" + (f"-\\x{{{b:X}}}" if b > a else "") for a, b in zip(firsts.tolist(), lasts.tolist()))
 
 
 # ------------------------------------------------------------------------------------------------
