@@ -23,12 +23,11 @@ The data are non-commercial (Alpaca-GPT4): used here only, never copied into the
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import json
 import os
 import random
-import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -117,9 +116,10 @@ def same(stage: str, old, new, tmp: Path, io_mod) -> str:
     return "identical" if old.equals(new) else "DIFFERENT"
 
 
-def rss_mb() -> float:
+def status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (the peak since the last reset) of this process, in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -130,10 +130,11 @@ def child(args) -> None:
     path = Path(args.path)
     records = None if args.stage == "read" else with_extras(mods["curate.io"].read_records(path, source="bench"))
     fn = stage_fn(mods, args.stage, path, records)
-    before = rss_mb()
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # the peak RSS starts again from the RSS now (Linux)
+    before = status_mb("VmRSS")
     fn()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"added_mb": max(peak - before, 0.0), "before_mb": before}))
+    print(json.dumps({"added_mb": max(status_mb("VmHWM") - before, 0.0), "before_mb": before}))
 
 
 def memory(args, path: Path) -> None:
