@@ -67,7 +67,10 @@ def test_recipe_against_a_real_server(name, server_fixture, request, tmp_path):
     server = request.getfixturevalue(server_fixture)
     out = tmp_path / "out"
     report = run_recipe_cli(f"recipes/{name}.yaml", out, overrides=[*SERVED[name], *teacher(server)])
-    assert report["teacher"] == {"backend": "openai", "model": MODEL}
+    t = report["teacher"]
+    assert (t["backend"], t["model"], t["wrote_rows"]) == ("openai", MODEL, True)
+    # a server on 127.0.0.1 is a model run here: priced at zero, never at a hosted model's rates
+    assert t["price"]["source"] == "local model" and t["price"]["output_per_mtok"] == 0.0
     llm = report["llm"]
     # every request was within what the server takes: none failed (Magpie's were all HTTP 400)
     assert llm["failures"] == 0, pl.read_parquet(out / "rejects.parquet").filter(
