@@ -2,7 +2,9 @@
 
 `llm.generate(requests)` returns one Response per Request, in order. Cache look-up, a sliding
 window of in-flight requests, per-response cache writes, usage and cost totals and the progress
-bar are all handled here; rate limits, retries and timeouts belong to the backend.
+bar are all handled here; rate limits, retries and timeouts belong to the backend. With a batch
+route (`teacher.batch`, curate.llm.batch) the requests the cache lacks go through a provider's
+batch API instead of the window, so every generator gets it without a change.
 """
 
 from __future__ import annotations
@@ -11,12 +13,19 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from curate.llm.base import Backend, Request, Response
 from curate.llm.cache import ResponseCache
+
+if TYPE_CHECKING:
+    from curate.llm.batch import BatchRoute
+
+# What a batch API charges against the standard price: OpenAI's Batch API documents 50% off. The one
+# place a batch price is made (Price.at_batch_rates), so a price table with batch prices replaces it here.
+BATCH_PRICE_FACTOR = 0.5
 
 
 @dataclass
@@ -25,9 +34,15 @@ class Price:
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    source: str = "teacher.price"  # where the rates come from, as the usage reports it
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+
+    def at_batch_rates(self) -> "Price":
+        """The price of the same tokens sent through a batch API."""
+        return Price(self.input_per_mtok * BATCH_PRICE_FACTOR, self.output_per_mtok * BATCH_PRICE_FACTOR,
+                     f"{self.source} at batch rates ({BATCH_PRICE_FACTOR:.0%})")
 
 
 @dataclass
@@ -41,10 +56,17 @@ class Usage:
     completion_tokens: int = 0
     cost: float = 0.0
     seconds: float = 0.0
+    batched: int = 0  # of `sent`, the requests that went through a batch API (or are in flight in one)
+    price: str = ""  # Price.source of `cost`
 
     def add(self, other: "Usage") -> None:
         for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, str):
+                parts = [p for p in dict.fromkeys([*mine.split("; "), *theirs.split("; ")]) if p]
+                setattr(self, name, "; ".join(parts))
+            else:
+                setattr(self, name, mine + theirs)
 
     def as_dict(self) -> dict:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in self.__dict__.items()}
@@ -57,6 +79,7 @@ class LLM:
     price: Price = field(default_factory=Price)
     show_progress: bool = True
     usage: Usage = field(default_factory=Usage)  # totals over this object's life
+    batch: BatchRoute | None = None  # send what the cache lacks through a batch API (curate.llm.batch)
 
     @property
     def model(self) -> str:
@@ -73,9 +96,16 @@ class LLM:
         for key, req in zip(keys, requests):
             if key not in found and key not in todo:
                 todo[key] = req
-        fresh = _run_async(self._send_all(todo, len(requests) - len(todo), len(requests), label)) if todo else {}
+        done = len(requests) - len(todo)
+        if not todo:
+            fresh = {}
+        elif self.batch is not None:
+            fresh = self.batch.run(todo, label, done=done, total=len(requests))
+        else:
+            fresh = _run_async(self._send_all(todo, done, len(requests), label))
         responses = [found.get(k) or fresh[k] for k in keys]
-        usage = Usage(requests=len(requests), sent=len(todo), cache_hits=len(requests) - len(todo))
+        usage = Usage(requests=len(requests), sent=len(todo), cache_hits=done,
+                      batched=len(todo) if self.batch is not None else 0, price=self.price.source)
         for r in responses:
             usage.failures += not r.ok
             usage.permanent_failures += r.permanent
@@ -119,6 +149,8 @@ class LLM:
 
     def close(self) -> None:
         self.backend.close()
+        if self.batch is not None:
+            self.batch.close()
         if self.cache is not None:
             self.cache.close()
 
