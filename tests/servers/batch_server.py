@@ -360,22 +360,22 @@ def batch_server(**settings: Any) -> Iterator[BatchServerHandle]:
 
 def answer_folder_batch(input_file: Path, output_file: Path) -> Counter:
     """Answer a batch input file as vLLM's run_batch does: one output file holding a line per
-    request, answers (status 200) and errors alike. Returns how often each prompt was run."""
+    request (answers with status 200, errors inline), written at the end. Like run_batch (0.32), a
+    line that is not a chat request stops it before it answers anything. Returns how often each
+    prompt was run."""
     runs: Counter[str] = Counter()
+    requests = [json.loads(line) for line in Path(input_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if any(req["url"] != "/v1/chat/completions" for req in requests):
+        raise ValueError(f"{input_file}: run_batch serves chat requests only")
     out = []
-    for n, line in enumerate(Path(input_file).read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        chat = req["url"] == "/v1/chat/completions"
-        key, _ = _prompt(req["body"], chat)
+    for n, req in enumerate(requests):
+        key, _ = _prompt(req["body"], True)
         runs[key] += 1
-        if not chat:  # vLLM's run_batch serves chat completions only
-            resp = {"status_code": 400, "request_id": f"vllm-{n}", "body": None}
-            out.append({"id": f"vllm-{n}", "custom_id": req["custom_id"], "response": resp,
-                        "error": f"URL {req['url']} was used. Supported endpoints: /v1/chat/completions"})
-            continue
-        resp = {"status_code": 200, "request_id": f"vllm-{n}", "body": echo_answer(req["body"], chat, key)}
-        out.append({"id": f"vllm-{n}", "custom_id": req["custom_id"], "response": resp, "error": None})
+        limit = openai_limit_error(req["body"], True)
+        if limit is None:
+            resp = {"status_code": 200, "request_id": f"vllm-batch-{n}", "body": echo_answer(req["body"], True, key)}
+        else:
+            resp = {"status_code": 400, "request_id": f"vllm-batch-{n}", "body": None}
+        out.append({"id": f"vllm-{n}", "custom_id": req["custom_id"], "response": resp, "error": limit})
     Path(output_file).write_text("".join(json.dumps(o) + "\n" for o in out), encoding="utf-8")
     return runs
