@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from curate.errors import CurateError
-from curate.llm import LLM, Price, Request, ResponseCache
+from curate.llm import LLM, Price, Request, Response, ResponseCache
 from curate.llm.batch import BatchRoute, FolderBatches, OpenAIBatches
 from curate.llm.openai_backend import OpenAIBackend
 from curate.llm.teacher import TeacherConfig, build_llm
@@ -278,6 +278,26 @@ def test_unreachable_provider_fails_the_call_but_keeps_the_batch(tmp_path):
     got, usage = build_llm(cfg, cache, show_progress=False).generate(requests)
     assert usage.failures == 3 and all("lost contact with batch" in r.error for r in got), got[0].error
     assert len(in_flight(cache)) == 3 and all(row[3] for row in in_flight(cache))
+
+
+def test_a_damaged_cache_keeps_the_requests_in_flight(tmp_path, caplog):
+    """A cache that fails SQLite's check is replaced by a new one holding what still reads: the
+    requests in flight too, so the rerun waits for their batch instead of paying for them again."""
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path)
+    cache.add_in_flight("file-1", [(f"key{i}", f"cid{i}") for i in range(5)])
+    cache.set_batch("file-1", "batch_1")
+    for i in range(300):
+        cache.put(f"r{i}", Response(text="x" * 500, finish_reason="stop"))
+    cache.close()
+    with open(path, "r+b") as f:  # a page of the responses written last
+        f.seek(path.stat().st_size - 3 * 4096)
+        f.write(b"\xff" * 4096)
+    cache = ResponseCache(path)
+    assert sorted(path.parent.glob("c.sqlite.damaged-*"))
+    assert {k: f.batch_id for k, f in cache.in_flight([f"key{i}" for i in range(5)]).items()} == \
+        {f"key{i}": "batch_1" for i in range(5)}
+    assert "and the 5 requests in flight in batches" in caplog.text
 
 
 # -- price, settings, secrets ------------------------------------------------------------------------

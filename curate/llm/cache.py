@@ -104,8 +104,9 @@ class ResponseCache:
                        "VALUES (?, ?, ?, ?, ?)", in_flight)
         db.execute("COMMIT")
         log.warning("%s: the response cache is damaged (%s); kept it as %s and started a new cache with the %d "
-                    "responses still readable in it; requests whose responses were lost will be sent again",
-                    self.path, exc, damaged.name, len(rows))
+                    "responses still readable in it%s; requests whose responses were lost will be sent again",
+                    self.path, exc, damaged.name, len(rows),
+                    f" and the {len(in_flight)} requests in flight in batches" if in_flight else "")
         return db
 
     def get_many(self, keys: list[str]) -> dict[str, Response]:
