@@ -248,6 +248,19 @@ def test_a_kill_between_creating_a_batch_and_recording_it_loses_no_batch(tmp_pat
     assert all(after["runs"][f"u{i}"] == 1 for i in range(3))
 
 
+def test_the_online_route_warns_before_paying_twice(tmp_path, caplog):
+    """teacher.batch turned off while an earlier run's batch is out: the requests are sent online
+    with a warning naming the batch."""
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    request = ask("paid twice?")
+    cache.add_in_flight("file-1", [(request.cache_key("openai", "m"), "cid")])
+    cache.set_batch("file-1", "batch_out_there")
+    with fault_server() as server:
+        llm = LLM(OpenAIBackend("m", base_url=server.base_url, api_key="local"), cache=cache, show_progress=False)
+        got, _ = llm.generate([request])
+    assert got[0].ok and "1 request(s) are also in batch(es) batch_out_there" in caplog.text
+
+
 def test_batch_gone_from_the_server_is_sent_again(tmp_path):
     """A batch id the server does not know (another account or server): its requests are sent again."""
     cache = ResponseCache(tmp_path / "c.sqlite")

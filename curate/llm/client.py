@@ -10,6 +10,7 @@ batch API instead of the window, so every generator gets it without a change.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 # What a batch API charges against the standard price: OpenAI's Batch API documents 50% off. The one
 # place a batch price is made (Price.at_batch_rates), so a price table with batch prices replaces it here.
 BATCH_PRICE_FACTOR = 0.5
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class LLM:
         elif self.batch is not None:
             fresh = self.batch.run(todo, label, done=done, total=len(requests))
         else:
+            self._warn_in_flight(todo, label)
             fresh = _run_async(self._send_all(todo, done, len(requests), label))
         responses = [found.get(k) or fresh[k] for k in keys]
         usage = Usage(requests=len(requests), sent=len(todo), cache_hits=done,
@@ -115,6 +118,15 @@ class LLM:
         usage.seconds = time.perf_counter() - started
         self.usage.add(usage)
         return responses, usage
+
+    def _warn_in_flight(self, todo: dict[str, Request], label: str) -> None:
+        """Requests an earlier run sent in a batch that is still out are about to be paid for twice."""
+        flying = self.cache.in_flight(list(todo)) if self.cache is not None else {}
+        if flying:
+            batches = sorted({f.batch_id or f.file_id for f in flying.values()})
+            log.warning("%s: %d request(s) are also in batch(es) %s sent by an earlier run with teacher.batch; they are "
+                        "sent again now and paid twice unless those batches are cancelled (or set teacher.batch to "
+                        "wait for them)", label, len(flying), ", ".join(batches[:5]))
 
     async def _send_all(self, todo: dict[str, Request], done: int, total: int, label: str) -> dict[str, Response]:
         """Keep `max_concurrency` requests in flight: a worker takes the next request as soon as one finishes."""
