@@ -31,6 +31,7 @@ from curate.llm.teacher import build_llm
 from curate.records import concat, frame_digest, split_invalid
 from curate.recipe import Recipe, check_output_columns, redact_url
 from curate.report.compute import StepSections
+from curate.report.validate import gx_files
 from curate.steps import Context, Step, StepResult, digest, embedded_model_file, file_digest, files_digest
 
 DONE = "_DONE.json"
@@ -175,6 +176,7 @@ def planned_files(recipe: Recipe, plan: list[PlannedStep], out: Path, cache: Pat
     """Every file this run may write in `out` (with `cache`, the response cache in it), listed in
     the folder's manifest before it is written."""
     files = [out / n for n in ("recipe.yaml", "records.parquet", "rejects.parquet", *REPORT_FILES)]
+    files += gx_files(out)
     files += [out / "steps" / p.name / n for p in plan for n in (*STEP_FILES, DONE)]
     splits = ("train", "validation") if recipe.config.output.validation else ("train",)
     files += [out / "data" / f"{s}.{ext}" for s in splits for ext in recipe.config.output.files]
@@ -280,7 +282,8 @@ def publish_report(recipe: Recipe, out: Path, steps: list[dict], final: pl.DataF
     from curate.report.render import write_reports
     from curate.report.validate import validate
 
-    validation = validate(final, recipe.steps)  # on 0 rows too: "at least 1 row" fails
+    # on 0 rows too: "at least 1 row" fails
+    validation = validate(final, recipe.steps, recipe.config.checks, recipe.config.output, save_to=out / "gx")
     sections = read_sections(recipe, steps, out) if sections is None else sections
     report = build_report(recipe, steps, final, rejects, data_files, seconds, out, sections, validation)
     write_reports(report, out)
@@ -298,7 +301,8 @@ def rebuild_report(out: str | Path) -> dict:
     if missing:
         raise CurateError(f"{out}: not a finished run folder (missing {', '.join(missing)})")
     require_complete(out, "rebuild its report")
-    with locked(out, purpose="report rebuild", create=False):
+    with locked(out, purpose="report rebuild", create=False) as folder:
+        folder.claim(gx_files(out))  # a run from before they were saved, or without great-expectations then
         recipe = build_recipe(_read_state(out / "recipe.yaml", yaml.safe_load), base_dir=out,
                               origin=str(out / "recipe.yaml"))
         old = _read_state(out / "report.json", json.loads, need=("steps", "data_files", "seconds"))

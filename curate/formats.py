@@ -23,6 +23,11 @@ from curate.errors import CurateError
 Format = Literal["messages", "alpaca", "sharegpt", "prompt_completion", "preference"]
 FORMATS: tuple[str, ...] = ("messages", "alpaca", "sharegpt", "prompt_completion", "preference")
 SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}
+# The columns each format writes beside the carried ones (id, source; reasoning with reasoning: field).
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",), "alpaca": ("instruction", "input", "output", "system"), "sharegpt": ("conversations",),
+    "prompt_completion": ("prompt", "completion"), "preference": ("prompt", "chosen", "rejected"),
+}
 DEFAULT_WRAPPER = "<think>\n{reasoning}\n</think>\n\n{answer}"
 
 

@@ -117,6 +117,13 @@ def concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed")
 
 
+def score_value_columns(schema: pl.Schema | dict) -> list[str]:
+    """The `score_*` columns holding a measure per row (numeric or boolean): not fingerprints
+    (text), and not row positions or ranks (`_row`, `_rank`: where a row sits, not how good it is)."""
+    return [c for c, t in schema.items() if c.startswith("score_") and (t.is_numeric() or t == pl.Boolean)
+            and not c.endswith(("_row", "_rank"))]
+
+
 def message_text(df: pl.DataFrame, part: str = "text") -> pl.Series:
     """The text of each row, as one string.
 

@@ -42,13 +42,10 @@ def ask(text: str, **params) -> Request:
     return Request.chat([{"role": "user", "content": text}], max_tokens=params.pop("max_tokens", 8), **params)
 
 
-def teacher(server, cache: Path, price: Price | None = None, **batch) -> LLM:
+def teacher(server, cache: Path, price: dict | None = None, **batch) -> LLM:
     cfg = TeacherConfig(backend="openai", model="m", base_url=server.base_url, max_retries=1, timeout=10,
-                        batch={"poll_seconds": POLL, **batch})
-    llm = build_llm(cfg, cache, show_progress=False)
-    if price is not None:
-        llm.price = llm.batch.price(price)
-    return llm
+                        batch={"poll_seconds": POLL, **batch}, **({"price": price} if price else {}))
+    return build_llm(cfg, cache, show_progress=False)
 
 
 def sdk(server) -> openai.OpenAI:
@@ -316,19 +313,19 @@ def test_a_damaged_cache_keeps_the_requests_in_flight(tmp_path, caplog):
 # -- price, settings, secrets ------------------------------------------------------------------------
 
 def test_batch_answers_are_priced_at_batch_rates(tmp_path):
-    """Usage and each row's meta cost half the standard price, and say so."""
+    """Usage and each row's meta cost half the standard price, and the price says it is the batch rate."""
     from synth.responses import Responses
     from curate.records import make_frame
     from curate.steps import Context
 
     df = make_frame([{"messages": [{"role": "user", "content": f"price me {i}"}], "source": "s"} for i in range(3)])
     with batch_server() as server:
-        llm = teacher(server, tmp_path / "c.sqlite", price=Price(input_per_mtok=2.0, output_per_mtok=4.0))
+        llm = teacher(server, tmp_path / "c.sqlite", price={"input_per_mtok": 2.0, "output_per_mtok": 4.0})
         result = Responses(max_tokens=8).run(df, Context(llm=llm, seed=0))
     usage = result.stats["llm"]
     full = Price(2.0, 4.0).cost(usage["prompt_tokens"], usage["completion_tokens"])
     assert usage["cost"] == pytest.approx(full / 2) and usage["cost"] > 0
-    assert "batch" in usage["price"] and usage["batched"] == 3
+    assert llm.price.source == "recipe teacher.price, batch at 50%" and usage["batched"] == 3
     metas = result.kept["meta"].to_list()
     assert sum(m["cost"] for m in metas) == pytest.approx(full / 2)
 
@@ -388,10 +385,10 @@ def test_folder_route_writes_the_input_and_waits_for_a_complete_output(tmp_path)
     got, usage = box["got"]
     assert got[0].text == "echo: folder one" and got[1].text == "echo: folder two"
     assert got[2].permanent and "chat requests only" in got[2].error
-    assert usage.cost == 0 and usage.price == "teacher.price"  # no batch discount: whoever ran it sets the price
     llm = build_llm(cfg, tmp_path / "c.sqlite", False)
     _, usage2 = llm.generate(requests[:2])
     assert usage2.cache_hits == 2 and not llm.backend.supports_raw_prompt
+    assert usage.cost == 0 and llm.price.source == "local model"  # answered by a program of yours
     assert sorted(folder.iterdir()) == [inp, out]  # nothing else written
 
 
@@ -440,7 +437,9 @@ def test_expired_requests_land_in_rejects_and_a_rerun_retries_only_them(tmp_path
     assert step["failed_requests"]["retry"] == len(rejects) > 0 and step["rows_out"] == 10 - len(rejects)
     assert set(rejects["reason"]) == {"teacher request failed"} and all("batch_expired" in d for d in rejects["detail"])
     assert "retried if you run the same command again" in failed_requests(first["steps"])
-    assert "batch" in step["llm"]["price"]
+    assert first["teacher"]["price"]["source"] == "recipe teacher.price, batch at 50%"
+    assert step["llm"]["cost"] == pytest.approx(Price(1.0, 2.0).cost(
+        step["llm"]["prompt_tokens"], step["llm"]["completion_tokens"]) / 2)
     assert second["rows"]["out"] == 10 and second["steps"][1]["retried"] == len(rejects)
     assert stats["lines_submitted"] == 10 + len(rejects) and stats["batches_created"] == 2
     assert set(stats["runs"].values()) == {1}  # the expired ones had not run

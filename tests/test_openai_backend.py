@@ -98,7 +98,7 @@ def test_payload_carries_every_parameter():
     assert body["stop"] == ["\n\n"]
     assert body["response_format"] == {
         "type": "json_schema",
-        "json_schema": {"name": "output", "schema": schema, "strict": True},
+        "json_schema": {"name": "output", "schema": schema, "strict": False},  # strict mode needs additionalProperties: false
     }
     llama = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1", api_key="x", structured_output="json_object")
     assert llama.payload(chat("q", json_schema=json.dumps(schema)))[1]["response_format"] == {

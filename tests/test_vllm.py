@@ -88,6 +88,17 @@ def test_json_schema_output_parses(backend):
     assert data["colour"] in ("red", "green", "blue") and isinstance(data["bright"], bool)
 
 
+def test_structured_step_on_the_engine(backend):
+    """The `structured` step with vLLM's structured-output sampling (`json_constraint`): every answer
+    the engine finished follows the recipe's quiz schema."""
+    from curate.steps import Context
+    from synth.structured import Structured
+    from tests.test_structured import QUIZ_ITEM, assert_all_follow_the_schema, quiz_rows
+
+    step = Structured(json_schema=QUIZ_ITEM, prefix="quiz_", max_tokens=200)
+    assert_all_follow_the_schema(step.run(quiz_rows(), Context(llm=LLM(backend, show_progress=False))))
+
+
 def test_raw_prompt_and_top_logprobs(backend):
     prompt = "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
     raw = Request(prompt=prompt, max_tokens=8, temperature=0, top_logprobs=3)

@@ -58,7 +58,6 @@ from curate.llm.cache import ResponseCache
 from curate.llm.openai_backend import BAD_REQUEST_STATUS, MAX_STOP, OpenAIBackend, cut_at_stops
 
 if TYPE_CHECKING:
-    from curate.llm.client import Price
     from curate.llm.teacher import TeacherConfig
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,6 @@ class OpenAIBatches:
     """The OpenAI Batch API (files and batches endpoints) through the `openai` SDK, which also
     retries failed calls (`max_retries`, with backoff)."""
 
-    discount = True  # answers cost the provider's batch price
     endpoints = (CHAT, COMPLETIONS)
 
     def __init__(self, client, where: str, secret: str | None = None, transfer_timeout: float = 600.0):
@@ -168,7 +166,6 @@ class FolderBatches:
     until its output file holds a line for every request; curate only writes input files, each
     named by its content, and never replaces or deletes a file."""
 
-    discount = False  # whoever runs the file sets the price (teacher.price as given)
     # vLLM's run_batch (0.32) stops at the first line that is not a chat request, answering none.
     endpoints = (CHAT,)
 
@@ -271,10 +268,6 @@ class BatchRoute:
 
     def close(self) -> None:
         self.transport.close()
-
-    def price(self, price: Price) -> Price:
-        """What the answers cost: the batch price where the provider has one."""
-        return price.at_batch_rates() if self.transport.discount else price
 
     def run(self, todo: dict[str, Request], label: str, done: int = 0, total: int | None = None) -> dict[str, Response]:
         """A Response for every request of `todo` (keyed by cache key): answered, or failed with why."""

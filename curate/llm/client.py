@@ -24,27 +24,25 @@ from curate.llm.cache import ResponseCache
 if TYPE_CHECKING:
     from curate.llm.batch import BatchRoute
 
-# What a batch API charges against the standard price: OpenAI's Batch API documents 50% off. The one
-# place a batch price is made (Price.at_batch_rates), so a price table with batch prices replaces it here.
-BATCH_PRICE_FACTOR = 0.5
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Price:
-    """USD per million tokens, as given in a recipe's `teacher.price`."""
+    """USD per million tokens, and where the figures came from (a recipe's `teacher.price`, a price
+    table, a local model): curate/pricing.py decides, the report shows `source`."""
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
-    source: str = "teacher.price"  # where the rates come from, as the usage reports it
+    source: str = "not priced"
+    known: bool = True  # False: no price was found, so the cost counted (0) is not the real cost
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
 
-    def at_batch_rates(self) -> "Price":
-        """The price of the same tokens sent through a batch API."""
-        return Price(self.input_per_mtok * BATCH_PRICE_FACTOR, self.output_per_mtok * BATCH_PRICE_FACTOR,
-                     f"{self.source} at batch rates ({BATCH_PRICE_FACTOR:.0%})")
+    def as_dict(self) -> dict:
+        return {"input_per_mtok": self.input_per_mtok, "output_per_mtok": self.output_per_mtok,
+                "source": self.source, "known": self.known}
 
 
 @dataclass
@@ -58,17 +56,11 @@ class Usage:
     completion_tokens: int = 0
     cost: float = 0.0
     seconds: float = 0.0
-    batched: int = 0  # of `sent`, the requests that went through a batch API (or are in flight in one)
-    price: str = ""  # Price.source of `cost`
+    batched: int = 0  # of `sent`, the requests that went through a batch route (curate.llm.batch)
 
     def add(self, other: "Usage") -> None:
         for name in self.__dataclass_fields__:
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if isinstance(mine, str):
-                parts = [p for p in dict.fromkeys([*mine.split("; "), *theirs.split("; ")]) if p]
-                setattr(self, name, "; ".join(parts))
-            else:
-                setattr(self, name, mine + theirs)
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def as_dict(self) -> dict:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in self.__dict__.items()}
@@ -108,7 +100,7 @@ class LLM:
             fresh = _run_async(self._send_all(todo, done, len(requests), label))
         responses = [found.get(k) or fresh[k] for k in keys]
         usage = Usage(requests=len(requests), sent=len(todo), cache_hits=done,
-                      batched=len(todo) if self.batch is not None else 0, price=self.price.source)
+                      batched=len(todo) if self.batch is not None else 0)
         for r in responses:
             usage.failures += not r.ok
             usage.permanent_failures += r.permanent

@@ -24,6 +24,12 @@ has to bound how many are in flight:
   `max_model_len`; it refuses a larger max_tokens, and itself caps one that only the prompt pushes
   past the context). A prompt longer than the context is refused by the server (HTTP 400, not
   retried).
+- A request's `json_schema` is sent as `response_format` (built by `response_format`): OpenAI's structured
+  outputs form, which vLLM's and SGLang's servers take too, `strict` only where the schema meets
+  OpenAI's strict rules (OpenAI refuses a strict request whose schema does not). llama-cpp-python's
+  server takes only its own form (json_object with a schema, which it turns into a grammar: the same
+  constraint) and answers the other with HTTP 500 naming the types it takes; on that answer the
+  backend switches to its form for the rest of its life and sends the request again.
 
 Transport: aiohttp, JSON built and parsed here. The official `openai` client (AsyncOpenAI, on
 httpx) took about ten times the CPU per request (≈4 ms against ≈0.35 ms) and reached a fifth of the
@@ -38,6 +44,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from typing import Any
@@ -61,6 +68,8 @@ MAX_TOP_LOGPROBS = 20  # chat completions' top_logprobs
 MAX_COMPLETION_LOGPROBS = 5  # raw completions' logprobs
 _INT64 = 2**63  # seeds are signed 64-bit integers
 MAX_TEMPERATURE = 2.0
+# What llama-cpp-python's server answers (HTTP 500) to response_format type "json_schema".
+_JSON_OBJECT_ONLY = b"'text' or 'json_object'"
 _RETRY_AFTER_CAP = 600.0  # a server asking for a longer pause is not waited for beyond this
 _SNIPPET = 200  # characters of a bad body kept in an error message
 
@@ -114,6 +123,10 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
+class _JsonObjectOnly(Exception):
+    """The server (llama-cpp-python's) takes structured output only as response_format json_object."""
+
+
 class _Fail(Exception):
     """An attempt failed in a way a retry will not fix (a 4xx such as 400 or 401)."""
 
@@ -149,6 +162,12 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def api_base_url(base_url: str | None) -> str:
+    """The URL requests go to: the given one, else $OPENAI_BASE_URL, else OpenAI's API (what the
+    openai client does too); prices are looked up by this URL (curate/pricing.py)."""
+    return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+
+
 class OpenAIBackend(Backend):
     """Chat and raw-completion requests to an OpenAI-compatible `base_url` (…/v1)."""
 
@@ -181,7 +200,7 @@ class OpenAIBackend(Backend):
         self.structured_output = structured_output
         self.supports_raw_prompt = raw_prompts
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        self.base_url = api_base_url(base_url)
         # Kept private and out of repr/errors; local servers (vLLM, llama.cpp) need none.
         self.__api_key = api_key if api_key is not None else os.environ.get(api_key_env) or None
         self.max_concurrency = max_concurrency
@@ -278,14 +297,7 @@ class OpenAIBackend(Backend):
                                      f"allows at most {MAX_COMPLETION_LOGPROBS} (chat requests allow {MAX_TOP_LOGPROBS})")
                 body["logprobs"] = top
         if request.json_schema is not None:
-            schema = json.loads(request.json_schema)
-            if self.structured_output == "json_object":
-                body["response_format"] = {"type": "json_object", "schema": schema}
-            else:
-                body["response_format"] = {
-                    "type": "json_schema",
-                    "json_schema": {"name": "output", "schema": schema, "strict": True},
-                }
+            body["response_format"] = response_format(json.loads(request.json_schema), self.structured_output)
         return url, body
 
     @staticmethod
@@ -387,6 +399,8 @@ class OpenAIBackend(Backend):
             raise _Retry(f"connection error: {type(exc).__name__}: {exc}") from None
         if status == 200:
             return self.parse(raw, chat)
+        if _JSON_OBJECT_ONLY in raw and (body.get("response_format") or {}).get("type") == "json_schema":
+            raise _JsonObjectOnly()
         reason = f"HTTP {status}: {_snippet(raw)}"
         if status >= 500 or status in _RETRY_STATUS:
             raise _Retry(reason, status, parse_retry_after(headers) if status == 429 else None)
@@ -407,6 +421,11 @@ class OpenAIBackend(Backend):
             try:
                 await self._wait_for_capacity(est)
                 response = await self._attempt(url, body, chat)
+            except _JsonObjectOnly:
+                self.structured_output = "json_object"  # for every later request of this backend too
+                body = {**body, "response_format": response_format(json.loads(request.json_schema), "json_object")}
+                attempts -= 1  # the server did not fail: it asked for another form
+                continue
             except _Fail as exc:
                 return Response(error=self._redact(_final(str(exc), attempts, retried=False)),
                                 permanent=exc.status in BAD_REQUEST_STATUS)
@@ -435,6 +454,42 @@ class OpenAIBackend(Backend):
         """Servers echo a rejected key in their error body; it must not reach logs or reject tables."""
         key = self.__api_key
         return text.replace(key, "***") if key else text
+
+
+def response_format(schema: dict[str, Any], style: str = "json_schema") -> dict[str, Any]:
+    """The `response_format` asking for JSON that follows `schema`. "json_schema": OpenAI's form
+    (vLLM, SGLang), named by the schema's title (a pydantic model's class name) and `strict` where
+    `openai_strict` says OpenAI accepts it so; "json_object": llama-cpp-python's form."""
+    if style == "json_object":
+        return {"type": "json_object", "schema": schema}
+    title = schema.get("title")
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", title.strip())[:64] if isinstance(title, str) and title.strip() else "output"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": openai_strict(schema)}}
+
+
+def openai_strict(schema: Any) -> bool:
+    """Whether OpenAI's strict mode takes `schema`: every object in it lists all its properties in
+    `required` and sets `additionalProperties: false` (OpenAI's structured outputs guide, "Supported
+    schemas"). A schema that does not is sent with strict false: OpenAI then follows it without a
+    guarantee, where a strict request would be refused with HTTP 400."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack += node
+            continue
+        if not isinstance(node, dict):
+            continue
+        types = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
+        if "object" in types or "properties" in node:
+            properties = node.get("properties") or {}
+            if node.get("additionalProperties") is not False or set(node.get("required") or ()) != set(properties):
+                return False
+        for key in ("properties", "$defs", "definitions"):
+            if isinstance(node.get(key), dict):
+                stack += node[key].values()
+        stack += [node[key] for key in ("items", "prefixItems", "anyOf", "oneOf", "allOf") if key in node]
+    return True
 
 
 def wire_seed(seed: int) -> int:

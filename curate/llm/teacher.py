@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -9,10 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from curate.llm.base import Backend
 from curate.llm.cache import ResponseCache
-from curate.llm.client import LLM, Price
+from curate.llm.client import LLM
+
+log = logging.getLogger(__name__)
 
 
 class PriceConfig(BaseModel):
+    """USD per million tokens at the standard (synchronous) rate. Given, it overrides the price table
+    (curate/pricing.py); a batch API is priced at half of it."""
+
     model_config = ConfigDict(extra="forbid")
     input_per_mtok: float = Field(0.0, ge=0)
     output_per_mtok: float = Field(0.0, ge=0)
@@ -26,7 +32,8 @@ class BatchConfig(BaseModel):
     requests and 200 MB per input file (other providers: set theirs). `poll_seconds` is how often
     a batch's state is asked. `folder` writes the batch input files there instead of uploading them,
     and waits for `<name>.output.jsonl` beside each: the file format of vLLM's
-    `python -m vllm.entrypoints.openai.run_batch -i IN -o OUT --model M` (README.md).
+    `python -m vllm.entrypoints.openai.run_batch -i IN -o OUT --model M` (README.md), which takes
+    chat requests only, so with a folder the teacher is chat-only (Magpie refuses to start).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -61,7 +68,10 @@ class TeacherConfig(BaseModel):
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
     chat_only: bool = False  # openai: the server only serves /chat/completions
-    price: PriceConfig = Field(default_factory=PriceConfig)
+    price: PriceConfig = Field(default_factory=PriceConfig)  # unset: from the price table (curate/pricing.py)
+    # The license or terms the teacher's outputs come under (an id from curate/licenses.py, e.g.
+    # llama3.1, or `other`), checked against the output license like an input's.
+    license: str | None = None
     # openai: requests through the provider's batch API (true, or BatchConfig's settings)
     batch: BatchConfig | None = None
     # vllm: model = HF id or folder, model_path = a .gguf to convert; neither = the embedded model
@@ -78,6 +88,12 @@ class TeacherConfig(BaseModel):
         if value is True:
             return {}
         return None if value is False else value
+
+    @property
+    def batch_api(self) -> bool:
+        """Requests go through a provider's batch API, so they cost its batch price (a `batch.folder`
+        is answered by whoever runs the files: no batch price)."""
+        return self.batch is not None and not self.batch.folder
 
     @model_validator(mode="after")
     def _batch_needs_openai(self) -> TeacherConfig:
@@ -134,14 +150,17 @@ def build_backend(cfg: TeacherConfig) -> Backend:
 
 def build_llm(cfg: TeacherConfig, cache_path: str | Path | None, show_progress: bool = True) -> LLM:
     """The LLM a recipe's steps call. With `batch`, its requests go through the batch route, which
-    keeps the batches in flight in the response cache, and are priced at batch rates."""
+    keeps the batches in flight in the response cache, and are priced at the batch rate."""
+    from curate.pricing import teacher_price
+
+    price = teacher_price(cfg, batch=cfg.batch_api)
+    if not price.known:
+        log.warning("teacher %s: %s", cfg.model, price.source)
     backend = build_backend(cfg)
     cache = ResponseCache(cache_path) if cache_path else None
-    price = Price(cfg.price.input_per_mtok, cfg.price.output_per_mtok)
     route = None
     if cfg.batch is not None:
         from curate.llm.batch import build_batch_route
 
         route = build_batch_route(cfg, backend, cache, show_progress)
-        price = route.price(price)
     return LLM(backend=backend, cache=cache, price=price, show_progress=show_progress, batch=route)

@@ -19,8 +19,12 @@ Requests outside the OpenAI API's documented limits get HTTP 400, as the OpenAI 
 server answer them (`openai_limit_error`): more than 4 `stop` sequences, `n` outside 1..128,
 `top_logprobs` outside 0..20 (chat) or `logprobs` outside 0..5 (completions), a `seed` outside the
 64-bit integer range, `temperature` outside 0..2, `top_p` outside 0..1. So a client that exceeds
-one fails a fast test here, not only against a real server. A normal answer honours `stop`: the
-echo ends before the first stop sequence found in it (finish reason "stop").
+one fails a fast test here, not only against a real server; so does a `response_format` OpenAI
+refuses (`response_format_error`: a json_schema without a valid name, or strict with a schema its
+strict mode does not take). A normal answer honours `stop`: the echo ends before the first stop
+sequence found in it (finish reason "stop"). A request for JSON (`response_format`) whose prompt
+starts with "{" is answered with the prompt itself, cut at max_tokens words: a test chooses the
+JSON, valid or not; other JSON requests get {"echo": prompt}.
 
 Every fault applies to the first `times` requests carrying that prompt (default 1; `times=always`
 for every one), then the prompt is answered normally. "Prompt" (the key used for counting) is the
@@ -144,6 +148,43 @@ def openai_limit_error(body: dict[str, Any], chat: bool) -> str | None:
         value = body.get(name)
         if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= hi):
             return f"'{name}' must be in 0..{hi}, not {value!r}"
+    return response_format_error(body.get("response_format"))
+
+
+def response_format_error(fmt: Any) -> str | None:
+    """Why OpenAI refuses a `response_format` (structured outputs guide): json_schema needs a name
+    of 1-64 letters, digits, _ or -, and a schema; with strict true, every object in the schema must
+    set additionalProperties false and list all its properties in required."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        return f"'response_format.type' must be 'text', 'json_object' or 'json_schema', not {kind!r}"
+    if kind != "json_schema":
+        return None
+    spec = fmt.get("json_schema") or {}
+    name = spec.get("name")
+    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name)):
+        return f"'response_format.json_schema.name' must be 1-64 letters, digits, _ or -, not {name!r}"
+    if not isinstance(spec.get("schema"), dict):
+        return "'response_format.json_schema.schema' must be a JSON schema object"
+    if spec.get("strict"):
+        todo = [((), spec["schema"])]
+        while todo:
+            path, node = todo.pop()
+            if isinstance(node, list):
+                todo += [((*path, str(i)), n) for i, n in enumerate(node)]
+            elif isinstance(node, dict):
+                if node.get("type") == "object" or "properties" in node:
+                    if node.get("additionalProperties") is not False:
+                        return (f"Invalid schema for response_format '{name}': In context={path}, "
+                                "'additionalProperties' is required to be supplied and to be false.")
+                    missing = [p for p in node.get("properties") or {} if p not in (node.get("required") or [])]
+                    if missing:
+                        return (f"Invalid schema for response_format '{name}': In context={path}, 'required' is "
+                                f"required to be supplied and to be an array including every key in properties. "
+                                f"Missing '{missing[0]}'.")
+                todo += [((*path, k), v) for k, v in node.items() if isinstance(v, (dict, list))]
     return None
 
 
@@ -153,19 +194,23 @@ def _words(text: str) -> list[str]:
 
 def echo_answer(body: dict[str, Any], chat: bool, key: str) -> dict[str, Any]:
     """A deterministic OpenAI-shaped answer: echoes the prompt, cut to max_tokens words and before
-    the first of the request's stop sequences."""
+    the first of the request's stop sequences. A request for JSON (`response_format`) is answered
+    with the prompt itself when it starts with "{" (so a test chooses the JSON, valid or not, and
+    cut where max_tokens cuts it), else with {"echo": prompt}."""
     max_tokens = int(body.get("max_tokens") or 16)
-    words = ["echo:"] + _words(key)
+    wants_json = (body.get("response_format") or {}).get("type") in ("json_schema", "json_object")
+    verbatim = wants_json and key.lstrip().startswith("{")
+    words = _words(key) if verbatim else ["echo:"] + _words(key)
     finish = "stop"
     if len(words) > max_tokens:
         words, finish = words[:max_tokens], "length"
-    text = " ".join(words)
+    text = key if verbatim and finish == "stop" else " ".join(words)
     stop = body.get("stop") or []
     cuts = [text.index(s) for s in ([stop] if isinstance(stop, str) else stop) if s and s in text]
     if cuts:
         text, finish = text[: min(cuts)], "stop"
         words = _words(text)
-    if (body.get("response_format") or {}).get("type") == "json_schema":
+    if wants_json and not verbatim:
         text = json.dumps({"echo": key[:200]})
     prompt_text = body.get("prompt") if not chat else " ".join(m.get("content") or "" for m in body.get("messages", []))
     usage = {"prompt_tokens": len(_words(str(prompt_text))), "completion_tokens": len(words)}
