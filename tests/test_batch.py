@@ -26,7 +26,7 @@ import yaml
 
 from curate.errors import CurateError
 from curate.llm import LLM, Price, Request, Response, ResponseCache
-from curate.llm.batch import BatchRoute, FolderBatches, OpenAIBatches
+from curate.llm.batch import FolderBatches
 from curate.llm.openai_backend import OpenAIBackend
 from curate.llm.teacher import TeacherConfig, build_llm
 from curate.recipe import build_recipe, load_recipe
@@ -199,9 +199,7 @@ def test_a_rerun_waits_for_the_batch_in_flight(tmp_path):
     with batch_server(request_seconds=0.05) as server:
         earlier = teacher(server, cache)
         todo = {r.cache_key("openai", "m"): r for r in requests}
-        results, watch = {}, {}
-        for endpoint, lines in earlier.batch._files(list(todo), todo, results):  # submitted, never waited for
-            earlier.batch._submit(endpoint, lines, todo, "responses", watch, results)
+        earlier.batch.submit(todo, "responses", {})  # submitted, never waited for
         assert server.stats()["batches"][0]["status"] in ("validating", "in_progress")
         got, usage = teacher(server, cache).generate(requests)
         stats = server.stats()
@@ -220,9 +218,7 @@ def test_a_kill_between_creating_a_batch_and_recording_it_loses_no_batch(tmp_pat
         first = [ask(f"k{i}") for i in range(4)]
         llm = teacher(server, cache)
         todo = {r.cache_key("openai", "m"): r for r in first}
-        results, watch = {}, {}
-        for endpoint, lines in llm.batch._files(list(todo), todo, results):
-            llm.batch._submit(endpoint, lines, todo, "responses", watch, results)
+        llm.batch.submit(todo, "responses", {})
         with sqlite3.connect(cache) as db:  # the batch id never reached the cache
             db.execute("UPDATE batch_requests SET batch_id = NULL")
         for _ in range(3):  # other batches made since, so the search pages back
@@ -235,7 +231,7 @@ def test_a_kill_between_creating_a_batch_and_recording_it_loses_no_batch(tmp_pat
 
         second = [ask(f"u{i}") for i in range(3)]
         todo = {r.cache_key("openai", "m"): r for r in second}
-        lines = next(iter(llm.batch._files(list(todo), todo, {})))[1]
+        lines = next(iter(llm.batch.input_files(todo, {})))[1]
         file_id = llm.batch.transport.upload(b"".join(line for _, _, line in lines), "curate-test")
         llm.batch.cache.add_in_flight(file_id, [(k, c) for k, c, _ in lines])  # uploaded, no batch yet
         got, _ = teacher(server, cache).generate(second)
@@ -280,9 +276,7 @@ def test_unreachable_provider_fails_the_call_but_keeps_the_batch(tmp_path):
     with batch_server(request_seconds=5.0) as server:
         llm = teacher(server, cache)
         todo = {r.cache_key("openai", "m"): r for r in requests}
-        results, watch = {}, {}
-        for endpoint, lines in llm.batch._files(list(todo), todo, results):
-            llm.batch._submit(endpoint, lines, todo, "responses", watch, results)
+        llm.batch.submit(todo, "responses", {})
         url = server.base_url
     cfg = TeacherConfig(backend="openai", model="m", base_url=url, max_retries=0, timeout=2, batch={"poll_seconds": POLL})
     got, usage = build_llm(cfg, cache, show_progress=False).generate(requests)

@@ -4,10 +4,11 @@ With `teacher.batch` set (backend openai), `LLM.generate` hands the requests the
 `BatchRoute.run`, so every generator and judge gets it without a change:
 
 1. Each request becomes a line of a JSONL input file, `{"custom_id", "method": "POST", "url":
-   "/v1/chat/completions" or "/v1/completions", "body"}`, the body exactly what the online route
-   sends (`OpenAIBackend.payload`). A batch has one endpoint, so chat and raw-completion requests
-   go in separate files, and each file keeps to `max_requests` lines and `max_bytes` bytes
-   (OpenAI: 50,000 and 200 MB): a large step is several batches.
+   "/v1/chat/completions" or "/v1/completions", "body"}`, the body built as the online route builds
+   it (`OpenAIBackend.payload`; stop sequences past the API's 4 are cut from the answers here). A
+   batch has one endpoint, so chat and raw-completion requests go in separate files, and each file
+   keeps to `max_requests` lines and `max_bytes` bytes (OpenAI: 50,000 and 200 MB): a large step
+   is several batches.
 2. Each file is uploaded (the `openai` SDK: files.create), its requests recorded in the response
    cache as in flight (request key -> file, custom_id), the batch created (batches.create,
    completion window 24h) and its id recorded.
@@ -274,22 +275,29 @@ class BatchRoute:
         results: dict[str, Response] = {}
         watch = self._reattach(todo, results, label)
         waiting = set().union(*watch.values())
-        fresh = [k for k in todo if k not in results and k not in waiting]
-        for endpoint, lines in self._files(fresh, todo, results):
-            self._submit(endpoint, lines, todo, label, watch, results)
+        watch.update(self.submit({k: r for k, r in todo.items() if k not in results and k not in waiting}, label,
+                                 results))
         if watch:
             self._wait(watch, todo, results, label, done, total if total is not None else done + len(todo))
         return results
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def _files(self, keys: list[str], todo: dict[str, Request], results: dict[str, Response]):
+    def submit(self, todo: dict[str, Request], label: str, results: dict[str, Response]) -> dict[str, set[str]]:
+        """Send `todo` as new batches without waiting for them: batch id -> request keys. Requests
+        that could not be sent get their failed Response in `results`."""
+        watch: dict[str, set[str]] = {}
+        for endpoint, lines in self.input_files(todo, results):
+            self._submit(endpoint, lines, label, watch, results)
+        return watch
+
+    def input_files(self, todo: dict[str, Request], results: dict[str, Response]):
         """(endpoint, [(key, custom_id, line bytes)]) per input file: one endpoint a file, at most
         max_requests lines and max_bytes bytes each. A request that cannot be built, or alone is
         larger than a file may be, fails here (for good: sending it again changes nothing)."""
-        groups: dict[str, list] = {CHAT: [], COMPLETIONS: []}
-        for key in keys:
-            request = todo[key]
+        chunks: dict[str, list] = {CHAT: [], COMPLETIONS: []}  # the file being filled, per endpoint
+        sizes = {CHAT: 0, COMPLETIONS: 0}
+        for key, request in todo.items():
             endpoint = CHAT if request.messages is not None else COMPLETIONS
             if endpoint not in self.transport.endpoints:
                 results[key] = Response(error=f"a raw-completion request cannot go in a batch file for "
@@ -308,20 +316,19 @@ class BatchRoute:
                 results[key] = Response(error=f"request of {len(line):,} bytes is larger than a batch input file may "
                                               f"be (batch.max_bytes={self.max_bytes:,})", permanent=True)
                 continue
-            groups[endpoint].append((key, custom_id, line))
-        for endpoint, items in groups.items():
-            chunk, size = [], 0
-            for item in items:
-                if chunk and (len(chunk) >= self.max_requests or size + len(item[2]) > self.max_bytes):
-                    yield endpoint, chunk
-                    chunk, size = [], 0
-                chunk.append(item)
-                size += len(item[2])
+            chunk = chunks[endpoint]
+            if chunk and (len(chunk) >= self.max_requests or sizes[endpoint] + len(line) > self.max_bytes):
+                yield endpoint, chunk
+                chunk = chunks[endpoint] = []
+                sizes[endpoint] = 0
+            chunk.append((key, custom_id, line))
+            sizes[endpoint] += len(line)
+        for endpoint, chunk in chunks.items():
             if chunk:
                 yield endpoint, chunk
 
-    def _submit(self, endpoint: str, lines: list, todo: dict[str, Request], label: str,
-                watch: dict[str, set[str]], results: dict[str, Response]) -> None:
+    def _submit(self, endpoint: str, lines: list, label: str, watch: dict[str, set[str]],
+                results: dict[str, Response]) -> None:
         """Upload one input file, record its requests as in flight, create its batch."""
         keys = [k for k, _, _ in lines]
         name = f"curate-{_plain(label)}"
