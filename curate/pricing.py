@@ -2,7 +2,8 @@
 
 In order:
 1. The recipe's `teacher.price` when it gives one ("recipe teacher.price"): it overrides the rest.
-2. The embedded and vLLM backends run on this machine: $0, "local model".
+2. The embedded and vLLM backends run on this machine: $0, "local model"; so do batch files
+   written to a folder (`teacher.batch.folder`) for a program of yours, such as vLLM's run_batch.
 3. The openai backend is priced by the provider its requests go to (`api_base_url`), never by
    the model name alone:
    - a URL on this machine or its network (localhost, 127.0.0.0/8, ::1, private addresses, *.local)
@@ -57,8 +58,8 @@ def teacher_price(cfg: TeacherConfig, batch: bool = False) -> Price:
     if "price" in cfg.model_fields_set:
         price = Price(cfg.price.input_per_mtok, cfg.price.output_per_mtok, RECIPE)
         return _halved(price) if batch else price
-    if cfg.backend != "openai":
-        return Price(0.0, 0.0, LOCAL)
+    if cfg.backend != "openai" or (cfg.batch is not None and cfg.batch.folder):
+        return Price(0.0, 0.0, LOCAL)  # in-process, or batch files answered by a program of yours (run_batch)
     from curate.llm.openai_backend import api_base_url
 
     url = api_base_url(cfg.base_url)

@@ -12,11 +12,11 @@
     validate: {fail_on_error: true, expectations: [{expect_column_values_to_not_be_null: {column: source}}]}
                                           # great-expectations; see curate.report.validate
 
-Relative file paths in a recipe (inputs, `cache`, `teacher.model_path`, and step settings typed
-`RecipePath`: eval sets, anchor files, prompt templates, model files) are read from the recipe's
-folder, so `data/seeds.jsonl` beside the recipe works from any working directory; a path that is
-not there but exists from the working directory (e.g. given with `-o` on the command line) is
-taken from there (`resolve_path`).
+Relative file paths in a recipe (inputs, `cache`, `teacher.model_path`, `teacher.batch.folder`,
+and step settings typed `RecipePath`: eval sets, anchor files, prompt templates, model files) are
+read from the recipe's folder, so `data/seeds.jsonl` beside the recipe works from any working
+directory; a path that is not there but exists from the working directory (e.g. given with `-o`
+on the command line) is taken from there (`resolve_path`).
 
 Unknown keys and wrong types are errors naming the key path (`steps[1].minhash_dedup.treshold`).
 Overrides from the command line (`-o teacher.model=X`, `-o steps.1.minhash_dedup.threshold=0.9`,
@@ -238,6 +238,9 @@ def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>"
     teacher = checked.get("teacher")
     if isinstance(teacher, dict) and isinstance(teacher.get("model_path"), str):
         teacher["model_path"] = resolve_path(teacher["model_path"], base_dir)
+    batch = teacher.get("batch") if isinstance(teacher, dict) else None
+    if isinstance(batch, dict) and isinstance(batch.get("folder"), str):
+        batch["folder"] = resolve_path(batch["folder"], base_dir)
     try:
         config = RecipeConfig.model_validate(checked)
     except ValidationError as exc:

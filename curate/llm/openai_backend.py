@@ -61,7 +61,7 @@ from curate.llm.base import Backend, Request, Response, top_logprobs_of
 _RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
 # The request itself is wrong: a rerun sends it again only if it changed. Other 4xx (401, 403, 404)
 # say the key, model or URL is wrong, which the user fixes before rerunning.
-_BAD_REQUEST = frozenset({400, 413, 422})
+BAD_REQUEST_STATUS = frozenset({400, 413, 422})
 # The OpenAI API's documented request limits (API reference: chat/completions, completions).
 MAX_STOP = 4  # stop sequences; vLLM's server: VLLM_MAX_STOP_STRINGS, also 4
 MAX_TOP_LOGPROBS = 20  # chat completions' top_logprobs
@@ -428,7 +428,7 @@ class OpenAIBackend(Backend):
                 continue
             except _Fail as exc:
                 return Response(error=self._redact(_final(str(exc), attempts, retried=False)),
-                                permanent=exc.status in _BAD_REQUEST)
+                                permanent=exc.status in BAD_REQUEST_STATUS)
             except _Retry as exc:
                 if attempts > self.max_retries:
                     return Response(error=self._redact(_final(exc.message, attempts, retried=True)))

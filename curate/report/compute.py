@@ -214,7 +214,7 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         "seconds": round(seconds, 3),
         "seed": recipe.config.seed,
         "teacher": {"backend": recipe.config.teacher.backend, "model": recipe.config.teacher.model,
-                    "price": teacher_price(recipe.config.teacher).as_dict(), "license": recipe.config.teacher.license,
+                    "price": teacher_price(recipe.config.teacher, batch=recipe.config.teacher.batch_api).as_dict(), "license": recipe.config.teacher.license,
                     "wrote_rows": teacher_wrote_rows(recipe)},
         "rows": {"in": steps[0]["rows_in"] or steps[0]["rows_out"], "out": final.height, "rejected": rejects.height, "splits": split_rows},
         "steps": funnel,

@@ -192,7 +192,7 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
-def _answer(body: dict[str, Any], chat: bool, key: str) -> dict[str, Any]:
+def echo_answer(body: dict[str, Any], chat: bool, key: str) -> dict[str, Any]:
     """A deterministic OpenAI-shaped answer: echoes the prompt, cut to max_tokens words and before
     the first of the request's stop sequences. A request for JSON (`response_format`) is answered
     with the prompt itself when it starts with "{" (so a test chooses the JSON, valid or not, and
@@ -295,7 +295,7 @@ def make_app(delay: float = 0.0, api_key: str | None = None, max_model_len: int 
             await asyncio.sleep(min(float(spec.get("secs", "5")), _MAX_SLOW))
             kind = "OK"
         if kind == "OK":
-            payload = json.dumps(_answer(body, chat, key)).encode()
+            payload = json.dumps(echo_answer(body, chat, key)).encode()
             resp = web.StreamResponse(headers={"Content-Type": "application/json"})
             resp.content_length = len(payload)
             await resp.prepare(request)
@@ -312,7 +312,7 @@ def make_app(delay: float = 0.0, api_key: str | None = None, max_model_len: int 
                 headers["Retry-After"] = email.utils.formatdate(time.time() + float(spec["after_date"]), usegmt=True)
             err = {"error": {"message": f"injected HTTP {kind}", "type": "fault"}}
             return web.json_response(err, status=int(kind), headers=headers), False
-        full = json.dumps(_answer(body, chat, key)).encode()
+        full = json.dumps(echo_answer(body, chat, key)).encode()
         if kind == "TRUNC":
             return web.Response(body=full[: len(full) // 2], content_type="application/json"), False
         if kind == "NONJSON":
@@ -431,6 +431,14 @@ def fault_server(
             proc.stdout.close()
         return
 
+    with app_in_thread(make_app(delay, api_key, max_model_len), "fault server") as port:
+        yield ServerHandle(f"http://{HOST}:{port}/v1", f"http://{HOST}:{port}")
+
+
+@contextlib.contextmanager
+def app_in_thread(app: web.Application, name: str) -> Iterator[int]:
+    """Serve an aiohttp app on an ephemeral 127.0.0.1 port from a thread with its own event loop;
+    yield the port; stop it on exit."""
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()
@@ -438,7 +446,6 @@ def fault_server(
     def run() -> None:
         asyncio.set_event_loop(loop)
         try:
-            app = make_app(delay, api_key, max_model_len)
             started["runner"], started["port"] = loop.run_until_complete(_start(app, 0))
         except BaseException as exc:  # surface startup errors in the caller's thread
             started["error"] = exc
@@ -449,14 +456,13 @@ def fault_server(
         loop.run_until_complete(started["runner"].cleanup())
         loop.close()
 
-    thread = threading.Thread(target=run, name="fault-server", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     ready.wait(30)
     if "error" in started or "port" not in started:
-        raise RuntimeError(f"fault server did not start: {started.get('error')!r}")
+        raise RuntimeError(f"{name} did not start: {started.get('error')!r}")
     try:
-        port = started["port"]
-        yield ServerHandle(f"http://{HOST}:{port}/v1", f"http://{HOST}:{port}")
+        yield started["port"]
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
