@@ -44,6 +44,17 @@ def run_catalogue_on_embedded(name: str, out: Path, kinds: list[str], rows_in: i
     return report, marker
 
 
+def load_train(out: Path):
+    """The written train split through `datasets` (which refuses a file with no rows: then polars)."""
+    import datasets
+    import polars as pl
+
+    path = out / "data" / "train.parquet"
+    if pl.read_parquet(path).height == 0:
+        return []
+    return datasets.load_dataset("parquet", data_files=str(path), split="train")
+
+
 def assert_funnel_adds_up(steps: list[dict], filters_from: int = 2) -> None:
     """Each step starts from the rows the one before it kept, and each filter (from index
     `filters_from` of report["steps"]) keeps or drops, with a reason, every row it got."""

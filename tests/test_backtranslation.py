@@ -5,7 +5,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import datasets
 import polars as pl
 import pytest
 
@@ -16,17 +15,9 @@ from curate.records import make_frame
 from curate.steps import Context
 from synth.backtranslation import Backtranslation, copy_share, instruction_failure, n_words, segment, strip_label
 
-from tests.conftest import run_catalogue_on_embedded
+from tests.conftest import load_train, run_catalogue_on_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_train(out):
-    """The written train split through `datasets` (which refuses a file with no rows: then polars)."""
-    path = out / "data" / "train.parquet"
-    if pl.read_parquet(path).height == 0:
-        return []
-    return datasets.load_dataset("parquet", data_files=str(path), split="train")
 
 
 def words(n, tag="w"):

@@ -5,7 +5,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import datasets
 import polars as pl
 import pytest
 
@@ -19,17 +18,9 @@ from synth.evol_instruct import (
     only_stop_words, parse_equal, response_failure, strip_label,
 )
 
-from tests.conftest import run_catalogue_on_embedded
+from tests.conftest import load_train, run_catalogue_on_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_train(out):
-    """The written train split through `datasets` (which refuses a file with no rows: then polars)."""
-    path = out / "data" / "train.parquet"
-    if pl.read_parquet(path).height == 0:
-        return []
-    return datasets.load_dataset("parquet", data_files=str(path), split="train")
 
 
 def fails(original, evolved, finish="stop", max_words=300):
