@@ -311,13 +311,16 @@ def novel_mask(candidates: Sequence[str], pool: Sequence[str] = (), threshold: f
     return NoveltyFilter(pool, threshold).filter(candidates)
 
 
-def novel_mask_naive(candidates: Sequence[str], pool: Sequence[str] = (), threshold: float = 0.7) -> list[bool]:
-    """The reference: every pair, rouge_score's DP LCS. Quadratic; for tests and benchmarks."""
+def novel_mask_naive(candidates: Sequence[str], pool: Sequence[str] = (), threshold: float = 0.7,
+                     rouge=None) -> list[bool]:
+    """The reference: every pair, rouge_score's DP LCS (or `rouge(tokens_a, tokens_b)`). Quadratic;
+    for tests and benchmarks."""
+    rouge = rouge or _rouge_dp
     kept = [tokenize(p) for p in pool]
     out = []
     for c in candidates:
         tc = tokenize(c)
-        ok = all(_rouge_dp(tc, tp) < threshold for tp in kept)
+        ok = all(rouge(tc, tp) < threshold for tp in kept)
         out.append(ok)
         if ok:
             kept.append(tc)

@@ -89,15 +89,7 @@ WORDS = ["a", "b", "c", "d", "the", "of", "to", "x", "y", "z"]
 def naive_bitparallel(cands, pool, threshold):
     """The naive all-pairs loop with the bit-parallel LCS (checked against the DP above): the same
     decisions as novel_mask_naive, fast enough for fuzzing the pruning logic."""
-    kept = [tokenize(p) for p in pool]
-    out = []
-    for c in cands:
-        tc = tokenize(c)
-        ok = all(rouge_l_tokens(tc, tp) < threshold for tp in kept)
-        out.append(ok)
-        if ok:
-            kept.append(tc)
-    return out
+    return novel_mask_naive(cands, pool, threshold, rouge=rouge_l_tokens)
 
 
 def _random_text(rng):
