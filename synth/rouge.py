@@ -327,14 +327,20 @@ def novel_mask_naive(candidates: Sequence[str], pool: Sequence[str] = (), thresh
     return out
 
 
-def _rouge_dp(a: list[str], b: list[str]) -> float:
-    """rouge_score's _score_lcs: DP table, then P, R, F."""
-    if not a or not b:
-        return 0.0
+def lcs_length_dp(a: Sequence, b: Sequence) -> int:
+    """The textbook O(len(a) * len(b)) LCS table, as rouge_score's _score_lcs fills it: the
+    reference the bit-parallel `lcs_length` is checked against."""
     prev = [0] * (len(b) + 1)
     for x in a:
         cur = [0]
         for j, y in enumerate(b):
             cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
         prev = cur
-    return _fmeasure(prev[-1], len(a), len(b))
+    return prev[-1]
+
+
+def _rouge_dp(a: list[str], b: list[str]) -> float:
+    """rouge_score's _score_lcs: DP table, then P, R, F."""
+    if not a or not b:
+        return 0.0
+    return _fmeasure(lcs_length_dp(a, b), len(a), len(b))
