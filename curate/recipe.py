@@ -67,6 +67,15 @@ class InputConfig(BaseModel):
     license: str | None = None  # of this input, listed in the dataset card
 
 
+class EngineConfig(BaseModel):
+    """`engine:` in a recipe: how the run is cut into parts. Outputs do not depend on it (a run in
+    one part and a run in many give the same rows), but memory does: the local engine holds about
+    one part of rows at a time, plus the compact state of global steps."""
+
+    model_config = ConfigDict(extra="forbid")
+    part_rows: int = Field(100_000, ge=1)  # rows per part (and per output shard, when the data is larger)
+
+
 class RecipeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -78,6 +87,7 @@ class RecipeConfig(BaseModel):
     steps: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: str | None = None  # response cache file; default <out>/cache/llm.sqlite
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     # `validate:` (curate.report.validate); not named `validate`, which is a BaseModel method
     checks: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
 

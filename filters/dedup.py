@@ -43,17 +43,18 @@ and ~40 bytes per byte of the text batch being hashed.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, NamedTuple, Sequence
+from typing import ClassVar, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import polars as pl
 from pydantic import Field as Setting
 
-from curate.records import message_text
-from curate.steps import Filter, reasons
+from curate.records import frame_digest, message_text
+from curate.steps import STATE, Context, Fetch, Filter, Resolved, reasons
 from curate.text import (  # noqa: F401  words, shingles, shingle_hashes: still importable from here
     GOLDEN64,
     TextPart,
@@ -376,8 +377,10 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     if bands * rows > k:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {k}")
     sig = signatures[:, : bands * rows]
-    if rows % 2 == 0 and sig.dtype == np.uint32 and sig.flags.c_contiguous:
-        block = sig.view(_U).reshape(n, bands, rows // 2)  # two 32-bit values per word, no copy
+    if rows % 2 == 0 and sig.dtype == np.uint32:
+        # two 32-bit values per word (a copy only when bands*rows < num_perm); the same words for
+        # any number of rows, so keys made batch by batch meet
+        block = np.ascontiguousarray(sig).view(_U).reshape(n, bands, rows // 2)
     else:
         block = sig.reshape(n, bands, rows).astype(_U)
     mult = fmix64(np.arange(1, block.shape[2] + 1, dtype=_U) * GOLDEN64) | _U(1)
@@ -394,19 +397,24 @@ def _unique(codes: np.ndarray) -> np.ndarray:
     return codes[np.r_[True, codes[1:] != codes[:-1]]] if len(codes) else codes
 
 
+def _bucket(band_key: np.ndarray):
+    """One band's buckets: (docs sorted by key, flags marking each bucket's first slot, the
+    smallest doc of the slot's bucket)."""
+    order = np.argsort(band_key)
+    ks = band_key[order]
+    first = np.empty(len(ks), bool)
+    first[:1] = True
+    first[1:] = ks[1:] != ks[:-1]
+    starts = np.flatnonzero(first)
+    head = np.minimum.reduceat(order, starts)[np.cumsum(first) - 1] if len(order) else order
+    return order, first, head
+
+
 def _band_buckets(signatures: np.ndarray, bands: int, rows: int):
-    """For each band: (docs sorted by key, flags marking each bucket's first slot, the smallest
-    doc of the slot's bucket). One band at a time: the extra memory is O(n), not O(n * bands)."""
+    """`_bucket` of each band. One band at a time: the extra memory is O(n), not O(n * bands)."""
     keys = band_keys(np.ascontiguousarray(signatures), bands, rows).T.copy()
     for band_key in keys:
-        order = np.argsort(band_key)
-        ks = band_key[order]
-        first = np.empty(len(ks), bool)
-        first[:1] = True
-        first[1:] = ks[1:] != ks[:-1]
-        starts = np.flatnonzero(first)
-        head = np.minimum.reduceat(order, starts)[np.cumsum(first) - 1] if len(order) else order
-        yield order, first, head
+        yield _bucket(band_key)
 
 
 def candidate_edges(signatures: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -416,9 +424,16 @@ def candidate_edges(signatures: np.ndarray, bands: int, rows: int) -> tuple[np.n
     each member to the bucket's first member gives the same connected components with O(n*bands)
     edges, however large a bucket grows (a thousand copies of one prompt stay a thousand edges).
     """
-    n = len(signatures)
+    keys = band_keys(np.ascontiguousarray(signatures), bands, rows)
+    return edges_from_band_keys(len(signatures), (keys[:, b] for b in range(bands)))
+
+
+def edges_from_band_keys(n: int, bands: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """`candidate_edges` from the band keys of n documents, given one band at a time (a global
+    step's state holds the keys, not the signatures: 8 bytes a band instead of 4 a permutation)."""
     found = [np.zeros(0, np.int64)]
-    for docs, _, head in _band_buckets(signatures, bands, rows):
+    for band_key in bands:
+        docs, _, head = _bucket(np.ascontiguousarray(band_key))
         member = docs != head
         found.append(docs[member] * n + head[member])
     pair = _unique(np.concatenate(found))
@@ -543,10 +558,30 @@ def _document_keys(texts: pl.Series) -> np.ndarray:
     return out
 
 
-def _ids(df: pl.DataFrame) -> pl.Series:
+def _text_keys(texts: pl.Series) -> np.ndarray:
+    """64-bit key of each raw text (blake2b of its UTF-8 bytes; equal iff the texts are, up to
+    64-bit collisions)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+                        for t in texts.fill_null("").to_list()), _U, len(texts))
+
+
+def _ids(df: pl.DataFrame, rows: np.ndarray | None = None) -> pl.Series:
+    """The rows' ids; a frame without ids names its rows by number (`rows`: their numbers)."""
     if "id" in df.columns:
         return df["id"].cast(pl.String)
-    return pl.Series("id", [str(i) for i in range(len(df))], dtype=pl.String)
+    rows = np.arange(len(df)) if rows is None else rows
+    return pl.Series("id", [str(i) for i in rows.tolist()], dtype=pl.String)
+
+
+def _fetch_ids(fetch: Fetch, rows: np.ndarray) -> pl.Series:
+    """The ids of rows `rows` (sorted), read back by number."""
+    got = [(frame["row"].to_numpy(), _ids(frame.drop("row"), frame["row"].to_numpy())) for frame in fetch(rows, ["id"])]
+    return pl.concat([ids for _, ids in got]) if got else pl.Series("id", [], dtype=pl.String)
+
+
+def _keyed(rows: np.ndarray, values: pl.Series, at: np.ndarray) -> pl.Series:
+    """values[i] belongs to rows[i] (sorted): the values of rows `at`."""
+    return values.gather(np.searchsorted(rows, at))
 
 
 class ExactDedup(Filter):
@@ -561,7 +596,8 @@ class ExactDedup(Filter):
 
     kind: ClassVar[str] = "exact_dedup"
     code_version: ClassVar[int] = 1
-    is_global: ClassVar[bool] = True
+    # Global through its state: a 64-bit key of each row's text (and a content hash for the fingerprint).
+    execution: ClassVar[str] = STATE
 
     field: TextPart = "text"
     normalize: bool = True
@@ -570,16 +606,35 @@ class ExactDedup(Filter):
         return [f"{self.column}_dup_of", f"{self.column}_group_size"]
 
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
-        text = message_text(df, self.field)
-        key = pl.Series("key", _document_keys(text)) if self.normalize else text.alias("key")
-        groups = pl.DataFrame({"key": key, "row": pl.int_range(len(df), eager=True)}).select(
-            first=pl.col("row").min().over("key"), size=pl.len().over("key")
-        )
-        first = groups["first"].to_numpy()
-        is_first = pl.Series(first == np.arange(len(df)))
-        dup_of = pl.select(pl.when(is_first).then(None).otherwise(_ids(df).gather(first))).to_series()
+        return self.resolved_scores(df, np.arange(df.height), self.resolve_frame(df))
+
+    def state(self, batch: pl.DataFrame) -> pl.DataFrame:
+        text = message_text(batch, self.field)
+        key = _document_keys(text) if self.normalize else _text_keys(text)
+        return pl.DataFrame({"key": pl.Series(key, dtype=pl.UInt64), "content": self.content_hashes(batch)})
+
+    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch: Fetch) -> Resolved:
+        """Groups of equal keys; every row of a group of two or more gets its size, the later ones
+        also the id of the group's first row (read back for those rows only)."""
+        got = state.select("key", "content").collect()
         dup_col, size_col = self.score_columns()
-        return df.with_columns(dup_of.alias(dup_col), groups["size"].cast(pl.Int64).alias(size_col))
+        groups = got.with_row_index("row").select(pl.col("row").cast(pl.Int64), pl.col("row").min().over("key").cast(pl.Int64)
+                                                  .alias("first"), pl.len().over("key").alias("size"))
+        groups = groups.filter(pl.col("size") > 1)
+        firsts = np.unique(groups["first"].to_numpy())
+        of = _keyed(firsts, _fetch_ids(fetch, firsts), groups["first"].to_numpy())
+        later = groups["row"] != groups["first"]
+        rows = groups.select(
+            "row",
+            pl.when(later).then(of).otherwise(None).alias(dup_col),
+            pl.col("size").cast(pl.Int64).alias(size_col),
+        ).with_columns(pl.when(later).then(pl.lit("exact duplicate")).alias("reason"))  # details: `explain`
+        return Resolved(rows, shared={"fingerprint": self.resolved_fingerprint(got["content"].to_numpy(), fetch)})
+
+    def resolved_scores(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> pl.DataFrame:
+        dup_col, size_col = self.score_columns()
+        got = resolved.aligned(rows, {dup_col: pl.String, size_col: pl.Int64})
+        return batch.with_columns(got[dup_col], got[size_col].fill_null(1))
 
     def decide(self, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
         dup_col, _ = self.score_columns()
@@ -620,7 +675,9 @@ class MinHashDedup(Filter):
 
     kind: ClassVar[str] = "minhash_dedup"
     code_version: ClassVar[int] = 1
-    is_global: ClassVar[bool] = True
+    # Global through its state: each row's LSH band keys (and a content hash for the fingerprint);
+    # the texts of candidate pairs are read back once, to verify them.
+    execution: ClassVar[str] = STATE
     # The threshold decides (keep() re-clusters from the stored links); it shapes the scores only
     # through the banding it implies, which scoring_settings() holds.
     decide_settings: ClassVar[tuple[str, ...]] = ("threshold", "bands", "rows", "verify")
@@ -646,26 +703,74 @@ class MinHashDedup(Filter):
         return {**super().scoring_settings(), "lsh": list(self.lsh())}
 
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
-        n = len(df)
-        text = message_text(df, self.field)
-        details = minhash_signatures(text, self.num_perm, self.ngram, self.seed, self.normalize, details=True)
+        return self.resolved_scores(df, np.arange(df.height), self.resolve_frame(df))
+
+    def state(self, batch: pl.DataFrame) -> pl.DataFrame:
+        sig = minhash_signatures(message_text(batch, self.field), self.num_perm, self.ngram, self.seed, self.normalize)
+        keys = band_keys(sig, *self.lsh())
+        return pl.DataFrame({**{f"band_{b}": keys[:, b] for b in range(keys.shape[1])},
+                             "content": self.content_hashes(batch)})
+
+    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch: Fetch) -> Resolved:
+        """Candidate pairs from the band keys, one band at a time; then the candidates' texts are read
+        back and signed again (with what exact verification needs) to verify the pairs."""
+        n = state.select(pl.len()).collect().item()
+        band = lambda b: state.select(f"band_{b}").collect().to_series().to_numpy()  # noqa: E731
+        later, earlier = edges_from_band_keys(n, (band(b) for b in range(self.lsh()[0])))
+
+        def similarity(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+            rows = np.unique(np.concatenate([later, earlier]))
+            parts = [minhash_signatures(message_text(f, self.field), self.num_perm, self.ngram, self.seed,
+                                        self.normalize, details=True) for f in fetch(rows, ["messages"])]
+            at = lambda x: np.searchsorted(rows, x)  # noqa: E731
+            return pair_similarity(_concat_minhashes(parts), at(later), at(earlier), self.threshold)
+
+        content = state.select("content").collect().to_series().to_numpy()
+        return self._resolved(later, earlier, similarity, lambda rows: _fetch_ids(fetch, rows),
+                              self.resolved_fingerprint(content, fetch))
+
+    def resolve_frame(self, df: pl.DataFrame, ctx: Context | None = None) -> Resolved:
+        """In memory each text is signed once, with what verification needs."""
+        details = minhash_signatures(message_text(df, self.field), self.num_perm, self.ngram, self.seed,
+                                     self.normalize, details=True)
         later, earlier = candidate_edges(details.signatures, *self.lsh())
-        sim = pair_similarity(details, later, earlier, self.threshold)
-        links = (
-            pl.DataFrame({"later": later, "row": earlier, "sim": sim})
-            .group_by("later")
-            .agg(pl.struct("row", "sim").alias("links"))
+        fingerprint = self._whole_mark(frame_digest(df.select(self.reads(df))))
+        return self._resolved(later, earlier, lambda a, b: pair_similarity(details, a, b, self.threshold),
+                              lambda rows: _ids(df).gather(rows), fingerprint)
+
+    def _resolved(self, later: np.ndarray, earlier: np.ndarray, similarity, ids_of, fingerprint: str) -> Resolved:
+        """The scores of every row in a candidate pair (links, cluster, size) and the decisions:
+        of each cluster of verified pairs, the first row is kept."""
+        c_cluster, c_size, _, c_links = self.score_columns()
+        sim = similarity(later, earlier) if len(later) else np.zeros(0)
+        edges = pl.DataFrame({"later": later, "row": earlier, "sim": pl.Series(sim, dtype=pl.Float32)})
+        # as keep() re-clusters from stored links: their Float32 sims against the threshold
+        verified = edges.filter(pl.col("sim") >= self.threshold) if self.verify else edges
+        rows = np.unique(np.concatenate([later, earlier]))
+        at = lambda x: np.searchsorted(rows, x)  # noqa: E731
+        label = connected_components(len(rows), at(verified["later"].to_numpy()), at(verified["row"].to_numpy()))
+        size = np.bincount(label, minlength=len(rows))[label]
+        rep = rows[label]  # the cluster's first row (rows are sorted, so the smallest rank is the first row)
+        reps = np.unique(rep)
+        links = edges.group_by("later", maintain_order=True).agg(pl.struct("row", "sim").alias(c_links))
+        out = (
+            pl.DataFrame({"row": rows, c_cluster: _keyed(reps, ids_of(reps), rep), c_size: size})
+            .join(links.rename({"later": "row"}), on="row", how="left", maintain_order="left")
+            .with_columns(pl.col(c_links).cast(pl.List(_LINK)))
         )
-        by_row = pl.DataFrame({"later": np.arange(n, dtype=np.int64)}).join(links, on="later", how="left")
+        dropped = pl.Series(rep != rows)
+        out = out.with_columns(pl.when(dropped).then(pl.lit("near duplicate")).alias("reason"),
+                               pl.when(dropped).then(_near_duplicate_of(out[c_cluster], out[c_size])).alias("detail"))
+        return Resolved(out, shared={"fingerprint": fingerprint})
+
+    def resolved_scores(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> pl.DataFrame:
         c_cluster, c_size, c_row, c_links = self.score_columns()
-        out = df.with_columns(
-            pl.Series(c_row, np.arange(n, dtype=np.int64)),
-            by_row["links"].cast(pl.List(_LINK)).alias(c_links),
-        )
-        rep, size = self._clusters(out)
-        ids = _ids(df)
-        return out.with_columns(ids.gather(rep).alias(c_cluster), pl.Series(c_size, size)).select(
-            *df.columns, *self.score_columns()
+        got = resolved.aligned(rows, {c_cluster: pl.String, c_size: pl.Int64, c_links: pl.List(_LINK)})
+        return batch.with_columns(
+            pl.coalesce(got[c_cluster], _ids(batch, rows)).alias(c_cluster),
+            got[c_size].fill_null(1),
+            pl.Series(c_row, np.asarray(rows, np.int64)),
+            got[c_links],
         )
 
     def _clusters(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -725,6 +830,17 @@ class MinHashDedup(Filter):
             of, size = df[c_cluster], df[c_size]
         mask, reason = reasons(kept, "near duplicate")
         return mask, reason, _near_duplicate_of(of.filter(~mask), size.filter(~mask))
+
+
+def _concat_minhashes(parts: list[MinHashes]) -> MinHashes:
+    """One MinHashes of texts signed in several batches, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    ends = np.cumsum([p.hidden_offsets[-1] for p in parts])
+    offsets = [np.zeros(1, np.int64)] + [p.hidden_offsets[1:] + (ends[i] - p.hidden_offsets[-1]) for i, p in enumerate(parts)]
+    return MinHashes(np.concatenate([p.signatures for p in parts]), np.concatenate([p.filled for p in parts]),
+                     np.concatenate([p.small for p in parts]), np.concatenate(offsets),
+                     np.concatenate([p.hidden_bins for p in parts]), np.concatenate([p.hidden_values for p in parts]))
 
 
 def _near_duplicate_of(rep_id: pl.Series, cluster_size: pl.Series) -> pl.Series:

@@ -286,15 +286,19 @@ def test_a_run_that_died_after_changing_settings_marks_the_folder_incomplete(fol
 
 # 6. damaged state files ------------------------------------------------------------------------------
 def test_an_unreadable_marker_reruns_its_step(folder, caplog):
+    """A step's marker or a part's: the step (or the part) runs again. It writes the same part,
+    so the next step, whose input is unchanged, is reused."""
     out = folder / "out"
     first = run(folder, out)
-    marker = out / "steps" / "01-heuristics" / "_DONE.json"
-    for garbage in (b"\x00\xff garbage", b"[1, 2]", b'{"hash": 7}'):
-        marker.write_bytes(garbage)
-        again = run(folder, out)
-        assert [s["skipped"] for s in again["steps"][1:]] == [False, False]
-        assert f"{marker}: unreadable" in caplog.text
-        assert again["rows"] == first["rows"]
+    for marker in (out / "steps" / "01-heuristics" / "_DONE.json", out / "steps" / "01-heuristics" / "parts" / "00000.json"):
+        for garbage in (b"\x00\xff garbage", b"[1, 2]", b'{"hash": 7}'):
+            written = (out / "steps" / "01-heuristics" / "parts" / "00000.parquet").stat().st_mtime_ns
+            marker.write_bytes(garbage)
+            again = run(folder, out)
+            assert [s["skipped"] for s in again["steps"][1:]] == [False, True]
+            assert f"{marker}: unreadable" in caplog.text
+            assert again["rows"] == first["rows"]
+            assert (out / "steps" / "01-heuristics" / "parts" / "00000.parquet").stat().st_mtime_ns > written
 
 
 def test_report_names_an_unreadable_state_file(folder):
@@ -312,7 +316,7 @@ def test_report_names_an_unreadable_state_file(folder):
 def test_a_missing_damaged_or_replaced_step_file_reruns_its_step(folder, caplog, damage):
     out = folder / "out"
     first = run(folder, out)
-    data = out / "steps" / "01-heuristics" / "data.parquet"
+    data = out / "steps" / "01-heuristics" / "parts" / "00000.parquet"
     if damage == "missing":
         data.unlink()
     elif damage == "garbage":
@@ -320,7 +324,7 @@ def test_a_missing_damaged_or_replaced_step_file_reruns_its_step(folder, caplog,
     else:  # a valid parquet file, but not the step's output (another run's, an edited one)
         pl.read_parquet(data).head(2).write_parquet(data)
     again = run(folder, out)
-    assert [s["skipped"] for s in again["steps"][1:]] == [False, False]
+    assert [s["skipped"] for s in again["steps"][1:]] == [False, True]  # the same part again: the next step's input
     assert str(data) in caplog.text and "running the step again" in caplog.text
     assert again["rows"] == first["rows"] and pl.read_parquet(data).height == 13
 
@@ -409,14 +413,14 @@ def test_outputs_are_readable_by_others_under_umask_022(folder):
         os.umask(old)
     modes = {p.relative_to(folder / "out").as_posix(): stat.S_IMODE(p.stat().st_mode)
              for p in (folder / "out").rglob("*") if p.is_file()}
-    assert {"data/train.parquet", "README.md", "report.html", "steps/01-heuristics/data.parquet"} <= set(modes)
+    assert {"data/train.parquet", "README.md", "report.html", "steps/01-heuristics/parts/00000.parquet"} <= set(modes)
     assert {m for m in modes.values()} == {0o644}, modes
 
 
 def test_temporary_files_of_a_killed_run_are_cleared_and_no_others(folder):
     out = folder / "out"
     run(folder, out)
-    left = [out / ".records.parquet.k1ll3d_x.tmp", out / "steps" / "02-exact_dedup" / ".data.parquet.abcd1234.tmp",
+    left = [out / ".records.parquet.k1ll3d_x.tmp", out / "steps" / "02-exact_dedup" / "parts" / ".00000.parquet.abcd1234.tmp",
             out / "data" / ".train.jsonl.zzzzzzzz.tmp"]
     for p in left:
         p.write_bytes(b"half a file")
@@ -470,8 +474,8 @@ output: {{validation: 0.25, files: [parquet, jsonl]}}
 # less its timings and cache counters).
 SAME_BYTES = ("recipe.yaml", "records.parquet", "rejects.parquet", "README.md", "data/train.parquet",
               "data/train.jsonl", "data/validation.parquet", "data/validation.jsonl",
-              *(f"steps/{s}/{f}" for s in ("01-responses", "02-heuristics", "03-exact_dedup", "04-minhash_dedup")
-                for f in ("data.parquet", "rejects.parquet")))
+              *(f"steps/{s}/parts/{f}" for s in ("01-responses", "02-heuristics", "03-exact_dedup", "04-minhash_dedup")
+                for f in ("00000.parquet", "00000-rejects.parquet")))
 VARIES = {"finished", "seconds", "sent", "cache_hits", "skipped"}  # how this run got there
 
 
