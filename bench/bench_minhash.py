@@ -144,7 +144,7 @@ def main() -> None:
           f"LSH {bands}x{rows}, word {ng}-grams, seed {seed}")
     print(f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f} "
           "(other processes' load slows every row alike)")
-    print(f"collision probability at J = 0.5/0.7/0.8/0.9: "
+    print("collision probability at J = 0.5/0.7/0.8/0.9: "
           + "/".join(f"{p:.2f}" for p in D.collision_probability([0.5, 0.7, 0.8, 0.9], bands, rows)))
 
     # Warm-up (imports, caches, the probe table) outside every timed region.

@@ -47,7 +47,7 @@ from curate.records import concat, frame_digest
 from curate.recipe import Recipe, redact_url
 from curate.report.compute import StepSections
 from curate.report.validate import gx_files
-from curate.steps import (BATCHES, FRAME, STATE, Context, Resolved, Step, StepResult, digest, embedded_model_file,
+from curate.steps import (BATCHES, FRAME, Context, Resolved, Step, StepResult, digest, embedded_model_file,
                           file_digest, files_digest)
 
 log = logging.getLogger(__name__)
