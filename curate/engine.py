@@ -213,8 +213,12 @@ class Teacher:
             cache = self.recipe.resolve(cfg.cache) if cfg.cache else self.out / "cache" / "llm.sqlite"
             if not cfg.cache:
                 self.folder.claim([cache])  # not its -wal and -shm: SQLite makes and removes them, also for other readers
-            self.llm = build_llm(cfg.teacher, cache, show_progress=self.show_progress)
+            self.llm = self.build(cache)
         return self.llm
+
+    def build(self, cache: Path):
+        """The LLM, its model in this process or reached from it (an engine elsewhere overrides this)."""
+        return build_llm(self.recipe.config.teacher, cache, show_progress=self.show_progress)
 
     def failures(self) -> tuple[int, int]:
         """Failed teacher requests so far: all, and those the server refused as bad (not retried)."""
@@ -506,17 +510,34 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
     out = Path(out)
     started = time.time()
     cfg = recipe.config
-    with PROFILE.stage("read inputs"):
-        inputs = read_inputs(recipe, cfg.engine.part_rows)
+    ray = None
+    if cfg.engine.name == "ray":  # joined before anything is read or written: a wrong address costs nothing
+        from curate.engines.ray import RayConnection
+
+        ray = RayConnection(cfg.engine)
+    try:
+        with PROFILE.stage("read inputs"):
+            inputs = read_inputs(recipe, cfg.engine.part_rows)
+    except BaseException:
+        if ray is not None:
+            ray.close()
+        raise
     try:
         with locked(out) as folder:
             plan = plan_steps(recipe)
             folder.claim(planned_files(recipe, plan, out))
             folder.start(cfg.name)
             write_text(yaml.safe_dump(recipe.raw, sort_keys=False), out / "recipe.yaml")  # overrides applied
-            teacher = Teacher(recipe, out, folder, show_progress)
             ctx = Context(out_dir=out, seed=cfg.seed, show_progress=show_progress)
-            run = LocalRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=inputs.rows <= cfg.engine.part_rows)
+            small = inputs.rows <= cfg.engine.part_rows
+            if ray is None:
+                teacher = Teacher(recipe, out, folder, show_progress)
+                run = LocalRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small)
+            else:
+                from curate.engines.ray import RayRun, RayTeacher
+
+                teacher = RayTeacher(recipe, out, folder, show_progress, connection=ray, engine=cfg.engine)
+                run = RayRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small, connection=ray)
             sections = StepSections()
             try:
                 with PROFILE.stage("write input parts", inputs.rows):
@@ -545,6 +566,8 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
             folder.finish()
     finally:
         inputs.close()
+        if ray is not None:
+            ray.close()
     return report
 
 

@@ -96,9 +96,11 @@ def build_backend(cfg: TeacherConfig) -> Backend:
     return OpenAIBackend(**kwargs)
 
 
-def build_llm(cfg: TeacherConfig, cache_path: str | Path | None, show_progress: bool = True) -> LLM:
+def build_llm(cfg: TeacherConfig, cache_path: str | Path | None, show_progress: bool = True,
+              backend: Backend | None = None) -> LLM:
+    """The LLM of a recipe's teacher; `backend` replaces the one `cfg` builds (the Ray engine's actors)."""
     return LLM(
-        backend=build_backend(cfg),
+        backend=backend or build_backend(cfg),
         cache=ResponseCache(cache_path) if cache_path else None,
         price=Price(cfg.price.input_per_mtok, cfg.price.output_per_mtok),
         show_progress=show_progress,
