@@ -177,6 +177,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise CurateError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise CurateError(f"{path}: a recipe must be a YAML mapping")
+    if isinstance(raw.get("engine"), str):  # `engine: ray`, so that -o engine.part_rows=... adds to it
+        raw["engine"] = {"name": raw["engine"]}
     for item in overrides:
         apply_override(raw, item)
     return build_recipe(raw, base_dir=path.parent, origin=str(path), path=path)

@@ -132,3 +132,14 @@ def test_ray_settings_on_the_local_engine_are_an_error():
     with pytest.raises(CurateError, match="engine.address applies to the ray engine only"):
         load_recipe(ROOT / "recipes" / "curate-existing.yaml", ["engine.address=127.0.0.1:9100"])
     assert load_recipe(ROOT / "recipes" / "curate-existing.yaml", ["engine=ray"]).config.engine.name == "ray"
+
+
+def test_engine_shorthand_takes_the_command_line_settings(tmp_path):
+    """`engine: ray` in a recipe, then --engine local or another part size from the command line."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((ROOT / "recipes" / "curate-existing.yaml").read_text().replace(
+        "data/existing_pairs.jsonl", str(ROOT / "recipes" / "data" / "existing_pairs.jsonl")) + "engine: ray\n")
+    assert load_recipe(recipe).config.engine.name == "ray"
+    assert load_recipe(recipe, ["engine.name=local"]).config.engine.name == "local"
+    assert load_recipe(recipe, ["engine.part_rows=10"]).config.engine.model_dump(include={"name", "part_rows"}) == \
+        {"name": "ray", "part_rows": 10}
