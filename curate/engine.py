@@ -515,6 +515,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
         from curate.engines.ray import RayConnection
 
         ray = RayConnection(cfg.engine)
+        out = out.absolute()  # tasks elsewhere write there, and the folder's paths are built from it
     try:
         with PROFILE.stage("read inputs"):
             inputs = read_inputs(recipe, cfg.engine.part_rows)

@@ -49,11 +49,13 @@ def cluster():
 
 
 @pytest.mark.slow
-def test_filter_recipe_same_files_on_both_engines(cluster, tmp_path):
-    """curate-existing in 4 parts (so both workers take parts), local and on the cluster."""
+def test_filter_recipe_same_files_on_both_engines(cluster, tmp_path, monkeypatch):
+    """curate-existing in 4 parts (so both workers take parts), local and on the cluster, into a
+    folder named relative to the working directory (the tasks run in other processes)."""
     parts = "engine.part_rows=20"
-    local = run("recipes/curate-existing.yaml", tmp_path / "local", parts)
-    on_ray = run("recipes/curate-existing.yaml", tmp_path / "ray", parts, "engine.name=ray",
+    monkeypatch.chdir(tmp_path)
+    local = run("recipes/curate-existing.yaml", Path("local"), parts)
+    on_ray = run("recipes/curate-existing.yaml", Path("ray"), parts, "engine.name=ray",
                  f"engine.address={cluster.address}")
     compared = same_files(tmp_path / "local", tmp_path / "ray")
     # above a part's rows the data is sharded a part a shard: 54 train rows in 3 shards, 6 validation rows
@@ -81,6 +83,26 @@ def test_quickstart_same_files_and_rerun_sends_only_the_missing(cluster, tmp_pat
     # two more seeds: the five answered requests come from the driver's cache, two are sent
     more = run("recipes/quickstart.yaml", tmp_path / "ray", "inputs.0.limit=7", *small, *ray)
     assert (more["llm"]["sent"], more["llm"]["cache_hits"]) == (2, 5)
+
+
+@pytest.mark.slow
+def test_server_teacher_from_two_actors_a_window_each(cluster, tmp_path):
+    """An OpenAI-compatible server (the fault server, 0.2 s an answer) behind two actors with a
+    window of 3 each: up to 6 requests in flight, the same files as the local engine's window of 3."""
+    from tests.servers.fault_server import fault_server
+
+    with fault_server(delay=0.2) as server:
+        teacher = ["teacher.backend=openai", f"teacher.base_url={server.base_url}", "teacher.model=echo",
+                   "teacher.max_concurrency=3"]
+        local = run("recipes/quickstart.yaml", tmp_path / "local", *teacher)
+        assert server.stats(per_prompt=False)["max_in_flight"] <= 3
+        server.reset()
+        on_ray = run("recipes/quickstart.yaml", tmp_path / "ray", *teacher, "engine.name=ray",
+                     f"engine.address={cluster.address}", "engine.actors=2")
+        seen = server.stats(per_prompt=False)
+    same_files(tmp_path / "local", tmp_path / "ray")
+    assert on_ray["llm"]["sent"] == local["llm"]["sent"] == seen["completed"] == 31  # 32 seeds, two alike
+    assert 3 < seen["max_in_flight"] <= 6
 
 
 @pytest.mark.slow

@@ -110,9 +110,8 @@ def quiet_ray_data(ray) -> None:
 class RayRun(LocalRun):
     """The local engine's run with the units of BATCHES and STATE steps done as Ray Data tasks."""
 
-    def __init__(self, out: Path, *args, connection: RayConnection, **kwargs):
-        # workers resolve paths from the driver's working directory, but the run folder's stay absolute
-        super().__init__(out.resolve(), *args, **kwargs)
+    def __init__(self, *args, connection: RayConnection, **kwargs):
+        super().__init__(*args, **kwargs)
         self.ray = connection.ray
         self.small = False  # the parts are written by workers: there are no frames to keep
 
@@ -189,10 +188,8 @@ class TeacherActor:
                 "supports_raw_prompt": b.supports_raw_prompt}
 
     async def complete(self, request: Request) -> Response:
-        try:
-            return await self.backend.acomplete(request)
-        finally:
-            await self.backend.aclose()
+        # the actor's one event loop keeps the backend's connections open from request to request
+        return await self.backend.acomplete(request)
 
 
 class TeacherPool(Backend):
