@@ -86,6 +86,19 @@ def test_quickstart_same_files_and_rerun_sends_only_the_missing(cluster, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_steps_error_in_a_task_reads_as_it_does_locally(cluster, tmp_path):
+    """A bad eval set, read by decontamination in a task on a worker: the same error as locally."""
+    bad = tmp_path / "evals.jsonl"
+    bad.write_text('{"question": "fine"}\nnot json\n')
+    evals = f"steps.decontaminate.eval_sets=[{bad}]"
+    with pytest.raises(CurateError) as local:
+        run("recipes/curate-existing.yaml", tmp_path / "local", evals)
+    with pytest.raises(CurateError) as on_ray:
+        run("recipes/curate-existing.yaml", tmp_path / "ray", evals, "engine.name=ray", f"engine.address={cluster.address}")
+    assert str(on_ray.value) == str(local.value) == f"{bad}:2: malformed JSON (Expecting value at column 1)"
+
+
+@pytest.mark.slow
 def test_server_teacher_from_two_actors_a_window_each(cluster, tmp_path):
     """An OpenAI-compatible server (the fault server, 0.2 s an answer) behind two actors with a
     window of 3 each: up to 6 requests in flight, the same files as the local engine's window of 3."""

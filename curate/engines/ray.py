@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import traceback
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -139,16 +140,13 @@ def map_works(ray, works: list[Work], ctx: Context, resolved: Resolved | None) -
     shared = ray.put({"works": works, "ctx": replace(ctx, llm=None, show_progress=False), "resolved": resolved,
                       "cwd": os.getcwd()})
     ds = ray.data.from_items([{"n": n} for n in range(len(works))], override_num_blocks=len(works))
-    try:
-        rows = ds.map_batches(_do_works, batch_size=1, batch_format="numpy", fn_kwargs={"shared": shared},
-                              num_cpus=1).take_all()
-    except Exception as exc:  # a step's own error reads as it would locally
-        cause = _cause(exc)
-        if cause is not exc:
-            raise cause from None
-        raise
-    units = {int(r["n"]): pickle.loads(r["unit"]) for r in rows}
-    return [units[n] for n in range(len(works))]
+    rows = ds.map_batches(_do_works, batch_size=1, batch_format="numpy", fn_kwargs={"shared": shared},
+                          num_cpus=1).take_all()
+    done = {int(r["n"]): pickle.loads(r["unit"]) for r in rows}
+    for n in range(len(works)):
+        if isinstance(done[n], BaseException):
+            raise done[n]  # the step's own error, as the local engine would raise it
+    return [done[n] for n in range(len(works))]
 
 
 def _do_works(batch: dict[str, np.ndarray], shared) -> dict[str, np.ndarray]:
@@ -158,19 +156,17 @@ def _do_works(batch: dict[str, np.ndarray], shared) -> dict[str, np.ndarray]:
     got = ray.get(shared)
     if os.getcwd() != got["cwd"] and os.path.isdir(got["cwd"]):
         os.chdir(got["cwd"])  # a recipe's relative paths are the driver's (see the module docstring)
-    units = [pickle.dumps(run_work(got["works"][int(n)], got["ctx"], got["resolved"])) for n in batch["n"]]
+    units = []
+    for n in batch["n"]:
+        try:
+            units.append(pickle.dumps(run_work(got["works"][int(n)], got["ctx"], got["resolved"])))
+        except Exception as exc:  # handed back whole: Ray Data would wrap it in its own error and drop the cause
+            exc.add_note(f"raised in a Ray task:\n{traceback.format_exc()}")  # for CURATE_DEBUG=1
+            try:
+                units.append(pickle.dumps(exc))
+            except Exception:  # an error that does not pickle goes through Ray's wrapper
+                raise exc from None
     return {"n": batch["n"], "unit": np.array(units, dtype=object)}
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """The step's exception inside Ray's wrappers, if it is one of ours (CurateError, ValueError)."""
-    seen = exc
-    for _ in range(5):
-        inner = getattr(seen, "cause", None) or seen.__cause__
-        if inner is None:
-            break
-        seen = inner
-    return seen if isinstance(seen, (CurateError, ValueError)) and seen is not exc else exc
 
 
 # The teacher --------------------------------------------------------------------------------------
