@@ -5,6 +5,7 @@ row; the response cache on the driver lets a rerun send only what is missing."""
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -118,41 +119,71 @@ def test_server_teacher_from_two_actors_a_window_each(cluster, tmp_path):
     assert 3 < seen["max_in_flight"] <= 6
 
 
-@pytest.mark.slow
-def test_worker_node_removed_mid_run_loses_no_row(cluster, tmp_path):
-    """A worker node removed while the run's tasks are on it: Ray retries them on the other node
-    (or, if the run fails, a rerun redoes the parts without a marker); the files are those of the
-    local engine, byte for byte, so no row is lost or duplicated."""
-    data = tmp_path / "rows.jsonl"
-    rows = alpaca_rows(shared("quality_cherry_alpaca_ifd", "cherry_alpaca_5_percent.jsonl"), 3000, 7)
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    settings = [f"inputs.0.path={data}", "inputs.0.source=alpaca", "engine.part_rows=150"]
-    run("recipes/curate-existing.yaml", tmp_path / "local", *settings)
+def cli(out: Path, address: str, recipe: str, settings: list[str]) -> list[str]:
+    return [sys.executable, "-m", "curate.cli", "run", str(ROOT / recipe), "--out", str(out), "--quiet",
+            "--engine", "ray", "--address", address, *(x for s in settings for x in ("-o", s))]
 
-    out = tmp_path / "ray"
-    cmd = [sys.executable, "-m", "curate.cli", "run", str(ROOT / "recipes" / "curate-existing.yaml"), "--out", str(out),
-           "--quiet", "--engine", "ray", "--address", cluster.address, *(x for s in settings for x in ("-o", s))]
+
+def remove_a_worker_during(cluster, cmd: list[str], when) -> bool:
+    """Run `cmd` and remove a worker node once `when()` holds; if the run then fails, run it again
+    (with the node back). Whether the first run finished on its own."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    states = out / "steps" / "03-minhash_dedup" / "state"
     deadline = time.time() + 600
-    while proc.poll() is None and not (states.is_dir() and any(states.glob("*.json"))) and time.time() < deadline:
+    while proc.poll() is None and not when() and time.time() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before the node could be removed"
-    done_before = len(list(states.glob("*.json")))
-    worker = next(iter(cluster.worker_nodes))
-    cluster.remove_node(worker)
+    cluster.remove_node(next(iter(cluster.worker_nodes)))
     try:
-        stdout, stderr = proc.communicate(timeout=600)
+        proc.communicate(timeout=600)
         if proc.returncode != 0:  # the run may fail with the node; the rerun must then finish it
             again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
             assert again.returncode == 0, again.stderr
-        assert done_before < 20  # the node went while the MinHash state parts were being made
-        same_files(tmp_path / "local", out)
-        report = json.loads((out / "report.json").read_text())
-        assert report["rows"]["out"] + report["rows"]["rejected"] == len(rows)
+        return proc.returncode == 0
     finally:
         cluster.add_node(num_cpus=1, object_store_memory=STORE)
         cluster.wait_for_nodes()
+
+
+@pytest.mark.slow
+def test_worker_node_removed_mid_run_loses_no_row(cluster, tmp_path):
+    """A worker node removed while MinHash's state tasks run on both: Ray retries its tasks on the
+    other node (or, if the run fails, a rerun redoes the parts without a marker); the files are
+    those of the local engine, byte for byte, so no row is lost or duplicated."""
+    data = tmp_path / "rows.jsonl"
+    rows = alpaca_rows(shared("quality_cherry_alpaca_ifd", "cherry_alpaca_5_percent.jsonl"), 3000, 7)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = [f"inputs.0.path={data}", "inputs.0.source=alpaca", "engine.part_rows=150"]  # 20 parts
+    run("recipes/curate-existing.yaml", tmp_path / "local", *settings)
+    out = tmp_path / "ray"
+    states = out / "steps" / "03-minhash_dedup" / "state"
+    remove_a_worker_during(cluster, cli(out, cluster.address, "recipes/curate-existing.yaml", settings),
+                           lambda: states.is_dir() and any(states.glob("*.json")))
+    same_files(tmp_path / "local", out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"]["out"] + report["rows"]["rejected"] == len(rows)
+
+
+@pytest.mark.slow
+def test_worker_node_with_a_teacher_actor_removed_mid_generation(cluster, tmp_path, monkeypatch):
+    """A worker node removed, with the teacher actor on it, once the first answers are cached: the
+    other actor answers the rest, and the files are the local engine's."""
+    monkeypatch.setenv("CURATE_THREADS", "1")
+    settings = ["inputs.0.limit=6", "steps.responses.max_tokens=96"]
+    run("recipes/quickstart.yaml", tmp_path / "local", *settings)
+    out = tmp_path / "ray"
+    cache = out / "cache" / "llm.sqlite"
+
+    def answered() -> int:
+        try:
+            with sqlite3.connect(f"file:{cache}?mode=ro", uri=True) as db:
+                return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        except sqlite3.Error:  # not there yet
+            return 0
+
+    finished = remove_a_worker_during(cluster, cli(out, cluster.address, "recipes/quickstart.yaml", settings),
+                                      lambda: cache.exists() and answered() >= 1)
+    assert finished  # the lost actor's requests went to the other one
+    same_files(tmp_path / "local", out)
 
 
 def test_ray_engine_without_ray_says_how_to_install_it(tmp_path, monkeypatch):

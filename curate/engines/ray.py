@@ -190,23 +190,25 @@ class TeacherActor:
 
 class TeacherPool(Backend):
     """A Backend whose requests are answered by Ray actors (`TeacherActor`): each request goes to the
-    actor with the fewest in flight, at most its backend's `max_concurrency` (1 for a model in
-    process, the recipe's window for a server). The actors start at the first request and stop at
-    `release` (a later request starts them again)."""
+    live actor with the fewest in flight, at most its backend's `max_concurrency` (1 for a model in
+    process, the recipe's window for a server). An actor lost with its node is not restarted (it
+    would wait for a free CPU that the survivors hold): its requests go to the others, and only when
+    none is left do they fail (and a rerun sends them). The actors start at the first request and
+    stop at `release` (a later step starts them again)."""
 
     def __init__(self, ray, cfg: TeacherConfig, engine: EngineConfig):
         self.ray, self.cfg, self.engine = ray, cfg, engine
         self.actors: list = []
         self.busy: list[int] = []
+        self.lost: set[int] = set()
         self.name, self.model, self.max_concurrency, self.supports_raw_prompt = self._describe()
 
     def _start(self) -> dict[str, Any]:
         n = self.engine.actors or self._default_actors()
-        remote = self.ray.remote(TeacherActor).options(
-            num_cpus=self.engine.actor_cpus, num_gpus=self.engine.actor_gpus,
-            max_concurrency=1000, max_restarts=3, max_task_retries=3)  # a lost node's requests go to the restarted actor
+        remote = self.ray.remote(TeacherActor).options(num_cpus=self.engine.actor_cpus, num_gpus=self.engine.actor_gpus,
+                                                       max_concurrency=1000)
         self.actors = [remote.remote(self.cfg, os.getcwd()) for _ in range(n)]
-        self.busy = [0] * n
+        self.busy, self.lost = [0] * n, set()
         try:
             return self.ray.get([a.describe.remote() for a in self.actors])[0]
         except self.ray.exceptions.RayActorError as exc:
@@ -230,19 +232,28 @@ class TeacherPool(Backend):
             self._start()
 
     async def acomplete(self, request: Request) -> Response:
-        k = int(np.argmin(self.busy))
-        self.busy[k] += 1
-        try:
-            return await self.actors[k].complete.remote(request)
-        except self.ray.exceptions.RayError as exc:  # the actor is gone for good: a failed request, retried on a rerun
-            return Response(error=f"Ray actor failed: {type(exc).__name__}: {exc}")
-        finally:
-            self.busy[k] -= 1
+        while True:
+            live = [k for k in range(len(self.actors)) if k not in self.lost]
+            if not live:
+                return Response(error="every Ray actor of the teacher was lost")
+            k = min(live, key=lambda a: self.busy[a])
+            self.busy[k] += 1
+            try:
+                return await self.actors[k].complete.remote(request)
+            except self.ray.exceptions.RayActorError:  # its node is gone: another actor answers
+                if k not in self.lost:
+                    log.warning("a teacher actor was lost (%d of %d left); its requests go to the others",
+                                len(live) - 1, len(self.actors))
+                self.lost.add(k)
+            except self.ray.exceptions.RayError as exc:  # a failed request, sent again by a rerun
+                return Response(error=f"Ray: {type(exc).__name__}: {exc}")
+            finally:
+                self.busy[k] -= 1
 
     def release(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
-        self.actors, self.busy = [], []
+        self.actors, self.busy, self.lost = [], [], set()
 
     def close(self) -> None:
         self.release()
