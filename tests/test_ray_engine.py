@@ -194,6 +194,18 @@ def test_ray_engine_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_address_where_no_ray_listens_is_an_error_at_once(tmp_path):
+    """Not minutes of Ray retrying the connection, and nothing written."""
+    from tests.servers.fault_server import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    started = time.time()
+    with pytest.raises(CurateError, match=f"cannot join the Ray cluster at {address}: nothing answers there"):
+        run("recipes/curate-existing.yaml", tmp_path / "out", "engine.name=ray", f"engine.address={address}")
+    assert time.time() - started < 30
+    assert not (tmp_path / "out").exists()
+
+
 def test_ray_settings_on_the_local_engine_are_an_error():
     with pytest.raises(CurateError, match="engine.address applies to the ray engine only"):
         load_recipe(ROOT / "recipes" / "curate-existing.yaml", ["engine.address=127.0.0.1:9100"])

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 import traceback
 from contextlib import contextmanager
 from dataclasses import replace
@@ -80,12 +81,15 @@ class RayConnection:
     def __init__(self, cfg: EngineConfig):
         self.ray = require_ray()
         self.owned = not self.ray.is_initialized()
+        quiet_ray_data(self.ray)
         if not self.owned:
             return
         root = str(Path(curate.__file__).resolve().parents[1])
         paths = [root, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root)]
         env = {"PYTHONPATH": os.pathsep.join(paths), **{k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
         address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            check_reachable(address)
         # "local": a Ray of our own, never a stray cluster another program left on this machine
         extra = {} if address else {"include_dashboard": False}
         try:
@@ -93,11 +97,22 @@ class RayConnection:
                           **extra)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise CurateError(f"cannot join the Ray cluster at {address}: {exc}") from None
-        quiet_ray_data(self.ray)
 
     def close(self) -> None:
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def check_reachable(address: str) -> None:
+    """Refuse a HOST:PORT nobody listens on: ray.init would retry it for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # ray://, auto: Ray's own to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise CurateError(f"cannot join the Ray cluster at {address}: nothing answers there ({exc}); start it "
+                          "with `ray start --head --port=PORT`, or leave out --address to start a Ray for this run") from None
 
 
 def quiet_ray_data(ray) -> None:
