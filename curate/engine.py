@@ -46,6 +46,7 @@ from curate.parts import DONE, Part, StepFolder, Unit, cut, gather, part_name, p
 from curate.records import concat, frame_digest
 from curate.recipe import Recipe, redact_url
 from curate.report.compute import StepSections
+from curate.report.validate import gx_files
 from curate.steps import (BATCHES, FRAME, STATE, Context, Resolved, Step, StepResult, digest, embedded_model_file,
                           file_digest, files_digest)
 
@@ -151,6 +152,7 @@ def planned_files(recipe: Recipe, plan: list[PlannedStep], out: Path) -> list[Pa
     """The files of this run whose names are known before it starts, listed in the folder's
     manifest before anything is written (parts are listed as each step comes to them)."""
     files = [out / n for n in ("recipe.yaml", "records.parquet", "rejects.parquet", *REPORT_FILES)]
+    files += gx_files(out)
     files += [out / "steps" / p.name / DONE for p in plan]
     splits = ("train", "validation") if recipe.config.output.validation else ("train",)
     files += [out / "data" / f"{s}.{ext}" for s in splits for ext in recipe.config.output.files]
@@ -584,7 +586,8 @@ def publish_report(recipe: Recipe, out: Path, steps: list[dict], final: list[Par
     from curate.report.render import write_reports
     from curate.report.validate import validate_parts
 
-    validation = validate_parts(final, recipe.steps)  # on 0 rows too: "at least 1 row" fails
+    # on 0 rows too: "at least 1 row" fails
+    validation = validate_parts(final, recipe.steps, recipe.config.checks, recipe.config.output, save_to=out / "gx")
     sections = read_sections(recipe, steps, out) if sections is None else sections
     report = build_report(recipe, steps, final, rejects, data_files, seconds, out, sections, validation)
     write_reports(report, out)
@@ -602,7 +605,8 @@ def rebuild_report(out: str | Path) -> dict:
     if missing:
         raise CurateError(f"{out}: not a finished run folder (missing {', '.join(missing)})")
     require_complete(out, "rebuild its report")
-    with locked(out, purpose="report rebuild", create=False):
+    with locked(out, purpose="report rebuild", create=False) as folder:
+        folder.claim(gx_files(out))  # a run from before they were saved, or without great-expectations then
         recipe = build_recipe(_read_state(out / "recipe.yaml", yaml.safe_load), base_dir=out,
                               origin=str(out / "recipe.yaml"))
         old = _read_state(out / "report.json", json.loads, need=("steps", "data_files", "seconds"))

@@ -77,6 +77,7 @@ FOREIGN = [
                                       "steps.magpie.system_prompt=You are a patient maths tutor."]),
     foreign("nuggets-select", "alpaca-gpt4", [f"inputs.0.path={ALPACA_GPT4}", "inputs.0.limit=8",
                                               "steps.nuggets.num_anchors=2"]),
+    foreign("structured", "seed-tasks", [f"inputs.0.path={SEED_TASKS}", "inputs.0.limit=3"]),
     foreign("mixture", "public-sets", [f"inputs.0.path={SEED_TASKS}", "inputs.0.limit=2", "steps.responses.max_tokens=128",
                                        f"inputs.1.path={ALPACA_GPT4}", "inputs.1.limit=40",
                                        f"inputs.2.path={CHERRY}", "inputs.2.limit=30"]),

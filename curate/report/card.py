@@ -9,7 +9,9 @@ from pathlib import Path
 import yaml
 
 from curate.io import write_text
+from curate.licenses import UNRESOLVED
 from curate.recipe import Recipe
+from curate.report.render import price_text
 
 
 def write_card(recipe: Recipe, report: dict, path: Path) -> None:
@@ -23,14 +25,27 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     n = report["rows"]["out"]
     size = next(label for limit, label in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
                                           (float("inf"), "n>1M")) if n < limit)
-    header = {"license": cfg.license or "other", "task_categories": ["text-generation"], "size_categories": [size],
-              "tags": ["synthetic", "sft", "curate"]}
+    lic = report.get("license") or {"license": cfg.license or "other", "warnings": []}
+    languages = (report.get("language") or {}).get("languages") or []
+    header = {"pretty_name": pretty_name(cfg.name), **license_fields(lic)}
+    if languages:
+        header["language"] = languages
+        header["multilinguality"] = ["multilingual" if len(languages) > 1 else "monolingual"]
+    if report["teacher"].get("wrote_rows"):
+        header["annotations_creators"] = ["machine-generated"]
+    if report.get("source_datasets"):
+        header["source_datasets"] = report["source_datasets"]
+    header.update({"task_categories": ["text-generation"], "size_categories": [size], "tags": ["synthetic", "sft", "curate"]})
     sizes = report.get("split_bytes")  # None: some split has no parquet file; datasets counts the rows itself
     splits = [{"name": name, "num_bytes": sizes[name], "num_examples": rows}
               for name, rows in report["rows"]["splits"].items()] if sizes else []
+    info = {"features": report["features"]} if report.get("features") else {}
     if splits:
-        header["dataset_info"] = {"splits": splits, "dataset_size": sum(s["num_bytes"] for s in splits)}
+        info.update(splits=splits, dataset_size=sum(s["num_bytes"] for s in splits))
+    if info:
+        header["dataset_info"] = info
     llm = report["llm"]
+    price = report["teacher"].get("price")
     lines = [
         "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
         f"# {cfg.name}", "", cfg.description or "SFT data made with curate.", "",
@@ -41,19 +56,25 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
          if any(step.needs_llm for step in recipe.steps) else "- Teacher: none (no step calls a model)"),
         f"- Seed: {cfg.seed}",
         f"- Tokens: {llm['prompt_tokens']} prompt, {llm['completion_tokens']} completion"
-        + (f"; cost ${llm['cost']:.4f}" if llm["cost"] else ""),
+        + (f"; cost ${llm['cost']:.4f} ({price_text(price)})" if llm["prompt_tokens"] + llm["completion_tokens"] else ""),
         f"- Sources: " + (", ".join(f"{md_literal(s)} ({v['rows']} rows)" for s, v in report["sources"].items()) or "-"),
     ]
+    if languages:
+        lang = report["language"]
+        lines.append("- Languages: " + ", ".join(f"{code} {share:.0%}" for code, share in lang["shares"].items() if share >= 0.005)
+                     + f" of {lang['rows'] - lang['undetermined']} rows told apart ({lang['undetermined']} undetermined); "
+                     f"detected by {lang['method']}")
     if report.get("validation"):
         v = report["validation"]
         lines.append(f"- Validation: {v['passed']}/{v['total']} expectations met")
+    lines += license_section(lic)
     raw_inputs = recipe.raw.get("inputs") or []  # as written in the recipe: no machine-specific paths
     if raw_inputs:
         lines += ["", "## Inputs", "", "| path | source | license |", "|---|---|---|"]
         for raw, inp in zip(raw_inputs, cfg.inputs):
             lines.append(f"| {md_literal(raw.get('path', inp.path))} | {md_literal(inp.source or '-')} | {md_literal(inp.license or 'not stated')} |")
-        if any(step.needs_llm for step in recipe.steps):
-            lines += ["", "Rows a teacher wrote also fall under the teacher's terms of use."]
+        if report["teacher"].get("wrote_rows") and not report["teacher"].get("license"):
+            lines += ["", "Rows a teacher wrote also fall under the teacher's terms of use (`teacher.license` states them)."]
     lines += ["", "## Steps", "", "| step | in | out | dropped |", "|---|---|---|---|"]
     for s in report["steps"]:
         dropped = ", ".join(f"{r}: {c}" for r, c in (s["dropped"] or {}).items()) or "-"
@@ -70,6 +91,36 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
     lines += ["", "## Recipe", "", "Rerun with `curate run recipe.yaml` (the same seed and cache give the same data).", "",
               "```yaml", yaml.safe_dump(recipe.raw, sort_keys=False).rstrip(), "```", ""]
     write_text("\n".join(lines), path)
+
+
+def pretty_name(name: str) -> str:
+    """The recipe name as a title: `my-sft_v2` -> `My sft v2`."""
+    words = re.sub(r"[-_]+", " ", name).strip()
+    return words[:1].upper() + words[1:]
+
+
+def license_fields(lic: dict) -> dict:
+    """The card's license keys as the Hub's spec names them: `license`, and for a license the Hub
+    does not list (`other` where the inputs' licenses conflict) `license_name`, `license_link` (this
+    card, whose License section explains) and `license_details`."""
+    fields = {"license": lic["license"]}
+    if lic["license"] == "other" and lic.get("details"):
+        fields.update(license_name=UNRESOLVED, license_link="README.md", license_details=lic["details"])
+    return fields
+
+
+def license_section(lic: dict) -> list[str]:
+    """The card's License section: what it states, why, and every warning of the check."""
+    if not lic.get("warnings") and not lic.get("rules"):
+        return []
+    lines = ["", "## License", "", f"License: {md_literal(lic['license'])}"
+             + (f" (the recipe declares {md_literal(lic['declared'])})" if lic.get("declared") and lic["declared"] != lic["license"] else "")
+             + "."]
+    if lic.get("warnings"):
+        lines += [""] + [f"> **Warning:** {md_literal(w)}" + "  " for w in lic["warnings"]]
+    if lic.get("rules"):
+        lines += [""] + [f"- {md_literal(k)}: {md_literal(v)}" for k, v in lic["rules"].items()]
+    return lines
 
 
 def md_literal(text) -> str:

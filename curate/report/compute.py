@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,13 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from curate.licenses import recipe_licenses, teacher_wrote_rows
+from curate.pricing import teacher_price
 from curate.mix import Mix
 from curate.parts import DONE, Part, union_schema
 from curate.records import concat
 from curate.recipe import Recipe
+from curate.report.language import SAMPLE as LANGUAGE_ROWS, language_shares
 from curate.report.plots import histogram_data
 from curate.steps import Filter
 from curate.tokens import TokenCounter, message_tokens, teacher_tokenizer, token_counter
@@ -224,6 +228,14 @@ def _lengths_and_sources_of(final: pl.DataFrame, counter: TokenCounter) -> tuple
     return lengths, sources
 
 
+def _language(parts: list[Part]) -> dict:
+    """`language_shares` of the final rows: all of them read up to SAMPLE_ROWS (it samples them as
+    it would a frame), beyond that only the rows of a deterministic sample of LANGUAGE_ROWS."""
+    total = sum(p.rows for p in parts)
+    positions = None if total <= SAMPLE_ROWS else sample_positions(total, LANGUAGE_ROWS, salt=11)
+    return language_shares(read_rows(parts, ["messages"], positions))
+
+
 def _splits(out: Path, data_files: dict) -> tuple[dict[str, int], dict[str, int] | None]:
     """Rows per split, and bytes as Arrow holds them (the card's split sizes; None when some split
     has no parquet file), each data file (or shard) read once."""
@@ -248,6 +260,32 @@ def data_paths(entry: str | list[str]) -> list[str]:
     return [entry] if isinstance(entry, str) else list(entry)
 
 
+# A Hub dataset as fsspec, polars and datasets name it: hf://datasets/<owner>/<name>[@rev][/file]
+HUB_PATH = re.compile(r"hf://datasets/([^/@]+/[^/@]+)")
+
+
+def hub_dataset_id(path: str) -> str | None:
+    """The Hub dataset id (owner/name) an input path reads, or None for a local file."""
+    found = HUB_PATH.match(path)
+    return found.group(1) if found else None
+
+
+def card_features(out: Path, data_files: dict) -> list | None:
+    """The data files' columns in the `dataset_info.features` form `datasets` writes and reads back
+    (from the Arrow schema of the parquet files; None when some split has none)."""
+    parquet = [files["parquet"] for files in data_files.values() if "parquet" in files]
+    if not parquet or len(parquet) != len(data_files):
+        return None
+    from datasets import DatasetInfo, Features
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    card = DatasetCardData()
+    features = Features.from_arrow_schema(pq.read_schema(out / data_paths(parquet[0])[0]))
+    DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(card)
+    return card.to_dict()["dataset_info"]["features"]
+
+
 def build_report(recipe: Recipe, steps: list[dict], final: list[Part], rejects: list[Part], data_files: dict,
                  seconds: float, out: Path, sections: dict[str, dict], validation: dict | None = None) -> dict:
     """All the numbers of a run (what report.json holds), from the parts of the final rows and of
@@ -268,7 +306,9 @@ def build_report(recipe: Recipe, steps: list[dict], final: list[Part], rejects: 
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "seed": recipe.config.seed,
-        "teacher": {"backend": recipe.config.teacher.backend, "model": recipe.config.teacher.model},
+        "teacher": {"backend": recipe.config.teacher.backend, "model": recipe.config.teacher.model,
+                    "price": teacher_price(recipe.config.teacher, batch=recipe.config.teacher.batch_api).as_dict(),
+                    "license": recipe.config.teacher.license, "wrote_rows": teacher_wrote_rows(recipe)},
         "rows": {"in": steps[0]["rows_in"] or steps[0]["rows_out"], "out": sum(p.rows for p in final),
                  "rejected": sum(p.rows for p in rejects), "splits": split_rows},
         "steps": funnel,
@@ -283,4 +323,8 @@ def build_report(recipe: Recipe, steps: list[dict], final: list[Part], rejects: 
         "validation": validation,
         "data_files": data_files,
         "split_bytes": split_bytes,
+        "license": recipe_licenses(recipe).as_dict(),
+        "language": _language(final),
+        "features": card_features(out, data_files),
+        "source_datasets": sorted({d for inp in recipe.config.inputs if (d := hub_dataset_id(inp.path))}),
     }

@@ -22,11 +22,16 @@ def render_markdown(report: dict) -> str:
     llm = r["llm"]
     lines += ["", f"Teacher: {r['teacher']['backend']} {r['teacher']['model'] or ''}; {llm['requests']} requests "
               f"({llm['sent']} sent, {llm['cache_hits']} cached, {llm['failures']} failed), {llm['prompt_tokens']} prompt + "
-              f"{llm['completion_tokens']} completion tokens, cost ${llm['cost']:.4f}", ""]
+              f"{llm['completion_tokens']} completion tokens, cost ${llm['cost']:.4f} ({price_text(r['teacher'].get('price'))})", ""]
     if r.get("validation"):
         v = r["validation"]
-        lines.append(f"Validation ({v['engine']}): {v['passed']}/{v['total']} expectations met")
-        lines += [f"- {'PASS' if c['success'] else 'FAIL'} {c['expectation']}" for c in v["results"]]
+        lines.append(f"Validation ({v['engine']}): {v['passed']}/{v['total']} expectations met"
+                     + ("; the run failed (validate.fail_on_error)" if v.get("fails_run") else ""))
+        lines += [f"- {'PASS' if c['success'] else 'FAIL'} {c['expectation']}"
+                  + (f" [{c['severity']}]" if c.get("severity", "critical") != "critical" else "")
+                  + ("" if c["success"] or not c.get("details") else f": {c['details']}") for c in v["results"]]
+        if v.get("files"):
+            lines.append(f"\nSuite, results and the table they ran on, in great-expectations' format: {', '.join(v['files'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -98,7 +103,8 @@ def render_html(report: dict) -> str:
                      f"<td>{u['failures']}</td><td>{u['prompt_tokens']}</td><td>{u['completion_tokens']}</td><td>{u['cost']:.4f}</td></tr>")
     h.append(f"<tr><th>total</th><th>{llm['requests']}</th><th>{llm['sent']}</th><th>{llm['cache_hits']}</th><th>{llm['failures']}</th>"
              f"<th>{llm['prompt_tokens']}</th><th>{llm['completion_tokens']}</th><th>{llm['cost']:.4f}</th></tr></table>")
-    h.append(f"<p class='muted'>Teacher: {escape(str(r['teacher']['backend']))} {escape(str(r['teacher']['model'] or ''))}</p>")
+    h.append(f"<p class='muted'>Teacher: {escape(str(r['teacher']['backend']))} {escape(str(r['teacher']['model'] or ''))}; "
+             f"{escape(price_text(r['teacher'].get('price')))}</p>")
     h.append("<h2>Examples</h2>")
     for step, sec in r.get("filters", {}).items():
         if not (sec["kept_examples"] or sec["dropped_examples"]):
@@ -134,3 +140,13 @@ def write_reports(report: dict, out: Path) -> None:
     write_json(report, out / "report.json")
     write_text(render_markdown(report), out / "report.md")
     write_text(render_html(report), out / "report.html")
+
+
+def price_text(price: dict | None) -> str:
+    """Where the cost figure comes from, for the report and the card."""
+    if not price:
+        return "price: not recorded"
+    if not price.get("known", True):
+        return f"price {price['source']}"
+    return f"price ${price['input_per_mtok']:g} / ${price['output_per_mtok']:g} per million prompt / completion tokens, " \
+           f"from {price['source']}"
