@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import io
+import itertools
 import json
 import logging
 import os
@@ -169,7 +170,8 @@ def _scan_dataset(path: Path, rows: int) -> Iterator[pl.DataFrame]:
 
 
 def _scan_parquet(files: list[Path], rows: int) -> Iterator[pl.DataFrame]:
-    """Parquet files' rows through Arrow, `rows` at a time, each frame with every file's columns."""
+    """Parquet files' rows, `rows` at a time, each frame with every file's columns. polars reads
+    each slice (pyarrow's batches held ~2x a part more: bench/README.md)."""
     import pyarrow.parquet as pq
 
     def opened(f: Path):
@@ -183,38 +185,82 @@ def _scan_parquet(files: list[Path], rows: int) -> Iterator[pl.DataFrame]:
         union = pl.concat([pl.DataFrame(schema=pl.from_arrow(opened(f).schema_arrow.empty_table()).schema)
                            for f in files], how="diagonal_relaxed")
     for f in files:
-        try:
-            for batch in opened(f).iter_batches(batch_size=rows):
-                frame = pl.from_arrow(batch)
-                yield frame if union is None else pl.concat([union, frame], how="diagonal_relaxed")
-        except CurateError:
-            raise
-        except Exception as exc:
-            raise CurateError(f"{f}: not a readable Parquet file ({_first_line(exc)})") from None
+        total = opened(f).metadata.num_rows
+        for lo in range(0, total, rows):
+            try:  # polars reads the row groups a slice needs, into its own memory (no Arrow copy to hold)
+                frame = pl.scan_parquet(f).slice(lo, rows).collect()
+            except Exception as exc:  # polars and pyarrow raise several types for a damaged file
+                raise CurateError(f"{f}: not a readable Parquet file ({_first_line(exc)})") from None
+            yield frame if union is None else pl.concat([union, frame], how="diagonal_relaxed")
 
 
 def _scan_jsonl(path: Path, rows: int, limit: int | None) -> Iterator[pl.DataFrame]:
-    """JSON Lines `rows` lines at a time, checked as `_read_jsonl` checks them (errors name the
-    line). A file of more than one frame is parsed to the end before the first frame is given,
-    so that every frame has every column; the frames wait in unnamed temporary files."""
+    """JSON Lines `rows` lines at a time. Each chunk of lines is read by Arrow's JSON reader
+    (`_arrow_jsonl`) when it gives what Python's json gives and every chunk gives each column one
+    type; else the file is parsed line by line and checked as `_read_jsonl` checks it (errors name
+    the line, numbers among text are warned about). A file of more than one frame is read to the
+    end before the first frame is given, so that every frame has every column."""
+    try:
+        yield from _in_one_schema(path, _arrow_jsonl_frames(path, rows, limit))
+        return
+    except _NotForArrow:  # raised before any frame was given (`_in_one_schema` reads to the end first)
+        pass
     shapes = ShapeCheck(path, lines=True)
-    spool: list[tuple[Any, pl.Schema]] = []
-    first: pl.DataFrame | None = None
-    parsed = 0
-    for chunk, lines in _jsonl_rows(path, rows, limit):
-        frame = _frame_from_rows(chunk, path, lines, shapes)
-        parsed += frame.height
-        if first is None:
-            first = frame
-            continue
-        if not spool:
-            spool.append(_spooled(first))
-        spool.append(_spooled(frame))
-    shapes.warn()
+
+    def parsed() -> Iterator[pl.DataFrame]:
+        for chunk, lines in _jsonl_rows(path, rows, limit):
+            yield _frame_from_rows(chunk, path, lines, shapes)
+        shapes.warn()
+
+    yield from _in_one_schema(path, parsed())
+
+
+class _NotForArrow(Exception):
+    """A chunk of JSON Lines that Arrow may not read as Python does."""
+
+
+def _arrow_jsonl_frames(path: Path, rows: int, limit: int | None) -> Iterator[pl.DataFrame]:
+    """The file's first `limit` lines as frames of `rows` lines, each read by Arrow; _NotForArrow
+    when a chunk is not one Arrow reads as Python would, or two chunks give a column two types."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    types: dict[str, pl.DataType] = {}
+    try:
+        with opener(path, "rb") as f:
+            if any(f.read(4).startswith(bom) for bom, enc in BOMS if enc != "utf-8-sig"):
+                raise _NotForArrow  # UTF-16 or UTF-32
+            f.seek(0)
+            taken, blank = 0, False
+            while limit is None or taken < limit:
+                lines = list(itertools.islice(f, rows if limit is None else min(rows, limit - taken)))
+                if not lines:
+                    return
+                taken += len(lines)
+                data = b"".join(lines)
+                if not data.strip():
+                    blank = True
+                    continue
+                frame = _arrow_jsonl(data)  # None for a blank line but at the end
+                if frame is None or blank:  # a blank line before these: Python's reader does not count it
+                    raise _NotForArrow
+                blank = frame.height != len(lines)
+                for name, dtype in frame.schema.items():
+                    if dtype != pl.Null and types.setdefault(name, dtype) != dtype:
+                        raise _NotForArrow
+                yield frame
+    except (OSError, EOFError, zlib.error):
+        raise _NotForArrow from None  # the line-by-line reader names the fault
+
+
+def _in_one_schema(path: Path, frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """`frames`, each with the columns of all of them: one frame as it is; more are read to the
+    last one first, waiting in unnamed temporary files, then given with every column."""
+    first = next(frames, None)
+    spool = [_spooled(frame) for frame in frames]
     if not spool:
         if first is not None:
             yield first
         return
+    spool.insert(0, _spooled(first))
     union = pl.concat([pl.DataFrame(schema=schema) for _, schema in spool], how="diagonal_relaxed")
     for f, _ in spool:
         with f:

@@ -3,6 +3,7 @@ gives; a row-local step never holds more than a part; a killed run redoes only t
 finished; an edited input row reruns only the parts it reaches; inputs are read a part at a time,
 with errors that name the row as if read whole, and bad input anywhere writes nothing."""
 
+import gzip
 import json
 import os
 import signal
@@ -244,6 +245,45 @@ def test_scanning_gives_what_reading_whole_gives(tmp_path):
         assert len(frames) >= 9 and max(f.height for f in frames) <= 1000
         assert_frame_equal(pl.concat(frames), read_table(path))
     assert sum(f.height for f in scan_table(src, 1000, limit=2500)) == 2500
+
+
+@pytest.mark.parametrize("case", ["plain", "numbers among text", "list among text", "blank lines", "date", "gzip"])
+def test_json_lines_scanned_in_chunks_read_as_whole(case, tmp_path, caplog):
+    """JSON Lines scanned 1,000 lines at a time (each chunk by Arrow where it reads as Python does)
+    give the frame reading the file whole gives, with its warnings and errors, whatever the
+    chunks disagree on: numbers in one chunk and text in another are text with a warning, a list
+    in one chunk and text in another is an error naming both lines, a blank line in the middle is
+    skipped (and not counted by `limit`), a date in the third chunk stays text."""
+    rows = [{"instruction": f"Question {i}?", "output": f"Answer {i}.", "n": i} for i in range(3000)]
+    lines = [json.dumps(r) for r in rows]
+    if case == "numbers among text":  # the third chunk all text: Arrow reads each chunk alone
+        lines[2000:] = [json.dumps({**r, "n": f"number {r['n']}"}) for r in rows[2000:]]
+    if case == "list among text":
+        lines[2000:] = [json.dumps({**r, "n": [r["n"]]}) for r in rows[2000:]]
+    if case == "blank lines":
+        lines[998:998] = ["", "  "]  # the last lines of the first chunk
+    if case == "date":
+        lines[2500] = json.dumps({**rows[2500], "gold": "2020-01-01"})
+    path = tmp_path / ("rows.jsonl.gz" if case == "gzip" else "rows.jsonl")
+    text = ("\n".join(lines) + "\n\n").encode()
+    path.write_bytes(gzip.compress(text) if case == "gzip" else text)
+    if case == "list among text":
+        for read in (read_table, lambda p: pl.concat(scan_table(p, 1000), how="diagonal_relaxed")):
+            with pytest.raises(CurateError, match=r"rows\.jsonl:2001: 'n' is a list here but number on line 1"):
+                read(path)
+        return
+    caplog.clear()
+    whole = read_table(path)
+    warned = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    frames = list(scan_table(path, 1000))
+    assert [r.getMessage() for r in caplog.records] == warned
+    assert_frame_equal(pl.concat(frames), whole)
+    assert ("holds numbers" in " ".join(warned)) == (case == "numbers among text")
+    if case == "date":
+        assert whole.schema["gold"] == pl.String
+    head = pl.concat(scan_table(path, 1000, limit=2100))  # types as the first 2,100 rows give them
+    assert head.height == 2100 and head["instruction"].equals(whole["instruction"].head(2100))
 
 
 def big_jsonl(tmp_path: Path, bad_line: str | None = None, at: int = 2900) -> Path:
