@@ -1,7 +1,7 @@
 """The local engine at scale: the filter-only recipe on 200k, 1M and 10M Alpaca-style rows.
 
     python bench/bench_scale.py [--rows 200000 1000000 10000000] [--part-rows 100000]
-                                [--work DIR] [--resume 1000000] [--baseline REV]
+                                [--work DIR] [--resume 1000000] [--baseline REV] [--ray 2]
 
 Builds (once, cached in --work) a deterministic N-row Alpaca-style Parquet file from the texts in
 ../shared/data: each row's instruction is a real instruction with a sentence of another appended,
@@ -18,7 +18,9 @@ ru_maxrss, from wait4), the load average around it, each stage's time and peak m
 engine's CURATE_PROFILE) and the dedup stages' memory per row. --resume N kills a run of N rows
 with SIGKILL in the middle of its MinHash step, reruns it, counts the parts each step redid and
 checks the output against the uninterrupted run's, byte for byte. --baseline REV runs the same
-sizes (those that fit) with git revision REV's code, for a same-machine ratio.
+sizes (those that fit) with git revision REV's code, for a same-machine ratio. --ray CPUS runs each
+size again on the Ray engine (a local cluster of CPUS CPUs, started once) and prints the ratio of
+wall times and whether the output is byte-identical; its peak RSS is the driver's alone.
 The machine's other jobs change the times: rerun on an idle machine for the figures.
 """
 
@@ -130,8 +132,9 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run(data: Path, out: Path, part_rows: int, code: Path = ROOT, kill_when=None) -> dict:
-    """The CLI on the filter-only recipe, in a fresh process: wall time, peak RSS, load, stages."""
+def run(data: Path, out: Path, part_rows: int, code: Path = ROOT, kill_when=None, extra: tuple[str, ...] = ()) -> dict:
+    """The CLI on the filter-only recipe, in a fresh process: wall time, peak RSS, load, stages.
+    `extra`: more CLI options (--engine ray --address ...)."""
     profile = out.with_suffix(".profile.json")
     profile.unlink(missing_ok=True)
     evals = "[" + ", ".join(str(DATA / "eval_prompts" / e) for e in EVALS) + "]"
@@ -139,6 +142,7 @@ def run(data: Path, out: Path, part_rows: int, code: Path = ROOT, kill_when=None
            "--quiet", "-o", f"inputs.0.path={data}", "-o", "inputs.0.source=bench", "-o", f"steps.decontaminate.eval_sets={evals}"]
     if code == ROOT:  # a revision before parts has no engine settings
         cmd += ["-o", f"engine.part_rows={part_rows}"]
+    cmd += list(extra)
     env = {**os.environ, "PYTHONPATH": str(code), "CURATE_PROFILE": str(profile)}
     before, t0 = load(), time.time()
     proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -202,9 +206,25 @@ def resume(data: Path, work: Path, rows: int, part_rows: int) -> None:
         m = json.loads((out / "steps" / s["step"] / "_DONE.json").read_text())
         print(f"  {s['step']:<20} parts {m['parts']}, redone {0 if s['skipped'] else m['parts'] - m['parts_reused']}")
     print(f"  rerun: {second['seconds']:.1f} s (the uninterrupted run: {reference['seconds']:.1f} s), load {second['load']}")
-    same = all((ref / rel).read_bytes() == (out / rel).read_bytes() for rel in
-               ["records.parquet", "rejects.parquet", *(p.relative_to(ref).as_posix() for p in (ref / "data").iterdir())])
-    print(f"  output byte-identical to the uninterrupted run: {same}")
+    print(f"  output byte-identical to the uninterrupted run: {same_output(ref, out)}")
+
+
+def same_output(ref: Path, out: Path) -> bool:
+    """Are records, rejects and every data/ file byte-identical in the two run folders?"""
+    names = ["records.parquet", "rejects.parquet", *(p.relative_to(ref).as_posix() for p in (ref / "data").iterdir())]
+    return sorted((out / "data").iterdir()) == sorted(out / n for n in names if n.startswith("data/")) and \
+        all((ref / rel).read_bytes() == (out / rel).read_bytes() for rel in names)
+
+
+def ray_cluster(cpus: int):
+    """A one-node Ray cluster of `cpus` CPUs (no dashboard, a 500 MB object store): (cluster, seconds to start)."""
+    from ray.cluster_utils import Cluster
+
+    t0 = time.time()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": False,
+                                                            "object_store_memory": 500 * 2**20})
+    cluster.wait_for_nodes()
+    return cluster, time.time() - t0
 
 
 def main() -> None:
@@ -215,6 +235,9 @@ def main() -> None:
     parser.add_argument("--resume", type=int, default=None, help="rows of the kill-and-rerun check (e.g. 1000000)")
     parser.add_argument("--baseline", default=None, help="a git revision to run the same sizes with")
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
+    parser.add_argument("--ray", type=int, default=0, metavar="CPUS",
+                        help="also run each size on the Ray engine, on a local cluster of CPUS CPUs started once "
+                             "(the time to start it is printed apart), and compare time and output with the local run")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"cores: {os.cpu_count()}, load average {load()}, part_rows {args.part_rows:,}")
@@ -234,6 +257,10 @@ def main() -> None:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "curate", "filters", "synth", "recipes"],
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    cluster = None
+    if args.ray:
+        cluster, started = ray_cluster(args.ray)
+        print(f"Ray: a local cluster of {args.ray} CPUs at {cluster.address}, started in {started:.1f} s")
     try:
         for n in args.rows:
             out = args.work / f"run-{n}"
@@ -241,6 +268,17 @@ def main() -> None:
             result = run(files[n], out, args.part_rows)
             show(n, result)
             print("  " + result["stdout"].strip().replace("\n", "\n  "))
+            if cluster is not None:
+                on_ray = args.work / f"run-{n}-ray"
+                shutil.rmtree(on_ray, ignore_errors=True)
+                other = run(files[n], on_ray, args.part_rows, extra=("--engine", "ray", "--address", cluster.address))
+                print(f"  ray engine ({args.ray} CPUs): {other['seconds']:.1f} s wall, driver peak RSS "
+                      f"{other['rss_mb']:,.0f} MB, load {other['load']}; ray / local: time x"
+                      f"{other['seconds'] / result['seconds']:.2f}; output byte-identical: {same_output(out, on_ray)}")
+                for name, seconds, peak in stage_table(other["stages"]):
+                    print(f"    {name:<40} {seconds:8.1f} s   driver peak {peak:8,.0f} MB")
+                if not args.keep:
+                    shutil.rmtree(on_ray, ignore_errors=True)
             if base is not None:
                 shutil.rmtree(out, ignore_errors=True)
                 other = run(files[n], out, args.part_rows, code=base)
@@ -254,6 +292,8 @@ def main() -> None:
     finally:
         if base is not None:
             shutil.rmtree(base, ignore_errors=True)
+        if cluster is not None:
+            cluster.shutdown()
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from curate.records import concat, frame_digest
 from curate.recipe import Recipe, redact_url
 from curate.report.compute import StepSections
 from curate.report.validate import gx_files
-from curate.steps import (BATCHES, FRAME, STATE, Context, Resolved, Step, StepResult, digest, embedded_model_file,
+from curate.steps import (BATCHES, FRAME, Context, Resolved, Step, StepResult, digest, embedded_model_file,
                           file_digest, files_digest)
 
 log = logging.getLogger(__name__)
@@ -215,8 +215,12 @@ class Teacher:
             cache = self.recipe.resolve(cfg.cache) if cfg.cache else self.out / "cache" / "llm.sqlite"
             if not cfg.cache:
                 self.folder.claim([cache])  # not its -wal and -shm: SQLite makes and removes them, also for other readers
-            self.llm = build_llm(cfg.teacher, cache, show_progress=self.show_progress)
+            self.llm = self.build(cache)
         return self.llm
+
+    def build(self, cache: Path):
+        """The LLM, its model in this process or reached from it (an engine elsewhere overrides this)."""
+        return build_llm(self.recipe.config.teacher, cache, show_progress=self.show_progress)
 
     def failures(self) -> tuple[int, int]:
         """Failed teacher requests so far: all, and those the server refused as bad (not retried)."""
@@ -234,6 +238,69 @@ class StepOutput:
     kept: list[Part]
     rejects: list[Part]
     info: dict
+
+
+@dataclass
+class Work:
+    """One unit of work of a BATCHES or STATE step, as data: it names everything the work needs (the
+    step, its input part, where its files go) and nothing of the run, so an engine may do it in
+    another process (curate.engines.ray) with `run_work`. `what`: "batch" (a row-local step on input
+    part i), "state" (a STATE step's state of part i) or "apply" (its output for part i, whose rows
+    are numbered rows[0]..rows[1]-1)."""
+
+    what: str
+    step: Step
+    name: str  # the step's folder name, NN-kind (the rejects' `step`)
+    folder: Path  # the step's folder
+    i: int
+    part: Part
+    key: str
+    rows: tuple[int, int] = (0, 0)
+    retry: int = 0  # failed teacher requests of the last try, retried by this one
+
+    @property
+    def marker(self) -> Path:
+        sf = StepFolder(self.folder)
+        return sf.path / "state" / f"{part_name(self.i)}.json" if self.what == "state" else sf.marker_path(part_name(self.i))
+
+    def paths(self) -> list[Path]:
+        """The files the work may write, for the manifest."""
+        sf = StepFolder(self.folder)
+        if self.what == "state":
+            return [sf.state_path(self.i), self.marker]
+        return [sf.kept_path(self.i), sf.path / "parts" / f"{part_name(self.i)}-others.parquet", sf.rejects_path(self.i),
+                self.marker]
+
+
+def untimed(work, retried: int = 0):
+    """`work()` and the facts a marker keeps of it, for a step that calls no teacher."""
+    t0 = time.time()
+    result = work()
+    return result, {"seconds": round(time.time() - t0, 3), **({"retried": retried} if retried else {})}
+
+
+def run_work(w: Work, ctx: Context, resolved: Resolved | None = None, keep_frames: bool = False, timed=untimed) -> Unit:
+    """Do one unit of work and write its files, its marker last (curate.parts). `timed(work, retried)`
+    runs the work and gives its facts (the local engine counts the teacher's failed requests)."""
+    sf, step = StepFolder(w.folder), w.step
+    if w.what == "state":
+        return sf.write_unit(w.marker, w.key, [(sf.state_path(w.i), step.state(route(step, w.part.read())[0]))], [], {},
+                             keep_frames=keep_frames)
+    mine, others, routed = route(step, w.part.read())
+    if w.what == "batch":
+        result, facts = timed(lambda: step.run(mine, ctx), w.retry)
+        stats = result.stats
+    else:
+        lo, hi = w.rows
+        result, facts = timed(lambda: step.apply(mine, np.arange(lo, hi), resolved.between(lo, hi)), w.retry)
+        stats = None
+    kept = [(sf.kept_path(w.i), result.kept)]
+    if others is not None:
+        kept.append((sf.path / "parts" / f"{part_name(w.i)}-others.parquet", others))
+    rejected = as_rejects(result.rejected, w.name)
+    info = {"rows_in": w.part.rows, "rows_out": sum(f.height for _, f in kept), "dropped": reason_counts(rejected),
+            **facts, **({"stats": stats} if stats else {}), **({"routed": routed} if routed else {})}
+    return sf.write_unit(w.marker, w.key, kept, [(sf.rejects_path(w.i), rejected)], info, keep_frames=keep_frames)
 
 
 class LocalRun:
@@ -275,7 +342,8 @@ class LocalRun:
             return StepOutput(unit.kept, unit.rejects, {**unit.info, "skipped": unit.reused})
         keep: set[Path] = set()
         if execution == BATCHES:
-            units = [self.batch_unit(p, sf, i, part, damaged) for i, part in enumerate(parts)]
+            units = self.units(p, [self.pending(sf, Work("batch", p.step, p.name, sf.path, i, part, digest(p.hash, part.digest)),
+                                                damaged) for i, part in enumerate(parts)])
             stats = merge_stats([u.info.get("stats") or {} for u in units])
         else:
             units, stats = self.state_units(p, sf, parts, damaged, keep)
@@ -314,47 +382,39 @@ class LocalRun:
             "parts": len(units), "parts_reused": sum(u.reused for u in units),
         }
 
-    def batch_unit(self, p: PlannedStep, sf: StepFolder, i: int, part: Part, damaged: bool) -> Unit:
-        """Input part i of a row-local step: output part i (and, with `sources`, the other sources' rows)."""
-        key = digest(p.hash, part.digest)
-        marker = sf.marker_path(part_name(i))
-        reused, retry = self.reusable(sf, marker, key, damaged)
-        if reused:
-            return reused
-        mine, others, routed = route(p.step, part.read())
-        result, facts = self.timed(p, lambda: p.step.run(mine, self.ctx), retry)
-        return self.write_unit(p, sf, i, marker, key, result, others, rows_in=part.rows, stats=result.stats,
-                               routed=routed, **facts)
+    def pending(self, sf: StepFolder, w: Work, damaged: bool) -> Unit | Work:
+        """The unit `w` would make, if one is finished with its key and has nothing to retry; else
+        `w` (with the failed teacher requests it retries)."""
+        reused, w.retry = self.reusable(sf, w.marker, w.key, damaged)
+        return reused or w
+
+    def units(self, p: PlannedStep, items: list[Unit | Work], resolved: Resolved | None = None) -> list[Unit]:
+        """The units of a step stage, in order: the reused ones as they are, the others worked here,
+        one after the other (an engine that runs them elsewhere overrides this)."""
+        return [item if isinstance(item, Unit) else self.work(p, item, resolved) for item in items]
+
+    def work(self, p: PlannedStep, w: Work, resolved: Resolved | None = None) -> Unit:
+        """One unit of work in this process, its files claimed in the manifest first."""
+        self.folder.claim(w.paths())
+        return run_work(w, self.ctx, resolved, keep_frames=self.small,
+                        timed=lambda work, retried: self.timed(p, work, retried))
 
     def state_units(self, p: PlannedStep, sf: StepFolder, parts: list[Part], damaged: bool,
                     keep: set[Path]) -> tuple[list[Unit], dict]:
         """A STATE step: each part's state, one `resolve` over all of it, then each part's output."""
         step = p.step
-        states = []
-        for i, part in enumerate(parts):
-            key = digest(p.hash, "state", part.digest)
-            marker, path = sf.path / "state" / f"{part_name(i)}.json", sf.state_path(i)
-            self.folder.claim([path, marker])
-            info = None if damaged else sf.finished(marker, key)
-            with PROFILE.stage(f"{p.name} state"):
-                unit = sf.unit_from(marker, info) if info else sf.write_unit(
-                    marker, key, [(path, step.state(route(step, part.read())[0]))], [], {}, keep_frames=self.small)
+        with PROFILE.stage(f"{p.name} state"):
+            made = self.units(p, [self.pending(sf, Work("state", step, p.name, sf.path, i, part, digest(p.hash, "state", part.digest)),
+                                               damaged) for i, part in enumerate(parts)])
+        for unit in made:
             keep |= unit.files()
-            states.append(unit.kept[0])
+        states = [unit.kept[0] for unit in made]
         resolved, resolved_digest = self.resolved(p, sf, parts, states, damaged, keep)
         offsets = np.concatenate([[0], np.cumsum([s.rows for s in states])]).astype(np.int64)
-        units = []
-        for i, part in enumerate(parts):
-            key = digest(p.hash, resolved_digest, part.digest)
-            marker = sf.marker_path(part_name(i))
-            reused, retry = self.reusable(sf, marker, key, damaged)
-            if reused:
-                units.append(reused)
-                continue
-            mine, others, routed = route(step, part.read())
-            lo, hi = int(offsets[i]), int(offsets[i + 1])
-            result, facts = self.timed(p, lambda: step.apply(mine, np.arange(lo, hi), resolved.between(lo, hi)), retry)
-            units.append(self.write_unit(p, sf, i, marker, key, result, others, rows_in=part.rows, routed=routed, **facts))
+        units = self.units(p, [self.pending(sf, Work("apply", step, p.name, sf.path, i, part,
+                                                     digest(p.hash, resolved_digest, part.digest),
+                                                     rows=(int(offsets[i]), int(offsets[i + 1]))), damaged)
+                               for i, part in enumerate(parts)], resolved)
         return units, resolved.stats
 
     def resolved(self, p: PlannedStep, sf: StepFolder, parts: list[Part], states: list[Part], damaged: bool,
@@ -443,19 +503,6 @@ class LocalRun:
         finally:
             self.ctx.llm = None
 
-    def write_unit(self, p: PlannedStep, sf: StepFolder, i: int, marker: Path, key: str, result: StepResult,
-                   others: pl.DataFrame | None, rows_in: int, stats: dict | None = None, routed: dict | None = None,
-                   **facts) -> Unit:
-        """A row-local unit's files: output part i (and the passed-through rows), its rejects, its marker."""
-        kept = [(sf.kept_path(i), result.kept)]
-        if others is not None:
-            kept.append((sf.path / "parts" / f"{part_name(i)}-others.parquet", others))
-        rejected = as_rejects(result.rejected, p.name)
-        info = {"rows_in": rows_in, "rows_out": sum(f.height for _, f in kept), "dropped": reason_counts(rejected),
-                **facts, **({"stats": stats} if stats else {}), **({"routed": routed} if routed else {})}
-        self.folder.claim([sf.kept_path(i), sf.rejects_path(i), marker, *(path for path, _ in kept)])
-        return sf.write_unit(marker, key, kept, [(sf.rejects_path(i), rejected)], info, keep_frames=self.small)
-
 
 def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> dict:
     """Run every step, write the outputs under `out`, and return the report (also in report.json).
@@ -465,17 +512,35 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
     out = Path(out)
     started = time.time()
     cfg = recipe.config
-    with PROFILE.stage("read inputs"):
-        inputs = read_inputs(recipe, cfg.engine.part_rows)
+    ray = None
+    if cfg.engine.name == "ray":  # joined before anything is read or written: a wrong address costs nothing
+        from curate.engines.ray import RayConnection
+
+        ray = RayConnection(cfg.engine)
+        out = out.absolute()  # tasks elsewhere write there, and the folder's paths are built from it
+    try:
+        with PROFILE.stage("read inputs"):
+            inputs = read_inputs(recipe, cfg.engine.part_rows)
+    except BaseException:
+        if ray is not None:
+            ray.close()
+        raise
     try:
         with locked(out) as folder:
             plan = plan_steps(recipe)
             folder.claim(planned_files(recipe, plan, out))
             folder.start(cfg.name)
             write_text(yaml.safe_dump(recipe.raw, sort_keys=False), out / "recipe.yaml")  # overrides applied
-            teacher = Teacher(recipe, out, folder, show_progress)
             ctx = Context(out_dir=out, seed=cfg.seed, show_progress=show_progress)
-            run = LocalRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=inputs.rows <= cfg.engine.part_rows)
+            small = inputs.rows <= cfg.engine.part_rows
+            if ray is None:
+                teacher = Teacher(recipe, out, folder, show_progress)
+                run = LocalRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small)
+            else:
+                from curate.engines.ray import RayRun, RayTeacher
+
+                teacher = RayTeacher(recipe, out, folder, show_progress, connection=ray, engine=cfg.engine)
+                run = RayRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small, connection=ray)
             sections = StepSections()
             try:
                 with PROFILE.stage("write input parts", inputs.rows):
@@ -504,6 +569,8 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
             folder.finish()
     finally:
         inputs.close()
+        if ray is not None:
+            ray.close()
     return report
 
 

@@ -21,6 +21,20 @@ def shared(*parts: str) -> Path:
     return path
 
 
+# Environment for CLI subprocesses against the test servers: a key that is no secret, and this tree.
+CLI_ENV = {**os.environ, "OPENAI_API_KEY": "test-key-not-secret", "PYTHONPATH": str(ROOT)}
+
+
+def cli_cmd(recipe: Path, out: Path, *extra: str) -> list[str]:
+    """`curate run RECIPE --out OUT --quiet ...` as a subprocess command line."""
+    return [sys.executable, "-m", "curate.cli", "run", str(recipe), "--out", str(out), "--quiet", *extra]
+
+
+def write_jsonl(path: Path, rows: list[dict], encoding: str = "utf-8") -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding=encoding)
+    return path
+
+
 def run_recipe_cli(recipe: str, out: Path, timeout: int = 1700, overrides: list[str] = ()) -> dict:
     """Run a recipe (a path from the repo root, e.g. "recipes/magpie.yaml") through the real CLI in
     a subprocess, as a user would, with `-o` overrides, and return its report.json."""
@@ -29,6 +43,30 @@ def run_recipe_cli(recipe: str, out: Path, timeout: int = 1700, overrides: list[
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return json.loads((out / "report.json").read_text())
+
+
+def run_catalogue_on_embedded(name: str, out: Path, kinds: list[str], rows_in: int, timeout: int = 3600) -> tuple[dict, dict]:
+    """Run recipes/<name>.yaml on the embedded model through the CLI; check its steps are `kinds`,
+    that it read `rows_in` rows and that its funnel adds up. Returns the report and the marker of
+    the step after the inputs (the generator: its `generation` figures)."""
+    pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
+    report = run_recipe_cli(f"recipes/{name}.yaml", out, timeout=timeout)
+    steps = report["steps"]
+    assert [s["kind"] for s in steps] == kinds and steps[0]["rows_out"] == rows_in, steps
+    assert_funnel_adds_up(steps)
+    marker = json.loads((out / "steps" / f"01-{kinds[1]}" / "_DONE.json").read_text())
+    return report, marker
+
+
+def load_train(out: Path):
+    """The written train split through `datasets` (which refuses a file with no rows: then polars)."""
+    import datasets
+    import polars as pl
+
+    path = out / "data" / "train.parquet"
+    if pl.read_parquet(path).height == 0:
+        return []
+    return datasets.load_dataset("parquet", data_files=str(path), split="train")
 
 
 def assert_funnel_adds_up(steps: list[dict], filters_from: int = 2) -> None:

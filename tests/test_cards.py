@@ -7,7 +7,6 @@ import json
 import logging
 
 import datasets
-import polars as pl
 import pytest
 from huggingface_hub import DatasetCard
 

@@ -12,7 +12,7 @@ import pytest
 
 from curate import text as T
 from curate.records import make_frame
-from filters import dedup as D
+from filters import minhash as D
 from filters.dedup import ExactDedup, MinHashDedup
 from curate.steps import STATE
 
