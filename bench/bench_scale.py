@@ -198,10 +198,13 @@ def resume(data: Path, work: Path, rows: int, part_rows: int) -> None:
     first = run(data, out, part_rows, kill_when=lambda o: (state(o) / f"{half:05d}.json").exists())
     done = {s.name: len(list((s / "parts").glob("[0-9]*[0-9].json"))) for s in sorted((out / "steps").glob("*"))}
     states = len(list(state(out).glob("*.json")))
+    killed_at = time.time()
     second = run(data, out, part_rows)
+    rewritten = sum(f.stat().st_mtime > killed_at for f in state(out).glob("*.json"))
     report = json.loads((out / "report.json").read_text())
     print(f"\nresume at {rows:,} rows ({parts} parts of {part_rows:,}): killed after {first['seconds']:.1f} s "
           f"with {states} of {parts} MinHash state parts done; unit markers present per step: {done}")
+    print(f"  03-minhash_dedup state: {rewritten} of {parts} parts computed again by the rerun")
     for s in report["steps"][1:]:  # a step that had finished is reused whole
         m = json.loads((out / "steps" / s["step"] / "_DONE.json").read_text())
         print(f"  {s['step']:<20} parts {m['parts']}, redone {0 if s['skipped'] else m['parts'] - m['parts_reused']}")
