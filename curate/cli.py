@@ -17,13 +17,16 @@ def return_freed_memory() -> None:
     """Have the allocators give freed memory back to the system. A run goes through its data a
     part at a time; with the allocators' defaults what one part freed stays mapped, and the peak
     RSS grows with the number of parts (200,000 rows in parts of 100,000: 1.24 GB with the
-    defaults, 0.83 GB with these; bench/README.md). polars' jemalloc reads _RJEM_MALLOC_CONF when
-    polars is loaded, so this runs before anything imports polars; glibc's malloc (Python, numpy,
-    the tokenizer) takes its arena cap through mallopt at any time. A value set by the user wins."""
+    defaults, 0.81 GB with polars' and glibc's settings; 1M rows: 1.66 GB, 1.37 GB with pyarrow on
+    the system allocator too; bench/README.md). polars' jemalloc reads _RJEM_MALLOC_CONF when
+    polars is loaded, pyarrow its pool's name when it first allocates, so this runs before
+    anything imports either; glibc's malloc (Python, numpy, pyarrow's system pool) takes its arena
+    cap through mallopt at any time. A value set by the user wins."""
     import ctypes
     import ctypes.util
 
     os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # pyarrow's own jemalloc kept what it freed
     if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
         try:
             ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
