@@ -25,7 +25,8 @@ import yaml
 
 from curate.errors import CurateError
 from curate.folder import locked, require_complete
-from curate.io import read_records, write_json, write_parquet, write_text
+from curate.hub_inputs import HUB_ROWS, hub_source, open_hub, scan_hub
+from curate.io import read_records, to_records, write_json, write_parquet, write_text
 from curate.output import write_splits
 from curate.llm.teacher import build_llm
 from curate.records import concat, frame_digest, split_invalid
@@ -39,32 +40,47 @@ STEP_FILES = ("data.parquet", "rejects.parquet")
 log = logging.getLogger(__name__)
 
 
-def load_inputs(recipe: Recipe) -> tuple[pl.DataFrame, pl.DataFrame]:
+def load_inputs(recipe: Recipe) -> tuple[pl.DataFrame, pl.DataFrame, list[dict | None]]:
     """Read and concatenate the recipe's inputs (before anything is written, so bad input leaves no
-    trace): (valid rows, invalid rows with step "inputs" and a reason, see `split_invalid`)."""
-    frames, rejected = [], []
+    trace): (valid rows, invalid rows with step "inputs" and a reason, see `split_invalid`, and
+    each input's identity beyond its content: the commit a Hub input was read at, None for a file)."""
+    frames, rejected, identities = [], [], []
     for i, inp in enumerate(recipe.config.inputs):
+        where = f"{recipe.path or 'recipe'}: inputs[{i}]"
         path = recipe.resolve(inp.path)
-        if not path.exists():
-            raise CurateError(f"{recipe.path or 'recipe'}: inputs[{i}].path {inp.path!r}: no such file or folder "
-                              f"(looked in the recipe's folder {recipe.base_dir} and the working directory)")
-        records = read_records(path, source=inp.source, prompt=inp.prompt, response=inp.response,
-                               system=inp.system, gold=inp.gold, limit=inp.limit)
-        valid, bad = split_invalid(records, str(path))
+        hub = hub_source(inp.path, path)
+        mapping = dict(prompt=inp.prompt, response=inp.response, system=inp.system, gold=inp.gold)
+        if hub is not None:
+            stream = open_hub(hub, inp.revision, inp.config, inp.split, where)
+            raw = concat(list(scan_hub(stream, HUB_ROWS, inp.limit, hub.origin)))
+            origin = hub.origin
+            records = to_records(raw, origin=origin, source=inp.source or hub.repo.split("/")[1], **mapping)
+            identities.append(hub.identity)
+        else:
+            if not path.exists():
+                raise CurateError(f"{where}.path {inp.path!r}: no such file or folder "
+                                  f"(looked in the recipe's folder {recipe.base_dir} and the working directory)")
+            for key in ("split", "config", "revision"):
+                if getattr(inp, key) is not None:
+                    raise CurateError(f"{where}.{key}: only Hub datasets take it; {inp.path!r} is a local file or folder")
+            origin = str(path)
+            records = read_records(path, source=inp.source, limit=inp.limit, **mapping)
+            identities.append(None)
+        valid, bad = split_invalid(records, origin)
         if bad.height:
             reasons = ", ".join(f"{r} {n}" for r, n in _reason_counts(bad).items())
             if not valid.height:
-                raise CurateError(f"{path}: none of its {bad.height} rows is a valid SFT row ({reasons}); see "
+                raise CurateError(f"{origin}: none of its {bad.height} rows is a valid SFT row ({reasons}); see "
                                   "`curate inspect` for its columns, or name them with inputs[].prompt/response")
             log.warning("%s: %d of %d rows rejected (%s); they are in rejects.parquet with step 'inputs'",
-                        path, bad.height, records.height, reasons)
+                        origin, bad.height, records.height, reasons)
         frames.append(valid)
         rejected.append(_as_rejects(bad, "inputs"))
     if not frames and not (recipe.steps and recipe.steps[0].is_source):
         raise CurateError(f"{recipe.path or 'recipe'}: no inputs given (add an `inputs:` list)")
     df = concat(frames)
     check_output_columns(recipe, df.columns)
-    return df, concat(rejected) if rejected else _as_rejects(None, "inputs")
+    return df, concat(rejected) if rejected else _as_rejects(None, "inputs"), identities
 
 
 def run_step(step, df: pl.DataFrame, ctx: Context) -> StepResult:
@@ -83,11 +99,12 @@ def run_step(step, df: pl.DataFrame, ctx: Context) -> StepResult:
                       stats={**result.stats, "routed": routed})
 
 
-def inputs_hash(recipe: Recipe, df: pl.DataFrame) -> str:
+def inputs_hash(recipe: Recipe, df: pl.DataFrame, identities: list[dict | None] = ()) -> str:
     """Start of the step hash chain: every value of every input column (so a renamed source, a
-    changed gold or an edited input file counts), the input settings and the run seed."""
+    changed gold or an edited input file counts), the input settings, the run seed and each Hub
+    input's identity (repo, commit sha, config, split: a new commit reruns the work)."""
     settings = [inp.model_dump(exclude={"license"}) for inp in recipe.config.inputs]
-    return digest("inputs", frame_digest(df), settings, recipe.config.seed)
+    return digest("inputs", frame_digest(df), settings, recipe.config.seed, *(i for i in identities if i))
 
 
 def teacher_hash(recipe: Recipe) -> str:
@@ -116,13 +133,13 @@ class PlannedStep:
     retry: int = 0  # teacher requests that failed last time and are retried now
 
 
-def plan_steps(recipe: Recipe, df: pl.DataFrame, out: Path) -> list[PlannedStep]:
+def plan_steps(recipe: Recipe, df: pl.DataFrame, out: Path, identities: list[dict | None] = ()) -> list[PlannedStep]:
     """Each step's hash, and which leading steps are finished and reusable (once one step runs,
     every later one runs too). Everything a skip relies on is checked here, before anything is
     written: a marker that does not read, a step file that is missing or is not the one the step
     wrote, or failed teacher requests make the step run again (with a warning naming the file)."""
     teacher_key = teacher_hash(recipe) if any(s.needs_llm for s in recipe.steps) else None
-    chain = inputs_hash(recipe, df)
+    chain = inputs_hash(recipe, df, identities)
     plan, reusing = [], True
     for i, step in enumerate(recipe.steps, 1):
         chain = digest(chain, step.config_hash(), teacher_key if step.needs_llm else None)
@@ -192,12 +209,12 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
     that are not a run's, and marked incomplete from the first write until the card is written."""
     out = Path(out)
     started = time.time()
-    df, input_rejects = load_inputs(recipe)
+    df, input_rejects, identities = load_inputs(recipe)
     cfg = recipe.config
     inputs = {"step": "inputs", "kind": "inputs", "rows_in": df.height + input_rejects.height, "rows_out": df.height,
               "dropped": _reason_counts(input_rejects), "seconds": round(time.time() - started, 3), "skipped": False}
     with locked(out) as folder:
-        plan = plan_steps(recipe, df, out)
+        plan = plan_steps(recipe, df, out, identities)
         cache = llm = None
         if any(p.step.needs_llm and p.reuse is None for p in plan):  # a finished run needs no teacher
             cache = recipe.resolve(cfg.cache) if cfg.cache else out / "cache" / "llm.sqlite"

@@ -54,10 +54,15 @@ MAX_ALIAS_NODES = 100_000
 
 
 class InputConfig(BaseModel):
-    """One input dataset; column names map it onto records when its shape is not detected."""
+    """One input dataset; column names map it onto records when its shape is not detected. `path`
+    is a local file or folder, or a Hub dataset (`owner/name`, `hf://datasets/owner/name[@rev][/files]`)
+    whose `split`, `config` and `revision` may be given (curate.hub_inputs)."""
 
     model_config = ConfigDict(extra="forbid")
     path: str
+    split: str | None = None  # Hub datasets: default "train", or the only split
+    config: str | None = None  # Hub datasets: the dataset's configuration (subset)
+    revision: str | None = None  # Hub datasets: a branch, tag or commit sha; default the main branch
     source: str | None = None
     prompt: str | None = None
     response: str | None = None

@@ -11,13 +11,13 @@ each final row tokenised once.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
 
+from curate.hub_inputs import hub_dataset_id
 from curate.licenses import recipe_licenses, teacher_wrote_rows
 from curate.pricing import teacher_price
 from curate.mix import Mix
@@ -168,16 +168,6 @@ def _splits(out: Path, data_files: dict) -> tuple[dict[str, int], dict[str, int]
     return rows, (nbytes if len(nbytes) == len(rows) else None)
 
 
-# A Hub dataset as fsspec, polars and datasets name it: hf://datasets/<owner>/<name>[@rev][/file]
-HUB_PATH = re.compile(r"hf://datasets/([^/@]+/[^/@]+)")
-
-
-def hub_dataset_id(path: str) -> str | None:
-    """The Hub dataset id (owner/name) an input path reads, or None for a local file."""
-    found = HUB_PATH.match(path)
-    return found.group(1) if found else None
-
-
 def card_features(out: Path, data_files: dict) -> list | None:
     """The data files' columns in the `dataset_info.features` form `datasets` writes and reads back
     (from the Arrow schema of the parquet files; None when some split has none)."""
@@ -231,5 +221,6 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         "license": recipe_licenses(recipe).as_dict(),
         "language": language_shares(final),
         "features": card_features(out, data_files),
-        "source_datasets": sorted({d for inp in recipe.config.inputs if (d := hub_dataset_id(inp.path))}),
+        "source_datasets": sorted({d for inp in recipe.config.inputs
+                                   if (d := hub_dataset_id(inp.path, recipe.resolve(inp.path)))}),
     }

@@ -1,0 +1,101 @@
+"""Hub datasets as recipe inputs (curate/hub_inputs.py), read with `datasets` over real HTTP from
+tests/servers/hub_server.py, the stand-in for the Hub on 127.0.0.1 (HF_ENDPOINT), with the HF
+caches in tmp_path."""
+
+import json
+
+import polars as pl
+import pytest
+
+from curate.engine import run_recipe
+from curate.errors import CurateError
+from curate.recipe import load_recipe
+from tests.servers.hub_server import hub_server, use_in_process
+
+ALPACA = [{"instruction": f"Name a fruit number {i}.", "input": "" if i % 3 else f"context {i}",
+           "output": f"Fruit {i} is an apple.", "category": ["open_qa", "brainstorm"][i % 2], "difficulty": i % 3}
+          for i in range(24)]
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    with hub_server(tmp_path / "hub") as server:
+        use_in_process(monkeypatch, server.url, tmp_path / "hf-home")
+        yield server
+    assert not server.unknown, f"endpoints the stand-in lacks: {server.unknown}"
+
+
+def put_alpaca(hub, tmp_path, rows=ALPACA, repo="tatsu-lab/alpaca", name="train-00000-of-00001.parquet") -> str:
+    local = tmp_path / name
+    pl.DataFrame(rows).write_parquet(local)
+    return hub.add_dataset(repo, {f"data/{name}": local, "README.md": "---\nlicense: cc-by-nc-4.0\n---\n# alpaca\n"})
+
+
+def write_recipe(tmp_path, inputs: str, extra: str = "") -> str:
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: hubin\ninputs: {inputs}\nsteps: [{{exact_dedup: {{}}}}]\n{extra}")
+    return path
+
+
+def test_a_hub_dataset_is_read_like_a_local_file(hub, tmp_path):
+    put_alpaca(hub, tmp_path)
+    pl.DataFrame(ALPACA).write_ndjson(tmp_path / "alpaca.jsonl")
+    report = run_recipe(load_recipe(write_recipe(tmp_path, "[{path: tatsu-lab/alpaca}]")), tmp_path / "out", show_progress=False)
+    local = run_recipe(load_recipe(write_recipe(tmp_path, "[{path: alpaca.jsonl}]")), tmp_path / "out2", show_progress=False)
+    hub_rows = pl.read_parquet(tmp_path / "out" / "records.parquet")
+    file_rows = pl.read_parquet(tmp_path / "out2" / "records.parquet")
+    assert report["rows"]["out"] == local["rows"]["out"] == 24
+    assert hub_rows.drop("source").equals(file_rows.drop("source"))
+    assert set(hub_rows["source"]) == {"alpaca"}
+    assert hub.calls("GET", r"/datasets/tatsu-lab/alpaca/resolve/[0-9a-f]{40}/data/train") >= 1  # the data came over HTTP
+
+
+def skipped(report) -> list[bool]:
+    return [s["skipped"] for s in report["steps"][1:]]
+
+
+def test_a_new_commit_on_the_hub_reruns_the_steps_and_an_unchanged_one_does_not(hub, tmp_path):
+    put_alpaca(hub, tmp_path)
+    recipe = write_recipe(tmp_path, "[{path: tatsu-lab/alpaca}]")
+    first = run_recipe(load_recipe(recipe), tmp_path / "out", show_progress=False)
+    again = run_recipe(load_recipe(recipe), tmp_path / "out", show_progress=False)
+    assert skipped(first) == [False] and skipped(again) == [True]
+    # a commit that leaves the rows as they were still names another revision: the work reruns
+    hub.add_dataset("tatsu-lab/alpaca", {"README.md": "---\nlicense: cc-by-nc-4.0\n---\n# alpaca, edited\n"})
+    assert skipped(run_recipe(load_recipe(recipe), tmp_path / "out", show_progress=False)) == [False]
+    put_alpaca(hub, tmp_path, rows=ALPACA[:10])
+    changed = run_recipe(load_recipe(recipe), tmp_path / "out", show_progress=False)
+    assert skipped(changed) == [False] and changed["rows"]["out"] == 10
+
+
+def test_revision_split_and_config_are_read(hub, tmp_path):
+    old = put_alpaca(hub, tmp_path)
+    put_alpaca(hub, tmp_path, rows=ALPACA[:5])  # main now has 5 rows; `old` still has 24
+    test_rows = pl.DataFrame(ALPACA[:3]).write_parquet(tmp_path / "test.parquet")
+    hub.add_dataset("tatsu-lab/alpaca", {"data/test-00000-of-00001.parquet": tmp_path / "test.parquet"})
+    for inputs, rows in ((f"[{{path: tatsu-lab/alpaca, revision: {old}}}]", 24),
+                         (f"[{{path: 'hf://datasets/tatsu-lab/alpaca@{old}'}}]", 24),
+                         ("[{path: tatsu-lab/alpaca, split: test}]", 3),
+                         ("[{path: tatsu-lab/alpaca, config: default, limit: 4}]", 4),
+                         ("[{path: 'hf://datasets/tatsu-lab/alpaca/data/test-*.parquet'}]", 3)):
+        report = run_recipe(load_recipe(write_recipe(tmp_path, inputs)), tmp_path / f"out{rows}", show_progress=False)
+        assert report["rows"]["in"] == rows, inputs
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ("[{path: tatsu-lab/alpacca}]", r"inputs\[0\]\.path: 'tatsu-lab/alpacca': no such file or folder here, and no dataset "
+                                    r"'tatsu-lab/alpacca' on the Hub"),
+    ("[{path: tatsu-lab/alpaca, split: validation}]", r"inputs\[0\]\.split: the Hub dataset 'tatsu-lab/alpaca' has no split "
+                                                       r"'validation'; its splits are \['train'\]"),
+    ("[{path: tatsu-lab/alpaca, config: nope}]", r"inputs\[0\]\.config: the Hub dataset 'tatsu-lab/alpaca' has no config 'nope'"),
+    ("[{path: tatsu-lab/alpaca, revision: v9}]", r"inputs\[0\]\.revision: no revision 'v9' of the Hub dataset 'tatsu-lab/alpaca'"),
+    ("[{path: 'hf://datasets/tatsu-lab/alpaca@v1', revision: v2}]", r"inputs\[0\]\.revision: 'v2', but the path names revision 'v1'"),
+    ("[{path: d.jsonl, split: train}]", r"inputs\[0\]\.split: only Hub datasets take it; 'd.jsonl' is a local file"),
+    ("[{path: data/missing.jsonl}]", r"inputs\[0\]\.path 'data/missing.jsonl': no such file or folder"),
+])
+def test_bad_hub_inputs_name_the_recipe_key_before_anything_is_written(hub, tmp_path, inputs, message):
+    put_alpaca(hub, tmp_path)
+    (tmp_path / "d.jsonl").write_text(json.dumps({"prompt": "Hi?", "completion": "Hello."}) + "\n")
+    with pytest.raises(CurateError, match=message):
+        run_recipe(load_recipe(write_recipe(tmp_path, inputs)), tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
