@@ -49,7 +49,8 @@ def load_inputs(recipe: Recipe) -> tuple[pl.DataFrame, pl.DataFrame, list[dict |
         where = f"{recipe.path or 'recipe'}: inputs[{i}]"
         path = recipe.resolve(inp.path)
         hub = hub_source(inp.path, path)
-        mapping = dict(prompt=inp.prompt, response=inp.response, system=inp.system, gold=inp.gold)
+        mapping = dict(prompt=inp.prompt, response=inp.response, system=inp.system, gold=inp.gold,
+                       source_column=inp.source_column)
         if hub is not None:
             stream = open_hub(hub, inp.revision, inp.config, inp.split, where)
             raw = concat(list(scan_hub(stream, HUB_ROWS, inp.limit, hub.origin)))

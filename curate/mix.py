@@ -1,6 +1,8 @@
 """`mix`: sample a mixture of sources to requested weights or quotas, in rows or tokens.
 
 Give either `weights` (shares of the total, normalised) or `quotas` (absolute amounts per source).
+`by` names the column whose values the weights name: `source` by default, or any input column
+kept beside the records (`by: category` mixes an Alpaca file's categories to the weights).
 With weights and no `total`, the total is the largest one every source can fill. Each source is
 shuffled with the recipe seed and cut at its target (rows: exactly; tokens: the row prefix whose
 token sum comes closest to the target). A source that cannot fill its target gives everything it
@@ -30,6 +32,7 @@ class Mix(Step):
     is_global: ClassVar[bool] = True
     weights: dict[str, float] | None = None
     quotas: dict[str, float] | None = None
+    by: str = "source"  # the column whose values `weights` / `quotas` name
     unit: Literal["rows", "tokens"] = "rows"
     total: float | None = Field(None, gt=0)
     seed: int | None = None  # default: the recipe's seed
@@ -64,18 +67,25 @@ class Mix(Step):
         own = [f for f in super().files() if f != self.tokenizer]
         return own + ([str(token_counter(self.tokenizer).path)] if self.unit == "tokens" else [])
 
+    def columns_named(self) -> list[str]:
+        return [self.by]
+
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         spec = self.weights or self.quotas
-        have = set(df["source"].unique().to_list())
+        if self.by not in df.columns:
+            raise CurateError(f"mix.by: no column {self.by!r} in the data; its columns are {', '.join(df.columns)}")
+        key = df[self.by].cast(pl.String)  # the values as the recipe writes them (a number column too)
+        have = set(key.unique().to_list())
         missing = sorted(set(spec) - have)
         if missing:
-            raise CurateError(f"mix: no rows from source(s) {missing}; the data has {sorted(have, key=str)}")
+            what = "source(s)" if self.by == "source" else f"{self.by} value(s)"
+            raise CurateError(f"mix: no rows from {what} {missing}; the data has {sorted(have, key=str)}")
         seed = ctx.seed if self.seed is None else self.seed
-        df = df.with_row_index("_row").sample(fraction=1.0, shuffle=True, seed=seed)
+        df = df.with_columns(key.alias("_key")).with_row_index("_row").sample(fraction=1.0, shuffle=True, seed=seed)
         counter = token_counter(self.tokenizer) if self.unit == "tokens" else None
         size = message_tokens(df, counter)["text"].to_numpy() if counter else np.ones(df.height, dtype=np.int64)
         df = df.with_columns(pl.Series("_size", size))
-        available = {s: int(df.filter(pl.col("source") == s)["_size"].sum()) for s in spec}
+        available = {s: int(df.filter(pl.col("_key") == s)["_size"].sum()) for s in spec}
         if self.quotas is not None:
             target = {s: float(q) for s, q in self.quotas.items()}
         else:
@@ -84,7 +94,7 @@ class Mix(Step):
             total = self.total or min(available[s] / shares[s] for s in shares if shares[s] > 0)
             target = {s: total * shares[s] for s in shares}
         take = np.zeros(df.height, dtype=bool)
-        sources = df["source"].to_numpy()
+        sources = df["_key"].to_numpy()
         realized = {}
         for s, want in target.items():
             idx = np.flatnonzero(sources == s)
@@ -101,9 +111,10 @@ class Mix(Step):
                    "realized": realized[s], "realized_share": round(realized[s] / grand, 6),
                    "available": available[s], "shortfall": round(max(target[s] - available[s], 0), 3)}
                for s in target}
-        kept = df.filter(pl.Series(take)).sort("_row").drop("_row", "_size")
-        rejected = df.filter(~pl.Series(take)).sort("_row").drop("_row", "_size").with_columns(
-            pl.when(pl.col("source").is_in(list(target))).then(pl.lit("over mixture quota"))
-            .otherwise(pl.lit("source not in the mixture")).alias("reason"))
-        stats = {"unit": self.unit, "sources": mix, **({"tokenizer": counter.name} if counter else {})}
+        kept = df.filter(pl.Series(take)).sort("_row").drop("_row", "_size", "_key")
+        rejected = df.filter(~pl.Series(take)).sort("_row").with_columns(
+            pl.when(pl.col("_key").is_in(list(target))).then(pl.lit("over mixture quota"))
+            .otherwise(pl.lit(f"{self.by} not in the mixture")).alias("reason")).drop("_row", "_size", "_key")
+        stats = {"unit": self.unit, "sources": mix, **({"tokenizer": counter.name} if counter else {}),
+                 **({"by": self.by} if self.by != "source" else {})}
         return StepResult(kept=kept, rejected=rejected, stats={"mix": stats})

@@ -13,6 +13,7 @@ from typing import Callable, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from curate.errors import CurateError
 from curate.formats import DEFAULT_WRAPPER, Format, convert
 from curate.io import write_jsonl, write_parquet
 
@@ -28,6 +29,9 @@ class OutputConfig(BaseModel):
     validation: float | int = 0  # a fraction (< 1) or a row count (>= 1) held out
     stratify: str | None = "source"  # keep each source's share the same in both splits (checked against
     # the data's columns once the inputs are read: curate.recipe.check_output_columns)
+    # more columns written beside the format's (id, source): input columns such as `category`, or
+    # `source_id`, an input's own id; checked like `stratify`
+    columns: list[str] = Field(default_factory=list)
     shuffle: bool = True
 
     @model_validator(mode="after")
@@ -73,7 +77,10 @@ def split(df: pl.DataFrame, cfg: OutputConfig, seed: int) -> dict[str, pl.DataFr
         return {"train": df}
     want = cfg.validation if cfg.validation >= 1 else cfg.validation * df.height
     want = min(int(round(want)), df.height - 1)
-    if cfg.stratify and cfg.stratify in df.columns:
+    if cfg.stratify and cfg.stratify not in df.columns:  # checked at the start; a step dropped it since
+        raise CurateError(f"output.stratify: the final data has no column {cfg.stratify!r} (a step left it out); its "
+                          f"columns are {', '.join(df.columns)}")
+    if cfg.stratify:
         # Largest-remainder apportionment: each group's validation rows in proportion to its size.
         sizes = df.group_by(cfg.stratify, maintain_order=True).len()
         exact = sizes["len"] * want / df.height
@@ -99,7 +106,8 @@ def write_splits(df: pl.DataFrame, cfg: OutputConfig, out: Path, seed: int,
     """
     written: dict[str, dict[str, str]] = {}
     for name, part in split(df, cfg, seed).items():
-        rows = convert(part, cfg.format, reasoning=cfg.reasoning, wrapper=cfg.reasoning_wrapper)
+        rows = convert(part, cfg.format, reasoning=cfg.reasoning, wrapper=cfg.reasoning_wrapper,
+                       keep=("id", "source", *cfg.columns))
         for ext in cfg.files:
             path = out / "data" / f"{name}.{ext}"
             (write_parquet if ext == "parquet" else write_jsonl)(rows, path)

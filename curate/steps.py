@@ -165,6 +165,11 @@ class Step(BaseModel):
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         raise NotImplementedError
 
+    def columns_named(self) -> list[str]:
+        """The data columns the step's settings name (mix's `by`), checked against the inputs'
+        columns before any step runs (curate.recipe.check_output_columns)."""
+        return []
+
     def files(self) -> list[str]:
         """Every file the step reads (eval sets, anchors, prompt templates, models), so the step's
         hash covers them by content. By default the files its RecipePath settings name, also in

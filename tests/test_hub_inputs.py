@@ -99,3 +99,86 @@ def test_bad_hub_inputs_name_the_recipe_key_before_anything_is_written(hub, tmp_
     with pytest.raises(CurateError, match=message):
         run_recipe(load_recipe(write_recipe(tmp_path, inputs)), tmp_path / "out", show_progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# Input columns outside the record schema -------------------------------------------------------
+def alpaca_file(tmp_path) -> str:
+    rows = [{"id": f"src-{i}", **r} for i, r in enumerate(ALPACA)]
+    (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return "alpaca.jsonl"
+
+
+def test_extra_input_columns_are_kept_and_written_when_asked(tmp_path):
+    recipe = write_recipe(tmp_path, f"[{{path: {alpaca_file(tmp_path)}}}]",
+                          "output: {validation: 6, stratify: category, columns: [category, difficulty, source_id]}\n")
+    run_recipe(load_recipe(recipe), tmp_path / "out", show_progress=False)
+    records = pl.read_parquet(tmp_path / "out" / "records.parquet")
+    assert {"category", "difficulty", "source_id"} <= set(records.columns)
+    assert records.filter(pl.col("source_id") == "src-7").row(0, named=True)["difficulty"] == 1
+    train, val = (pl.read_parquet(tmp_path / "out" / "data" / f"{s}.parquet") for s in ("train", "validation"))
+    assert train.columns == ["id", "source", "category", "difficulty", "source_id", "messages"]
+    # stratified by category: 3 of the 6 held-out rows from each of the two equal categories
+    assert val["category"].value_counts().sort("category").rows() == [("brainstorm", 3), ("open_qa", 3)]
+    # without output.columns the data files hold the format's columns, and records.parquet every column
+    run_recipe(load_recipe(write_recipe(tmp_path, "[{path: alpaca.jsonl}]")), tmp_path / "plain", show_progress=False)
+    assert pl.read_parquet(tmp_path / "plain" / "data" / "train.parquet").columns == ["id", "source", "messages"]
+
+
+def test_mix_by_a_column_and_source_column_route_steps(tmp_path):
+    name = alpaca_file(tmp_path)
+    recipe = tmp_path / "m.yaml"
+    recipe.write_text(f"name: m\ninputs: [{{path: {name}, source_column: category}}]\n"
+                      "steps:\n- heuristics: {sources: [open_qa], min_response_words: 50}\n"
+                      "- mix: {by: difficulty, quotas: {'0': 2, '1': 3}}\n")
+    report = run_recipe(load_recipe(recipe), tmp_path / "out", show_progress=False)
+    records = pl.read_parquet(tmp_path / "out" / "records.parquet")
+    # the heuristics step saw only the open_qa rows (all too short) and passed brainstorm's through
+    assert report["steps"][1]["dropped"] == {"response too short": 12} and set(records["source"]) == {"brainstorm"}
+    assert sorted(records["difficulty"].to_list()) == [0, 0, 1, 1, 1]
+    assert report["mix"]["by"] == "difficulty"
+    rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
+    assert rejects.filter(pl.col("step") == "02-mix")["reason"].value_counts().sort("reason").rows() == [
+        ("difficulty not in the mixture", 4), ("over mixture quota", 3)]
+
+
+@pytest.mark.parametrize("setting, key", [("output: {stratify: categry}", "output.stratify: no column 'categry'"),
+                                          ("output: {columns: [difficulty, level]}", r"output.columns\[1\]: no column 'level'"),
+                                          ("output: {columns: [messages]}", "written by the 'messages' format itself")])
+def test_a_column_the_data_lacks_is_refused_before_any_step(tmp_path, setting, key):
+    recipe = write_recipe(tmp_path, f"[{{path: {alpaca_file(tmp_path)}}}]", setting + "\n")
+    with pytest.raises(CurateError, match=key):
+        run_recipe(load_recipe(recipe), tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_mix_by_a_missing_column_is_refused_before_any_step(tmp_path):
+    recipe = tmp_path / "m.yaml"
+    recipe.write_text(f"name: m\ninputs: [{{path: {alpaca_file(tmp_path)}}}]\nsteps: [{{mix: {{by: level, weights: {{a: 1}}}}}}]\n")
+    with pytest.raises(CurateError, match=r"steps\[0\].mix: no column 'level' in the data"):
+        run_recipe(load_recipe(recipe), tmp_path / "out", show_progress=False)
+
+
+def test_extra_columns_of_a_hub_dataset_are_kept(hub, tmp_path):
+    put_alpaca(hub, tmp_path)
+    recipe = write_recipe(tmp_path, "[{path: tatsu-lab/alpaca}]",
+                          "output: {validation: 4, stratify: category, columns: [category, difficulty]}\n")
+    run_recipe(load_recipe(recipe), tmp_path / "out", show_progress=False)
+    val = pl.read_parquet(tmp_path / "out" / "data" / "validation.parquet")
+    assert val.columns == ["id", "source", "category", "difficulty", "messages"]
+    assert val["category"].value_counts().sort("category").rows() == [("brainstorm", 2), ("open_qa", 2)]
+
+
+def test_real_file_with_extra_columns(tmp_path):
+    """AlpacaEval's 805 prompts carry `dataset` (the eval set each came from) and their own `id`."""
+    from tests.conftest import shared
+
+    path = shared("eval_prompts", "alpaca_eval_805.jsonl")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: ae\ninputs: [{{path: {path}}}]\nsteps: [{{exact_dedup: {{}}}}]\n"
+                      "output: {validation: 0.1, stratify: dataset, columns: [dataset, source_id]}\n")
+    run_recipe(load_recipe(recipe), tmp_path / "out", show_progress=False)
+    train, val = (pl.read_parquet(tmp_path / "out" / "data" / f"{s}.parquet") for s in ("train", "validation"))
+    shares = {d: n / 805 for d, n in pl.concat([train, val])["dataset"].value_counts().iter_rows()}
+    held = {d: n / val.height for d, n in val["dataset"].value_counts().iter_rows()}
+    assert set(held) == set(shares) and all(abs(held[d] - shares[d]) < 0.03 for d in shares)
+    assert val["source_id"].str.starts_with("alpaca_eval_").all()
