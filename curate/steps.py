@@ -398,16 +398,54 @@ def reasons(mask: pl.Series, reason: pl.Series | str) -> tuple[pl.Series, pl.Ser
 
 
 def _as_polars(df):
-    """Accept a polars DataFrame or a datasets.Dataset; return the frame and a function converting back."""
+    """Accept a polars DataFrame or a datasets.Dataset, of records or of a shape curate reads
+    (Alpaca, ShareGPT, prompt/response: `as_records`); return the record frame and a function
+    giving a result back in the caller's type and shape."""
     if isinstance(df, pl.DataFrame):
-        return df, lambda x: x
+        frame, to_type = df, (lambda x: x)
+    else:
+        try:
+            import datasets
+        except ImportError:  # pragma: no cover - datasets is a core dependency
+            datasets = None
+        if datasets is None or not isinstance(df, datasets.Dataset):
+            raise TypeError(f"expected a polars DataFrame or a datasets.Dataset, got {type(df).__name__}")
+        frame, to_type = pl.from_arrow(df.data.table), datasets.Dataset.from_polars
+    if "messages" in frame.columns:
+        return frame, to_type
+    records, back = as_records(frame)
+    return records, lambda x: to_type(back(x))
+
+
+# While a filter runs on a frame that is not records, the caller's columns named like record
+# columns (its own `id`, `source`) wait under this prefix, and come back as they were.
+_WAITING = "__curate_input_"
+
+
+def as_records(frame: pl.DataFrame) -> tuple[pl.DataFrame, Any]:
+    """A frame in a shape curate reads (Alpaca instruction/input/output, ShareGPT conversations,
+    prompt/response: curate.io.to_records) as records with every column of the frame beside them,
+    and a function taking a result (the frame, or rows of it with columns added) back to the
+    frame's own columns plus the added ones (scores, reasons). Another shape is a ValueError
+    saying what to call."""
+    from curate.errors import CurateError
+    from curate.io import to_records
+    from curate.records import SCHEMA
+
     try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a core dependency
-        datasets = None
-    if datasets is not None and isinstance(df, datasets.Dataset):
-        return pl.from_arrow(df.data.table), datasets.Dataset.from_polars
-    raise TypeError(f"expected a polars DataFrame or a datasets.Dataset, got {type(df).__name__}")
+        records = to_records(frame, origin="the frame given")
+    except CurateError as exc:
+        raise ValueError(f"{exc}. Filters take records (a 'messages' column of {{role, content}} turns) or Alpaca "
+                         "(instruction/input/output), ShareGPT (conversations) or prompt/response columns; map any "
+                         "other frame first with curate.io.to_records(df, prompt=..., response=...)") from None
+    waiting = {c: _WAITING + c for c in frame.columns if c in SCHEMA}
+    work = pl.concat([records.select(list(SCHEMA)), frame.rename(waiting)], how="horizontal")
+
+    def back(result: pl.DataFrame) -> pl.DataFrame:
+        added = [c for c in result.columns if c not in work.columns]
+        return result.select([waiting.get(c, c) for c in frame.columns] + added).rename({w: c for c, w in waiting.items()})
+
+    return work, back
 
 
 __all__ = ["Step", "Filter", "SEED_LIMIT", "check_seed", "StaleScores", "StepResult", "Context", "RecipePath", "reasons", "concat", "digest",

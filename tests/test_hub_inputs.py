@@ -182,3 +182,45 @@ def test_real_file_with_extra_columns(tmp_path):
     held = {d: n / val.height for d, n in val["dataset"].value_counts().iter_rows()}
     assert set(held) == set(shares) and all(abs(held[d] - shares[d]) < 0.03 for d in shares)
     assert val["source_id"].str.starts_with("alpaca_eval_").all()
+
+
+# Filters given a frame that is not records -----------------------------------------------------
+SHAPES = {
+    "alpaca": pl.DataFrame({"id": [7, 8, 9], "instruction": ["Name a colour.", "Name a colour.", "Name a fruit."],
+                            "input": ["", "", ""], "output": ["Blue is a colour.", "Blue is a colour.", "An apple."],
+                            "category": ["a", "b", "c"]}),
+    "sharegpt": pl.DataFrame({"conversations": [[{"from": "human", "value": p}, {"from": "gpt", "value": r}] for p, r in
+                                                (("Name a colour.", "Blue is a colour."),) * 2 + (("Name a fruit.", "An apple."),)],
+                              "id": ["x", "y", "z"]}),
+    "prompt_response": pl.DataFrame({"prompt": ["Name a colour.", "Name a colour.", "Name a fruit."],
+                                     "response": ["Blue is a colour.", "Blue is a colour.", "An apple."], "source": ["s"] * 3}),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_a_filter_takes_alpaca_sharegpt_and_prompt_response_frames(shape, as_dataset):
+    import datasets
+
+    from filters import ExactDedup
+
+    frame = SHAPES[shape]
+    given = datasets.Dataset.from_polars(frame) if as_dataset else frame
+    kept, rejected = ExactDedup().split(given)
+    scored = ExactDedup().score(given)
+    assert all(isinstance(x, type(given)) for x in (kept, rejected, scored))
+    kept, rejected, scored = (x.to_polars() if as_dataset else x for x in (kept, rejected, scored))
+    # the caller's columns as they were (its own `id` and `source` too), then the scores
+    assert scored.columns[:frame.width] == frame.columns and scored.select(frame.columns).equals(frame)
+    assert "score_exact_dedup_group_size" in scored.columns and "messages" not in scored.columns
+    assert kept.select(frame.columns).equals(frame[[0, 2]]) and rejected.select(frame.columns).equals(frame[[1]])
+    assert rejected["reason"].to_list() == ["exact duplicate"]
+    # scores it made are its own: re-thresholding them does not need the records
+    assert ExactDedup().keep(scored)[0].to_list() == [True, False, True]
+
+
+def test_a_frame_of_another_shape_is_refused_saying_what_to_call():
+    from filters import ExactDedup
+
+    with pytest.raises(ValueError, match=r"columns are \['question_body', 'reply'\].*curate.io.to_records\(df, prompt=..."):
+        ExactDedup().score(pl.DataFrame({"question_body": ["Why?"], "reply": ["Because."]}))
