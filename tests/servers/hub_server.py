@@ -11,7 +11,7 @@ datasets.load_dataset, streaming or not):
     HEAD|GET /datasets/{repo}/resolve/{rev}/{path}      a file, with X-Repo-Commit, ETag, Range
 
 Writing (HfApi.create_repo, upload_folder: `curate publish`):
-    POST /api/repos/create                              {type, name, organization, private}; 409 if it exists
+    POST /api/repos/create                              {type, name, organization, visibility}; 409 if it exists
     POST /api/datasets/{repo}/preupload/{rev}           each file "regular" (inline) or "lfs"
     POST /datasets/{repo}.git/info/lfs/objects/batch    LFS batch API, "basic" transfer
     PUT  /lfs/{oid}                                     an LFS object's bytes (checked against its oid)
@@ -300,7 +300,8 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         if body.get("type", "model") != "dataset":
             return _error(400, "BadRequest", "this stand-in keeps dataset repositories only")
         repo = f"{body.get('organization') or 'user'}/{body['name']}"
-        if not store.create(repo, private=bool(body.get("private"))):
+        private = body.get("visibility", "private" if body.get("private") else "public") != "public"
+        if not store.create(repo, private=private):
             # the Hub names the existing repository's URL, which create_repo(exist_ok=True) returns
             return _error(409, "RepoExists", "You already created this dataset repo", url=f"{base['url']}/datasets/{repo}")
         return web.json_response({"url": f"{base['url']}/datasets/{repo}", "name": repo, "id": repo})
