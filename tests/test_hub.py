@@ -17,15 +17,7 @@ from curate.errors import CurateError
 from curate.hub import publish
 from curate.recipe import load_recipe
 from tests.conftest import ROOT, shared
-from tests.servers.hub_server import hub_env, hub_server, use_in_process
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with hub_server(tmp_path / "hub") as server:
-        use_in_process(monkeypatch, server.url, tmp_path / "hf-home")
-        yield server
-    assert not server.unknown, f"endpoints the stand-in lacks: {server.unknown}"
+from tests.servers.hub_server import hub_env, hub_server
 
 
 @pytest.fixture

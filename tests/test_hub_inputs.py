@@ -10,19 +10,10 @@ import pytest
 from curate.engine import run_recipe
 from curate.errors import CurateError
 from curate.recipe import load_recipe
-from tests.servers.hub_server import hub_server, use_in_process
 
 ALPACA = [{"instruction": f"Name a fruit number {i}.", "input": "" if i % 3 else f"context {i}",
            "output": f"Fruit {i} is an apple.", "category": ["open_qa", "brainstorm"][i % 2], "difficulty": i % 3}
           for i in range(24)]
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with hub_server(tmp_path / "hub") as server:
-        use_in_process(monkeypatch, server.url, tmp_path / "hf-home")
-        yield server
-    assert not server.unknown, f"endpoints the stand-in lacks: {server.unknown}"
 
 
 def put_alpaca(hub, tmp_path, rows=ALPACA, repo="tatsu-lab/alpaca", name="train-00000-of-00001.parquet") -> str:

@@ -179,6 +179,13 @@ def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
                              headers={"X-Error-Code": code, "X-Error-Message": message})
 
 
+class _Refused(Exception):
+    """Raised by a handler to answer with `response` (a Hub error)."""
+
+    def __init__(self, response: web.Response):
+        self.response = response
+
+
 def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -> web.Application:
     @web.middleware
     async def record(request: web.Request, handler):
@@ -188,6 +195,8 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
             response = await handler(request)
         except web.HTTPNotFound:
             return _error(404, "EntryNotFound", f"no route for {request.method} {request.path}")
+        except _Refused as refused:
+            response = refused.response
         entry["route"] = request.match_info.route.resource.canonical if request.match_info.route.resource else None
         entry["status"] = response.status
         return response
@@ -197,20 +206,19 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
     def repo_of(request: web.Request) -> str:
         return f"{request.match_info['owner']}/{request.match_info['name']}"
 
-    def revision_of(request: web.Request, repo: str) -> tuple[str | None, web.Response | None]:
+    def revision_of(request: web.Request) -> tuple[str, str]:
+        """(repo, commit sha) a request names; the Hub's 404 if there is none."""
+        repo = repo_of(request)
         if not store.exists(repo):
-            return None, _error(404, "RepoNotFound", f"Repository Not Found for url: {request.url}")
+            raise _Refused(_error(404, "RepoNotFound", f"Repository Not Found for url: {request.url}"))
         rev = request.match_info.get("rev", "main")
         sha = store.resolve(repo, rev)
         if sha is None:
-            return None, _error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-        return sha, None
+            raise _Refused(_error(404, "RevisionNotFound", f"Invalid rev id: {rev}"))
+        return repo, sha
 
     async def info(request: web.Request) -> web.Response:
-        repo = repo_of(request)
-        sha, err = revision_of(request, repo)
-        if err:
-            return err
+        repo, sha = revision_of(request)
         snap = store.snapshot(repo, sha)
         files = sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file())
         card = {}
@@ -230,10 +238,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         })
 
     async def tree(request: web.Request) -> web.Response:
-        repo = repo_of(request)
-        sha, err = revision_of(request, repo)
-        if err:
-            return err
+        repo, sha = revision_of(request)
         snap = store.snapshot(repo, sha)
         folder = snap / request.match_info.get("path", "")
         if not folder.is_dir():
@@ -244,10 +249,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         return web.json_response([store.entry(snap, p, expand) for p in found])
 
     async def paths_info(request: web.Request) -> web.Response:
-        repo = repo_of(request)
-        sha, err = revision_of(request, repo)
-        if err:
-            return err
+        repo, sha = revision_of(request)
         if request.content_type == "application/json":
             body = await request.json()
             paths, expand = body.get("paths", []), body.get("expand", False)
@@ -265,10 +267,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         return web.json_response({"branches": branches, "converts": [], "tags": []})
 
     async def resolve_file(request: web.Request) -> web.StreamResponse:
-        repo = repo_of(request)
-        sha, err = revision_of(request, repo)
-        if err:
-            return err
+        repo, sha = revision_of(request)
         path = store.snapshot(repo, sha) / request.match_info["path"]
         if not path.is_file():
             return _error(404, "EntryNotFound", f"{request.match_info['path']} does not exist on {sha}")
@@ -307,10 +306,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         return web.json_response({"url": f"{base['url']}/datasets/{repo}", "name": repo, "id": repo})
 
     async def preupload(request: web.Request) -> web.Response:
-        repo = repo_of(request)
-        sha, err = revision_of(request, repo)
-        if err:
-            return err
+        repo, sha = revision_of(request)
         body = await request.json()
         files = [{"path": f["path"], "uploadMode": "lfs" if is_lfs(f["path"], f["size"]) else "regular",
                   "shouldIgnore": False, "oid": None} for f in body.get("files", [])]
@@ -336,10 +332,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         return web.Response(status=200)
 
     async def commit(request: web.Request) -> web.Response:
-        repo = repo_of(request)
-        sha, err = revision_of(request, repo)
-        if err:
-            return err
+        repo, sha = revision_of(request)
         files: dict[str, bytes | Path] = {}
         deleted: list[str] = []
         summary = "commit"
