@@ -25,7 +25,7 @@ import yaml
 
 from curate.errors import CurateError
 from curate.folder import locked, require_complete
-from curate.hub_inputs import HUB_ROWS, hub_source, open_hub, scan_hub
+from curate.hub_inputs import HUB_ROWS, hub_source, read_hub
 from curate.io import read_records, to_records, write_json, write_parquet, write_text
 from curate.output import write_splits
 from curate.llm.teacher import build_llm
@@ -52,10 +52,9 @@ def load_inputs(recipe: Recipe) -> tuple[pl.DataFrame, pl.DataFrame, list[dict |
         mapping = dict(prompt=inp.prompt, response=inp.response, system=inp.system, gold=inp.gold,
                        source_column=inp.source_column)
         if hub is not None:
-            stream = open_hub(hub, inp.revision, inp.config, inp.split, where)
-            raw = concat(list(scan_hub(stream, HUB_ROWS, inp.limit, hub.origin)))
+            raw = concat(list(read_hub(hub, inp, where, HUB_ROWS)))
             origin = hub.origin
-            records = to_records(raw, origin=origin, source=inp.source or hub.repo.split("/")[1], **mapping)
+            records = to_records(raw, origin=origin, source=inp.source or hub.name, **mapping)
             identities.append(hub.identity)
         else:
             if not path.exists():

@@ -53,6 +53,11 @@ class HubSource:
         return {"hub": self.repo, "sha": self.sha, "config": self.config, "split": self.split, "files": self.files}
 
     @property
+    def name(self) -> str:
+        """The rows' default source: the dataset's name without its owner."""
+        return self.repo.split("/", 1)[1]
+
+    @property
     def origin(self) -> str:
         """How errors and rejects name it: hf://datasets/owner/name@sha, config and split."""
         at = f"@{self.sha[:12]}" if self.sha else (f"@{self.revision}" if self.revision else "")
@@ -77,6 +82,14 @@ def hub_dataset_id(path: str, local: Path | None = None) -> str | None:
     """The Hub dataset id (owner/name) an input path reads (`hub_source`), or None for a local one."""
     src = hub_source(path, local)
     return src.repo if src else None
+
+
+def read_hub(src: HubSource, inp, where: str, rows: int) -> Iterator[pl.DataFrame]:
+    """An input's rows from the Hub as frames of at most `rows` rows: `open_hub` now (its errors
+    before anything is read), then `scan_hub` as the frames are taken. `inp` is the recipe's
+    InputConfig (revision, config, split, limit)."""
+    stream = open_hub(src, inp.revision, inp.config, inp.split, where)
+    return scan_hub(stream, rows, inp.limit, src.origin)
 
 
 def open_hub(src: HubSource, revision: str | None, config: str | None, split: str | None, where: str):
@@ -133,7 +146,7 @@ def scan_hub(stream, rows: int, limit: int | None, origin: str) -> Iterator[pl.D
     """The rows of an opened split as polars frames of at most `rows` rows (the first `limit`)."""
     seen = 0
     try:
-        for table in stream.with_format("arrow").iter(batch_size=rows):
+        for table in stream.with_format("arrow").iter(batch_size=min(rows, limit or rows)):
             if limit is not None and seen + table.num_rows > limit:
                 table = table.slice(0, limit - seen)
             if table.num_rows:
