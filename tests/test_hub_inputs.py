@@ -215,3 +215,22 @@ def test_a_frame_of_another_shape_is_refused_saying_what_to_call():
 
     with pytest.raises(ValueError, match=r"columns are \['question_body', 'reply'\].*curate.io.to_records\(df, prompt=..."):
         ExactDedup().score(pl.DataFrame({"question_body": ["Why?"], "reply": ["Because."]}))
+
+
+def test_a_config_of_a_dataset_with_several_and_sharegpt_rows(hub, tmp_path):
+    card = ("---\nconfigs:\n- config_name: en\n  data_files: en/*.parquet\n- config_name: fr\n  data_files: fr/*.parquet\n"
+            "---\n# chats\n")
+    for lang, (q, a) in {"en": ("Say hello.", "Hello there!"), "fr": ("Dis bonjour.", "Bonjour !")}.items():
+        pl.DataFrame({"conversations": [[{"from": "human", "value": f"{q} ({i})"}, {"from": "gpt", "value": a}]
+                                        for i in range(4 if lang == "en" else 3)],
+                      "lang": [lang] * (4 if lang == "en" else 3)}).write_parquet(tmp_path / f"{lang}.parquet")
+    hub.add_dataset("me/chats", {"README.md": card, "en/train.parquet": tmp_path / "en.parquet",
+                                 "fr/train.parquet": tmp_path / "fr.parquet"})
+    report = run_recipe(load_recipe(write_recipe(tmp_path, "[{path: me/chats, config: fr}]")), tmp_path / "out",
+                        show_progress=False)
+    rows = pl.read_parquet(tmp_path / "out" / "records.parquet")
+    assert report["rows"]["out"] == 3 and set(rows["lang"]) == {"fr"}
+    assert rows["messages"][0].to_list() == [{"role": "user", "content": "Dis bonjour. (0)"},
+                                             {"role": "assistant", "content": "Bonjour !"}]
+    with pytest.raises(CurateError, match=r"inputs\[0\]\.config: the Hub dataset 'me/chats' has no config 'de'; its configs are \['en', 'fr'\]"):
+        run_recipe(load_recipe(write_recipe(tmp_path, "[{path: me/chats, config: de}]")), tmp_path / "out2", show_progress=False)
