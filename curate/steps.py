@@ -243,8 +243,9 @@ class Filter(Step):
         return back(self._score(frame))
 
     def keep(self, df) -> tuple[pl.Series, pl.Series]:
-        """A boolean mask and, for each dropped row, a reason (null where kept), from stored scores."""
-        frame, _ = _as_polars(df)
+        """A boolean mask and, for each dropped row, a reason (null where kept), from stored scores
+        (a frame of the score columns alone will do)."""
+        frame, _ = _as_polars(df, need_records=False)
         missing = [c for c in self.score_columns() if c not in frame.columns]
         if missing:
             raise ValueError(f"{self.kind}: keep() needs score columns {missing}; call score() first")
@@ -318,7 +319,7 @@ class Filter(Step):
     def owned(self, df) -> pl.Series:
         """For each row: are its stored scores this filter's own (made with these scoring
         settings, code and files, on this content)?"""
-        frame, _ = _as_polars(df)
+        frame, _ = _as_polars(df, need_records=False)
         if not self._has_scores(frame) or self.fingerprint_column not in frame.columns:
             return pl.Series("owned", [False] * frame.height, dtype=pl.Boolean)
         return (frame[self.fingerprint_column] == self.marks(frame)).fill_null(False).alias("owned")
@@ -327,7 +328,7 @@ class Filter(Step):
         """Write this filter's fingerprint beside score columns already in `df`, declaring them
         made by this filter with these settings: for scores computed elsewhere (another tool, a
         test) that should be re-thresholded rather than rescored."""
-        frame, back = _as_polars(df)
+        frame, back = _as_polars(df, need_records=False)
         missing = [c for c in self.score_columns() if c not in frame.columns]
         if missing:
             raise ValueError(f"{self.kind}: stamp() needs score columns {missing}")
@@ -397,10 +398,11 @@ def reasons(mask: pl.Series, reason: pl.Series | str) -> tuple[pl.Series, pl.Ser
     return mask.alias("keep"), pl.select(pl.when(mask).then(None).otherwise(reason)).to_series().alias("reason")
 
 
-def _as_polars(df):
+def _as_polars(df, need_records: bool = True):
     """Accept a polars DataFrame or a datasets.Dataset, of records or of a shape curate reads
     (Alpaca, ShareGPT, prompt/response: `as_records`); return the record frame and a function
-    giving a result back in the caller's type and shape."""
+    giving a result back in the caller's type and shape. Without `need_records` (deciding from
+    stored scores) a frame of no shape curate reads is taken as it is."""
     if isinstance(df, pl.DataFrame):
         frame, to_type = df, (lambda x: x)
     else:
@@ -413,7 +415,12 @@ def _as_polars(df):
         frame, to_type = pl.from_arrow(df.data.table), datasets.Dataset.from_polars
     if "messages" in frame.columns:
         return frame, to_type
-    records, back = as_records(frame)
+    try:
+        records, back = as_records(frame)
+    except ValueError:
+        if need_records:
+            raise
+        return frame, to_type
     return records, lambda x: to_type(back(x))
 
 
