@@ -38,6 +38,8 @@ def test_a_hub_dataset_is_read_like_a_local_file(hub, tmp_path):
     assert report["rows"]["out"] == local["rows"]["out"] == 24
     assert hub_rows.drop("source").equals(file_rows.drop("source"))
     assert set(hub_rows["source"]) == {"alpaca"}
+    assert report["source_datasets"] == ["tatsu-lab/alpaca"] and local["source_datasets"] == []
+    assert "source_datasets:\n- tatsu-lab/alpaca" in (tmp_path / "out" / "README.md").read_text()
     assert hub.calls("GET", r"/datasets/tatsu-lab/alpaca/resolve/[0-9a-f]{40}/data/train") >= 1  # the data came over HTTP
 
 
