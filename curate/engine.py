@@ -48,7 +48,7 @@ def load_inputs(recipe: Recipe) -> tuple[pl.DataFrame, pl.DataFrame, list[dict |
     for i, inp in enumerate(recipe.config.inputs):
         where = f"{recipe.path or 'recipe'}: inputs[{i}]"
         path = recipe.resolve(inp.path)
-        hub = hub_source(inp.path, path)
+        hub = hub_source(inp.path, path, f"{where}.path")
         mapping = dict(prompt=inp.prompt, response=inp.response, system=inp.system, gold=inp.gold,
                        source_column=inp.source_column)
         if hub is not None:

@@ -64,13 +64,16 @@ class HubSource:
         return f"hf://datasets/{self.repo}{at}{'/' + self.files if self.files else ''} [{self.config}/{self.split}]"
 
 
-def hub_source(path: str, local: Path | None = None) -> HubSource | None:
+def hub_source(path: str, local: Path | None = None, where: str = "path") -> HubSource | None:
     """The Hub dataset an input path names, or None for a local one: `hf://datasets/...`, or
     `owner/name` when `local` (the path resolved on this machine) does not exist and the path
-    does not end like a data file."""
+    does not end like a data file. Another hf:// path is an error naming `where`."""
     found = HUB_URL.fullmatch(path)
     if found:
         return HubSource(found["repo"], found["revision"], found["files"] or None)
+    if path.startswith("hf://"):
+        raise CurateError(f"{where}: {path!r} is not a Hub dataset path: write hf://datasets/owner/name"
+                          "[@revision][/files in the repo], or owner/name")
     if local is not None and local.exists():
         return None
     if REPO_ID.fullmatch(path) and not path.lower().endswith(FILE_SUFFIXES):

@@ -84,6 +84,7 @@ def test_revision_split_and_config_are_read(hub, tmp_path):
     ("[{path: tatsu-lab/alpaca, revision: v9}]", r"inputs\[0\]\.revision: no revision 'v9' of the Hub dataset 'tatsu-lab/alpaca'"),
     ("[{path: 'hf://datasets/tatsu-lab/alpaca@v1', revision: v2}]", r"inputs\[0\]\.revision: 'v2', but the path names revision 'v1'"),
     ("[{path: d.jsonl, split: train}]", r"inputs\[0\]\.split: only Hub datasets take it; 'd.jsonl' is a local file"),
+    ("[{path: 'hf://datasets/alpaca'}]", r"inputs\[0\]\.path: 'hf://datasets/alpaca' is not a Hub dataset path"),
     ("[{path: data/missing.jsonl}]", r"inputs\[0\]\.path 'data/missing.jsonl': no such file or folder"),
 ])
 def test_bad_hub_inputs_name_the_recipe_key_before_anything_is_written(hub, tmp_path, inputs, message):
