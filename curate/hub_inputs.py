@@ -5,7 +5,7 @@
       - {path: HuggingFaceH4/ultrachat_200k, split: train_sft, revision: main, config: default}
       - path: hf://datasets/owner/name@v1.0/data/*.parquet   # a revision and files inside the repo
 
-The dataset is read with `datasets` in streaming mode, `rows` at a time as Arrow tables, so
+The dataset is read with `datasets` in streaming mode, a part's rows at a time as Arrow tables, so
 nothing but what is read is held and the datasets cache is not filled with the whole dataset
 (`limit` stops the download early). The tables go through the same mapping as local files
 (curate.io.to_records). The revision is pinned to the commit sha it names when the run starts,
@@ -29,8 +29,6 @@ from curate.errors import CurateError
 HUB_URL = re.compile(r"hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]+))?(?:/(?P<files>.*))?")
 # owner/name as the Hub spells repository ids
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-# rows per Arrow table read from the Hub
-HUB_ROWS = 10_000
 # a path ending so is a local file that is missing, never a Hub dataset
 FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".parquet", ".csv", ".tsv", ".txt", ".gz", ".yaml", ".yml")
 

@@ -22,14 +22,15 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from curate.errors import CurateError
-from curate.steps import Context, RecipePath, Step, StepResult
+from curate.steps import STATE, Context, RecipePath, Resolved, Step, StepResult
 from curate.tokens import message_tokens, token_counter, tokenizer_file
 
 
 class Mix(Step):
     kind: ClassVar[str] = "mix"
     code_version: ClassVar[int] = 2  # 2: a row's tokens are its turns' tokens, without the newlines that joined them
-    is_global: ClassVar[bool] = True
+    # Global through its state: each row's source and size; `resolve` draws the mixture from them.
+    execution: ClassVar[str] = STATE
     weights: dict[str, float] | None = None
     quotas: dict[str, float] | None = None
     by: str = "source"  # the column whose values `weights` / `quotas` name
@@ -70,22 +71,28 @@ class Mix(Step):
     def columns_named(self) -> list[str]:
         return [self.by]
 
-    def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
+    def state(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Each row's value of `by` (as text: the recipe names the values as text) and size (1, or its tokens)."""
+        if self.by not in batch.columns:
+            raise CurateError(f"mix.by: no column {self.by!r} in the data; its columns are {', '.join(batch.columns)}")
+        counter = token_counter(self.tokenizer) if self.unit == "tokens" else None
+        size = message_tokens(batch, counter)["text"].cast(pl.Int64) if counter else pl.repeat(1, batch.height, dtype=pl.Int64, eager=True)
+        return pl.DataFrame({"key": batch[self.by].cast(pl.String), "size": size})
+
+    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch) -> Resolved:
+        """The rows left out (with their reason), from every row's value of `by` and size."""
+        df = state.select("key", "size").collect()
         spec = self.weights or self.quotas
-        if self.by not in df.columns:
-            raise CurateError(f"mix.by: no column {self.by!r} in the data; its columns are {', '.join(df.columns)}")
-        key = df[self.by].cast(pl.String)  # the values as the recipe writes them (a number column too)
-        have = set(key.unique().to_list())
+        have = set(df["key"].unique().to_list())
         missing = sorted(set(spec) - have)
         if missing:
             what = "source(s)" if self.by == "source" else f"{self.by} value(s)"
             raise CurateError(f"mix: no rows from {what} {missing}; the data has {sorted(have, key=str)}")
         seed = ctx.seed if self.seed is None else self.seed
-        df = df.with_columns(key.alias("_key")).with_row_index("_row").sample(fraction=1.0, shuffle=True, seed=seed)
-        counter = token_counter(self.tokenizer) if self.unit == "tokens" else None
-        size = message_tokens(df, counter)["text"].to_numpy() if counter else np.ones(df.height, dtype=np.int64)
-        df = df.with_columns(pl.Series("_size", size))
-        available = {s: int(df.filter(pl.col("_key") == s)["_size"].sum()) for s in spec}
+        # the permutation depends on the number of rows and the seed only, not on the columns
+        df = df.with_row_index("_row").sample(fraction=1.0, shuffle=True, seed=seed)
+        size = df["size"].to_numpy()
+        available = {s: int(df.filter(pl.col("key") == s)["size"].sum()) for s in spec}
         if self.quotas is not None:
             target = {s: float(q) for s, q in self.quotas.items()}
         else:
@@ -94,7 +101,7 @@ class Mix(Step):
             total = self.total or min(available[s] / shares[s] for s in shares if shares[s] > 0)
             target = {s: total * shares[s] for s in shares}
         take = np.zeros(df.height, dtype=bool)
-        sources = df["_key"].to_numpy()
+        sources = df["key"].to_numpy()
         realized = {}
         for s, want in target.items():
             idx = np.flatnonzero(sources == s)
@@ -111,10 +118,17 @@ class Mix(Step):
                    "realized": realized[s], "realized_share": round(realized[s] / grand, 6),
                    "available": available[s], "shortfall": round(max(target[s] - available[s], 0), 3)}
                for s in target}
-        kept = df.filter(pl.Series(take)).sort("_row").drop("_row", "_size", "_key")
-        rejected = df.filter(~pl.Series(take)).sort("_row").with_columns(
-            pl.when(pl.col("_key").is_in(list(target))).then(pl.lit("over mixture quota"))
-            .otherwise(pl.lit(f"{self.by} not in the mixture")).alias("reason")).drop("_row", "_size", "_key")
-        stats = {"unit": self.unit, "sources": mix, **({"tokenizer": counter.name} if counter else {}),
+        left_out = df.filter(~pl.Series(take)).sort("_row").select(
+            pl.col("_row").cast(pl.Int64).alias("row"),
+            pl.when(pl.col("key").is_in(list(target))).then(pl.lit("over mixture quota"))
+            .otherwise(pl.lit(f"{self.by} not in the mixture")).alias("reason"))
+        stats = {"unit": self.unit, "sources": mix, **({"tokenizer": token_counter(self.tokenizer).name}
+                                                        if self.unit == "tokens" else {}),
                  **({"by": self.by} if self.by != "source" else {})}
-        return StepResult(kept=kept, rejected=rejected, stats={"mix": stats})
+        return Resolved(left_out, stats={"mix": stats})
+
+    def apply(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> StepResult:
+        reason = resolved.aligned(rows, {"reason": pl.String})["reason"]
+        out = reason.is_not_null()
+        return StepResult(kept=batch.filter(~out), rejected=batch.filter(out).with_columns(reason.filter(out)),
+                          stats=resolved.stats)

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from curate.llm.scorers import get_scorer
 from curate.records import message_text
-from curate.steps import Filter, RecipePath, embedded_model_file, reasons
+from curate.steps import FRAME, Filter, RecipePath, embedded_model_file, reasons
 from filters.perplexity import fit_target, mean_nll
 
 ALPACA_NO_INPUT = (
@@ -64,7 +64,7 @@ class IFD(Filter):
 
     kind: ClassVar[str] = "ifd"
     code_version: ClassVar[int] = 1
-    is_global: ClassVar[bool] = True  # the top fraction is of the whole input; the scores are per row
+    execution: ClassVar[str] = FRAME  # the top fraction is of the whole input; the scores are per row
     row_local: ClassVar[bool] = True
     decide_settings: ClassVar[tuple[str, ...]] = ("fraction", "top_k")
     variant: Literal["cherry", "superfiltering"] = "cherry"

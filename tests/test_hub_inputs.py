@@ -237,3 +237,14 @@ def test_a_config_of_a_dataset_with_several_and_sharegpt_rows(hub, tmp_path):
                                              {"role": "assistant", "content": "Bonjour !"}]
     with pytest.raises(CurateError, match=r"inputs\[0\]\.config: the Hub dataset 'me/chats' has no config 'de'; its configs are \['en', 'fr'\]"):
         run_recipe(load_recipe(write_recipe(tmp_path, "[{path: me/chats, config: de}]")), tmp_path / "out2", show_progress=False)
+
+
+def test_a_hub_dataset_is_read_a_part_at_a_time(hub, tmp_path):
+    """Above engine.part_rows rows the Hub's Arrow tables come a part at a time; the rows are the same."""
+    put_alpaca(hub, tmp_path)
+    run_recipe(load_recipe(write_recipe(tmp_path, "[{path: tatsu-lab/alpaca}]")), tmp_path / "one", show_progress=False)
+    run_recipe(load_recipe(write_recipe(tmp_path, "[{path: tatsu-lab/alpaca}]", "engine: {part_rows: 10}\n")),
+               tmp_path / "parts", show_progress=False)
+    assert len(list((tmp_path / "parts" / "steps" / "00-inputs" / "parts").glob("?????.parquet"))) == 3
+    one, parts = (pl.read_parquet(tmp_path / d / "records.parquet") for d in ("one", "parts"))
+    assert parts.equals(one) and parts.height == 24
