@@ -5,7 +5,6 @@ parquet files), and what went up is loaded back from the stand-in with datasets.
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import datasets
 import pytest

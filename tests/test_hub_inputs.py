@@ -64,7 +64,7 @@ def test_a_new_commit_on_the_hub_reruns_the_steps_and_an_unchanged_one_does_not(
 def test_revision_split_and_config_are_read(hub, tmp_path):
     old = put_alpaca(hub, tmp_path)
     put_alpaca(hub, tmp_path, rows=ALPACA[:5])  # main now has 5 rows; `old` still has 24
-    test_rows = pl.DataFrame(ALPACA[:3]).write_parquet(tmp_path / "test.parquet")
+    pl.DataFrame(ALPACA[:3]).write_parquet(tmp_path / "test.parquet")
     hub.add_dataset("tatsu-lab/alpaca", {"data/test-00000-of-00001.parquet": tmp_path / "test.parquet"})
     for inputs, rows in ((f"[{{path: tatsu-lab/alpaca, revision: {old}}}]", 24),
                          (f"[{{path: 'hf://datasets/tatsu-lab/alpaca@{old}'}}]", 24),

@@ -386,7 +386,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
     app.router.add_get(f"/datasets/{REPO}/resolve/{{rev}}/{{path:.+}}", resolve_file, allow_head=False)
     app.router.add_post("/api/repos/create", create_repo)
     app.router.add_post(api + "/preupload/{rev}", preupload)
-    app.router.add_post(f"/datasets/{{owner}}/{{name}}.git/info/lfs/objects/batch", lfs_batch)
+    app.router.add_post("/datasets/{owner}/{name}.git/info/lfs/objects/batch", lfs_batch)
     app.router.add_put("/lfs/{oid}", lfs_put)
     app.router.add_post(api + "/commit/{rev}", commit)
 
