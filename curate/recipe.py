@@ -39,7 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curate.errors import CurateError
-from curate.io import read_text
+from curate.textfiles import read_text
 from curate.licenses import recipe_licenses
 from curate.llm.teacher import TeacherConfig
 from curate.formats import FORMAT_COLUMNS
