@@ -331,6 +331,20 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def redact_command(argv: list[str]) -> str:
+    """A command line fit to write down (the output folder's lock): URLs in it, including those of
+    `-o key=URL` overrides, without credentials, and the value of a secret-looking key as ***."""
+    words = []
+    for word in argv:
+        key, eq, value = word.partition("=")
+        if eq and _SECRET_PARAM.search(key.rsplit(".", 1)[-1]):
+            word = f"{key}=***"
+        elif eq:
+            word = f"{key}={redact_url(value)}"
+        words.append(redact_url(word))
+    return " ".join(words)
+
+
 def redact_secrets(raw: Any) -> Any:
     """A copy of a raw recipe with every URL's credentials redacted (`redact_url`): `Recipe.raw` is
     what gets written (recipe.yaml, the card), so a key typed into `teacher.base_url` stays out of them."""
