@@ -174,6 +174,23 @@ def test_first_token_without_context_has_no_logprob(llama):
 
 
 @pytest.mark.slow
+def test_transformers_tokenizes_as_llama_cpp(llama):
+    """The embedded model's HF folder splits text as llama.cpp (and SmolLM2's own tokenizer) do:
+    digits are isolated first, so a blank line before a numbered list stays the one token "\\n\\n"."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    from curate.io import read_records
+    from curate.records import message_text
+    from tests.conftest import shared
+
+    hf = get_scorer("transformers")
+    rows = read_records(shared("nuggets_alpaca_gpt4", "alpaca_gpt4_kmeans_100_anchor.json"), source="anchors")
+    texts = message_text(rows, "text").to_list() + ["a\n\n1. b", "x  2", "\t\t3 and 45", "in 2023, 1000 cats"]
+    differ = [t[:60] for t in texts if hf.tokenize(t) != llama.tokenize(t)]
+    assert not differ, f"{len(differ)} of {len(texts)} texts tokenized otherwise, e.g. {differ[:3]}"
+
+
+@pytest.mark.slow
 def test_transformers_agrees_with_llama_cpp(llama):
     """Q4_1 weights in llama.cpp vs dequantized float32 in transformers: ~0.1 nat per token."""
     pytest.importorskip("torch")
