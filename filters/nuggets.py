@@ -35,7 +35,7 @@ Cost. Scoring is N*K anchor passes; what is left after the tricks below is the a
 themselves, which must be recomputed for every candidate because they attend to it:
 - the candidate is decoded once and its KV cache reused for all K anchors;
 - logits (the vocabulary projection) only at rows that predict anchor-response tokens, none at the
-  candidate, the anchor query or the response's last token (`LlamaCppScorer.score_ids_after_prefix`);
+  candidate, the anchor query or the response's last token (`LlamaCppScorer.target_logprobs`);
 - `parallel` anchors per decode as sequences sharing the candidate's KV cells (measured no faster on
   a 2-core CPU; kept for machines where bigger batches pay);
 - `early_stop`: stop a candidate once its side of the threshold is settled, scoring the shortest

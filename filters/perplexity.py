@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from curate.llm.scorers import chat_prompt, get_scorer
+from curate.llm.scorers import get_scorer
 from curate.records import message_text
 from curate.steps import Filter, RecipePath, embedded_model_file, reasons
 
@@ -118,7 +118,7 @@ class Perplexity(Filter):
             return prompt + "\n\n" if prompt else ""
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
         turns = [{"role": m["role"], "content": m["content"]} for m in messages[:last]]
-        return chat_prompt(scorer, turns)
+        return scorer.chat_prompt(turns)
 
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
         scorer = get_scorer(self.scorer, self.model_path)

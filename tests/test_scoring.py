@@ -119,12 +119,69 @@ def test_transformers_after_prefix_and_single(tiny_hf):
 
 def test_transformers_too_long(tiny_hf):
     scorer, _ = tiny_hf
-    scorer.max_length, old = 4, scorer.max_length
+    scorer.n_ctx, old = 4, scorer.n_ctx
     try:
         with pytest.raises(ValueError, match="do not fit"):
             scorer.score("the cat sat on", "a mat")
     finally:
-        scorer.max_length = old
+        scorer.n_ctx = old
+
+
+def test_chat_template_renders_as_transformers_does(tiny_hf):
+    """The one renderer (`Scorer.chat_prompt`) gives what transformers' apply_chat_template gives:
+    special tokens, loop controls, whitespace trimming, raise_exception."""
+    transformers = pytest.importorskip("transformers")
+    scorer, _ = tiny_hf
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=scorer.tokenizer.backend_tokenizer, pad_token="[PAD]",
+                                               bos_token="yes", eos_token="no")
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}"
+        "{% if loop.index > 3 %}{% break %}{% endif %}\n  {% if loop.first %}[{{ m['role'] }}]{% endif %}\n"
+        "<{{ m['role'] }}>{{ m['content'] | trim }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    from curate.llm.scoring_hf import TransformersScorer
+
+    templated = TransformersScorer.from_model(scorer.model, tok)
+    convos = [[{"role": "user", "content": " the cat "}],
+              [{"role": "system", "content": "be brief"}, {"role": "user", "content": "why"},
+               {"role": "assistant", "content": "it is"}, {"role": "user", "content": "red"}]]
+    for messages in convos:
+        want = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert templated.chat_prompt(messages) == want
+    with pytest.raises(ValueError, match="no tools here"):
+        templated.chat_prompt([{"role": "tool", "content": "x"}])
+    with pytest.raises(ValueError, match="no chat template"):
+        scorer.chat_prompt(convos[0])
+
+
+def test_early_stop_on_a_batch_scorer(tiny_hf):
+    """With `stop`, a batch scorer scores `parallel` pairs per call and returns the first results in
+    order, the same numbers as without stopping."""
+    scorer, _ = tiny_hf
+    prefix = scorer.tokenize("the dog ran to")
+    pairs = [(scorer.tokenize(c), scorer.tokenize(t)) for c, t in TINY_PAIRS]
+    full = scorer.score_ids_after_prefix(prefix, pairs)
+    seen = []
+    part = scorer.score_ids_after_prefix(prefix, pairs, parallel=2, stop=lambda done: seen.append(len(done)) or len(done) >= 3)
+    assert seen == [2, 4] and len(part) == 4
+    for a, b in zip(part, full):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_nuggets_on_a_batch_scorer(tiny_hf):
+    """NUGGETS' fast route needs nothing llama.cpp-specific: on transformers it equals pair by pair."""
+    from filters.nuggets import golden_scores, golden_scores_naive
+
+    scorer, _ = tiny_hf
+    prefixes = [scorer.tokenize(t) for t in ("the cat sat on a mat", "why is it blue", "no")]
+    anchors = [(scorer.tokenize(q), scorer.tokenize(a)) for q, a in (("the dog ran to", "the red mat"), ("yes", "no yes"))]
+    fast, naive = golden_scores(scorer, prefixes, anchors), golden_scores_naive(scorer, prefixes, anchors)
+    np.testing.assert_allclose(fast.one_shot, naive.one_shot, atol=1e-4)
+    np.testing.assert_allclose(fast.zero_shot, naive.zero_shot, atol=1e-4)
+    early = golden_scores(scorer, prefixes, anchors, stop_at=0.5, parallel=1)
+    np.testing.assert_array_equal(early.low > 0.5, fast.score > 0.5)
+    emb = scorer.embed(["the cat", "the cat", "why is it"])
+    assert emb.shape == (3, 32) and np.array_equal(emb[0], emb[1]) and not np.array_equal(emb[0], emb[2])
 
 
 # llama.cpp, the embedded model -----------------------------------------------------------------

@@ -167,7 +167,7 @@ PAIRS = [
 
 def test_scorer_agrees_with_llama_cpp(backend):
     pytest.importorskip("llama_cpp", reason="the reference scorer needs the embedded extra")
-    from curate.llm.scoring import LlamaCppScorer
+    from curate.llm.scoring_llama import LlamaCppScorer
     from curate.llm.vllm_backend import VLLMScorer
 
     ref, ours = LlamaCppScorer(), VLLMScorer(**SETTINGS)
