@@ -184,6 +184,21 @@ def test_nuggets_on_a_batch_scorer(tiny_hf):
     assert emb.shape == (3, 32) and np.array_equal(emb[0], emb[1]) and not np.array_equal(emb[0], emb[2])
 
 
+def test_scorer_options_are_checked_before_any_model_loads():
+    from filters import IFD, Nuggets, Perplexity
+
+    with pytest.raises(ValueError, match="max_model_lenn"):
+        Perplexity(scorer="vllm", scorer_options={"max_model_lenn": 4096})
+    with pytest.raises(ValueError, match="takes no option n_ctx"):
+        IFD(scorer="transformers", scorer_options={"n_ctx": 4096})
+    assert Perplexity(scorer_options={"n_ctx": 4096}).scorer_options == {"n_ctx": 4096}
+    assert IFD(scorer="vllm", scorer_options={"max_model_len": 4096, "gpu_memory_utilization": 0.3}).scorer == "vllm"
+    with pytest.raises(ValueError, match="cannot embed"):  # choosing anchors by embedding needs hidden states
+        Nuggets(scorer="vllm")
+    assert Nuggets(scorer="vllm", embedding="hashing").scorer == "vllm"
+    assert Nuggets(scorer="transformers").embedding == "model"
+
+
 # llama.cpp, the embedded model -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def llama():

@@ -520,7 +520,8 @@ class VLLMScorer(Scorer):
     def __init__(self, model: str | os.PathLike | None = None, **settings):
         self._settings = engine_settings(model, **settings)
         self._engine = engine = get_engine(self._settings)
-        self.n_ctx = engine.max_model_len
+        # vLLM counts the one token each request must generate against max_model_len.
+        self.n_ctx = engine.max_model_len - 1
         self.chat_template = getattr(engine.tokenizer, "chat_template", None)
         self.special_tokens = {k: v for k in ("bos_token", "eos_token") if isinstance(v := getattr(engine.tokenizer, k, None), str)}
         self._params = engine.sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
