@@ -24,7 +24,10 @@ settings. Printed per eval set: planted caught (all, and items under 30 words), 
 flagged per clean set. MATH itself holds many problems that differ from another by a few numbers
 (templated variants), so each flagged rest-of-MATH row is also measured against the problem it hit:
 word-level edit distance between the two problems, set beside the edit distance of the planted
-copies (computed here, by dynamic programming, not by the filter).
+copies (computed here, by dynamic programming, not by the filter); the rest of MATH is also scored
+without its near copies by two definitions that do not use the filter (`templated_variants`), and
+`lookalike_floor` gives the fewest rest-of-MATH rows any rule that counts word edits must flag to
+catch 95% of the planted copies.
 
 Data are non-commercial in part (AlpacaEval, Alpaca): used here only, never copied into the package.
 """
@@ -43,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from scipy.sparse import csr_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -119,6 +123,75 @@ def edit_distance(a: list[str], b: list[str]) -> int:
     return int(prev[-1])
 
 
+def masked(text: str) -> list[str]:
+    """The words of a text with every number replaced by one placeholder."""
+    return ["#" if w.isdigit() else w for w in words(text)]
+
+
+def templated_variants(eval_problems: list[str], planted_edits: list[int], problems: list[str]) -> dict:
+    """Which of `problems` are near copies of an eval problem by definitions that do not use the
+    filter (word lists of whole problems, numbers masked or not):
+
+    - `same_skeleton`: equal to an eval problem once every number is masked (the same problem with
+      other numbers);
+    - `planted_lookalike`: within as few word edits (numbers unmasked) of an eval problem as that
+      problem's planted copy is: a rule that counts word edits cannot catch the planted copy
+      without flagging this row.
+    """
+    skeletons = {tuple(masked(t)) for t in eval_problems}
+    same = np.array([tuple(masked(t)) in skeletons for t in problems])
+    ev = [words(t) for t in eval_problems]
+    rows = [words(t) for t in problems]
+    vocab: dict[str, int] = {}
+
+    def incidence(texts: list[list[str]]) -> csr_matrix:  # text x distinct word
+        cols = [sorted({vocab.setdefault(w, len(vocab)) for w in ws}) for ws in texts]
+        ptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])])
+        return csr_matrix((np.ones(ptr[-1]), np.concatenate([np.array(c, np.int64) for c in cols]), ptr))
+
+    E, R = incidence(ev), incidence(rows)
+    E.resize(E.shape[0], len(vocab))
+    R.resize(R.shape[0], len(vocab))
+    shared = (R @ E.T).toarray()  # distinct words shared, row x eval problem
+    budget = np.array(planted_edits)
+    e_len, r_len = np.array([len(w) for w in ev]), np.array([len(w) for w in rows])
+    # Each word edit removes at most one distinct word and changes the length by at most one.
+    maybe = (shared >= np.diff(E.indptr) - budget) & (np.abs(r_len[:, None] - e_len[None, :]) <= budget)
+    pairs = [(r, i) for r, i in zip(*np.nonzero(maybe)) if edit_distance(ev[i], rows[r]) <= budget[i]]
+    lookalike = np.zeros(len(rows), bool)
+    lookalike[[r for r, _ in pairs]] = True
+    return {"same_skeleton": same, "planted_lookalike": lookalike, "lookalike_pairs": pairs}
+
+
+def lookalike_floor(pairs: list[tuple[int, int]], n_items: int, caught_share: float) -> int:
+    """The fewest clean rows a rule must flag to catch `caught_share` of the planted copies, if it
+    catches a planted copy only with every clean row at least as close (word edits) to that eval
+    problem: choose the items to give up so that the rows left are fewest (an integer program over
+    the items that have look-alikes; scipy's HiGHS solves it exactly)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix, vstack
+
+    items = sorted({i for _, i in pairs})
+    rows = sorted({r for r, _ in pairs})
+    give_up = n_items - int(np.ceil(caught_share * n_items))
+    if len(items) <= give_up:
+        return 0
+    at_i, at_r = {i: k for k, i in enumerate(items)}, {r: k for k, r in enumerate(rows)}
+    n_i, n_r = len(items), len(rows)
+    # Variables: keep item k (x_k), flag row j (y_j). y_j >= x_k for each look-alike pair; sum x >= n_i - give_up.
+    k = np.array([at_i[i] for _, i in pairs])
+    j = np.array([at_r[r] for r, _ in pairs])
+    n = len(pairs)
+    links = coo_matrix((np.concatenate([-np.ones(n), np.ones(n)]), (np.tile(np.arange(n), 2), np.concatenate([k, n_i + j]))),
+                       shape=(n, n_i + n_r))
+    total = coo_matrix(np.concatenate([np.ones(n_i), np.zeros(n_r)])[None, :])
+    res = milp(np.concatenate([np.zeros(n_i), np.ones(n_r)]),
+               constraints=LinearConstraint(vstack([links, total]).tocsr(), np.concatenate([np.zeros(n), [n_i - give_up]]),
+                                            np.inf),
+               integrality=np.ones(n_i + n_r), bounds=Bounds(0, 1))
+    return int(round(res.fun))
+
+
 def user_rows(prompts: list[str], source: str) -> pl.DataFrame:
     return make_frame([{"messages": [{"role": "user", "content": p}], "source": source} for p in prompts])
 
@@ -143,18 +216,23 @@ def math_case(tmp: Path, n_items: int, seed: int) -> dict:
     planted = [plant(problems[i], math["id"][i], seed) for i in drawn]
     rest = sorted(set(range(len(math))) - set(drawn))
     gsm = read_table(DATA / "gsm8k_train" / "train.jsonl")
+    planted_edits = [edit_distance(words(problems[i]), words(p)) for i, p in zip(drawn, planted)]
+    variants = templated_variants([problems[i] for i in drawn], planted_edits, [problems[i] for i in rest])
     return {
         "eval_path": eval_path,
         "planted": user_rows(planted, "planted"),
         "planted_items": [f"math_eval.jsonl:{k}" for k in range(len(drawn))],
         "planted_words": [len(words(problems[i])) for i in drawn],
-        "planted_edits": [edit_distance(words(problems[i]), words(p)) for i, p in zip(drawn, planted)],
+        "planted_edits": planted_edits,
         "eval_prompts": [problems[i] for i in drawn],
         "clean": {
             "gsm8k_train": qa_rows(list(zip(gsm["question"].to_list(), gsm["answer"].to_list())), "gsm8k"),
             "math_rest": qa_rows([(problems[i], math["solution"][i]) for i in rest], "math_rest"),
         },
         "clean_prompts": {"math_rest": [problems[i] for i in rest]},
+        "clean_variants": {"math_rest": {k: variants[k] for k in ("same_skeleton", "planted_lookalike")}},
+        # The goal's floor on this clean set: rows any word-edit rule catching 95% must flag.
+        "lookalike_floor": {"math_rest": lookalike_floor(variants["lookalike_pairs"], len(drawn), 0.95)},
     }
 
 
@@ -180,7 +258,7 @@ def alpaca_case(seed: int) -> dict:
 
 
 CONFIGS = {
-    "gpt3": dict(short_words=0, common_items=0, min_prose=0),
+    "gpt3": dict(short_words=0, common_items=0, min_prose=0, min_answer_share=0),
     "default": {},
 }
 
@@ -234,6 +312,17 @@ def run_case(name: str, case: dict, configs: dict) -> dict:
                 near = int(sum(d <= out["planted_edit_distance"]["max"] for d in dists))
                 entry["flagged_within_planted_edit_distance"] = near
                 entry["flagged_farther_pct"] = round(100 * (n - near) / len(df), 2)
+            if clean_name in case.get("lookalike_floor", {}):
+                entry["lookalike_floor_for_95pct"] = case["lookalike_floor"][clean_name]
+            variants = case.get("clean_variants", {}).get(clean_name)
+            if variants:  # the clean set without its near copies by definitions independent of the filter
+                is_flagged = c["flagged"].to_numpy()
+                gone = np.zeros(len(df), bool)
+                for vname, mask in variants.items():
+                    gone |= mask
+                    entry[f"without_{vname}"] = {"rows": int((~gone).sum()), "flagged": int(is_flagged[~gone].sum()),
+                                                 "flagged_pct": round(100 * is_flagged[~gone].mean(), 2),
+                                                 "variants": int(mask.sum()), "variants_flagged": int(is_flagged[mask].sum())}
             firsts = hits["messages"].head(5).map_elements(lambda m: m[0]["content"], return_dtype=pl.String)
             entry["examples"] = [{"hit": h, "text": t[:140]}
                                  for h, t in zip(hits[f"{f.column}_hit"].head(5).to_list(), firsts.to_list())]
@@ -273,6 +362,14 @@ def print_table(r: dict) -> None:
                 + (f" ({v['flagged_within_planted_edit_distance']} within {e['max']} word edits of the item hit; "
                    f"farther {v['flagged_farther_pct']}%)" if "flagged_within_planted_edit_distance" in v else "")
                 for k, v in res.items() if isinstance(v, dict))
+            for k, v in res.items():
+                if isinstance(v, dict) and "without_same_skeleton" in v:
+                    a, b = v["without_same_skeleton"], v["without_planted_lookalike"]
+                    clean += (f"; {k} without its {a['variants']} same-skeleton rows (numbers masked; "
+                              f"{a['variants_flagged']} flagged) {a['flagged']}/{a['rows']} = {a['flagged_pct']}%, "
+                              f"also without its {b['variants']} planted look-alikes ({b['variants_flagged']} flagged) "
+                              f"{b['flagged']}/{b['rows']} = {b['flagged_pct']}%; a rule that counts word edits must "
+                              f"flag >= {v['lookalike_floor_for_95pct']} {k} rows to catch 95%")
             print(f"  {cname}: planted caught {res['planted_caught_pct']}% (under 30 words "
                   f"{res['planted_under_30_caught_pct']}%, the {res['planted_min_words_plus']} of >= 8 words "
                   f"{res['planted_min_words_plus_caught_pct']}%); clean flagged: {clean}; {res['rows_per_s']} rows/s")

@@ -1,4 +1,4 @@
-"""How well `filters.heuristics.ends_mid_sentence` tells cut responses from finished ones, on real data.
+"""How well `filters.heuristics.mid_sentence` tells cut responses from finished ones, on real data.
 
     python bench/eval_mid_sentence.py [--show 10] [--model 60 --max-tokens 64 --threads 1]
 
@@ -32,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from curate.io import read_records  # noqa: E402
 from curate.records import finish_reasons, message_text  # noqa: E402
-from filters.heuristics import ends_mid_sentence  # noqa: E402
+import polars as pl  # noqa: E402
+
+from filters.heuristics import mid_sentence  # noqa: E402
 
 SHARED = Path(os.environ.get("CURATE_SHARED_DATA") or ROOT.parent / "shared" / "data")
 SETS = {
@@ -52,9 +54,13 @@ def pct(k: int, n: int) -> str:
 def simulated_cuts(answers: list[str], rng: random.Random) -> tuple[int, int, int]:
     """(answers, flagged when cut at a random space, flagged when cut at a random character)."""
     long = [a.rstrip() for a in answers if len(a.split()) >= MIN_WORDS]
-    at_space = sum(ends_mid_sentence(a[: rng.choice([m.start() for m in re.finditer(r"\s+", a)])]) for a in long)
-    at_char = sum(ends_mid_sentence(a[: rng.randrange(1, len(a))]) for a in long)
-    return len(long), at_space, at_char
+    at_space = [a[: rng.choice([m.start() for m in re.finditer(r"\s+", a)])] for a in long]
+    at_char = [a[: rng.randrange(1, len(a))] for a in long]
+    return len(long), sum(flagged(at_space)), sum(flagged(at_char))
+
+
+def flagged(texts: list[str]) -> list[bool]:
+    return mid_sentence(pl.Series(texts, dtype=pl.String)).to_list()
 
 
 def per_model(path: Path, flags: list[bool]) -> str:
@@ -82,7 +88,7 @@ def model_answers(n: int, max_tokens: int) -> None:
         llm.close()
     texts, finish = message_text(res.kept, "response").to_list(), finish_reasons(res.kept).to_list()
     for reason in ("length", "stop"):
-        flags = [ends_mid_sentence(t) for t, f in zip(texts, finish) if f == reason]
+        flags = flagged([t for t, f in zip(texts, finish) if f == reason])
         print(f"  embedded model, max_tokens={max_tokens}, finish_reason {reason}: flagged {pct(sum(flags), len(flags))}")
 
 
@@ -102,7 +108,7 @@ def main() -> None:
             print(f"  {name}: {path} not found, skipped")
             continue
         answers = message_text(read_records(path), "response").to_list()
-        flags = [ends_mid_sentence(a) for a in answers]
+        flags = flagged(answers)
         n_long, at_space, at_char = simulated_cuts(answers, rng)
         print(f"  {name}: {pct(sum(flags), len(answers))} | {pct(at_space, n_long)}, {pct(at_char, n_long)}")
         if path.suffix == ".gz":

@@ -79,7 +79,7 @@ def decontamination(t0_limit: int | None) -> dict:
     f_prompt._index, f_prompt._index_key = index, None  # same index; the key check rebuilds only if settings differ
     f_prompt._index_key = f_text._index_key
     # The baseline of the speed ratio: the plain GPT-3 13-gram rule (the filter before issue 9).
-    gpt3 = dict(short_words=0, common_items=0, min_prose=0)
+    gpt3 = dict(short_words=0, common_items=0, min_prose=0, min_answer_share=0)
     baseline = {"text": Decontaminate(eval_sets=EVAL_SETS, **gpt3),
                 "prompt": Decontaminate(eval_sets=EVAL_SETS, field="prompt", **gpt3)}
     for b in baseline.values():

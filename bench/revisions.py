@@ -22,9 +22,11 @@ def _forget() -> None:
 def load(revision: str | None, *modules: str) -> dict:
     """{name: module} for `modules` imported from `revision` (a git revision, or None for this
     working tree). The module objects keep working after their names leave sys.modules, so the
-    modules of several revisions can live side by side."""
+    modules of several revisions can live side by side; the caller's own modules are put back
+    (so a test process keeps one CurateError class)."""
     tree = ROOT
     tmp = None
+    before = {name: m for name, m in sys.modules.items() if name.split(".")[0] in _PACKAGES}
     if revision is not None:
         tmp = tempfile.TemporaryDirectory()
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, *_PACKAGES],
@@ -41,5 +43,6 @@ def load(revision: str | None, *modules: str) -> dict:
     finally:
         sys.path.remove(str(tree))
         _forget()
+        sys.modules.update(before)  # the caller's own modules again (its classes stay the ones it has)
         if tmp is not None:
             tmp.cleanup()

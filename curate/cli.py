@@ -11,11 +11,37 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from curate.errors import CurateError
+from curate.errors import EXIT_VALIDATION_FAILED, CurateError, ValidationFailed
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make and curate SFT training data.")
+# add_completion: typer's --install-completion / --show-completion for bash, zsh, fish, PowerShell
+app = typer.Typer(add_completion=True, no_args_is_help=True)
 err = Console(stderr=True)
 out = Console()
+PIPED_WIDTH = 80  # what `curate inspect` fits its lines to when stdout is not a terminal
+
+
+def package_version() -> str:
+    """The installed curate-sft version (the package metadata), or the source tree's when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("curate-sft")
+    except PackageNotFoundError:
+        from curate import __version__
+
+        return __version__
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"curate {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                         help="Print the installed version and exit.")):
+    """Make and curate SFT training data."""
 
 
 @app.command()
@@ -46,11 +72,15 @@ def run(
     failures = failed_requests(report["steps"])
     if failures:
         out.print(f"[bold yellow]{failures}[/]")
-    _print_failed_expectations(report)
+    _validation_outcome(report)
 
 
-def _print_failed_expectations(report: dict) -> None:
-    """A failed expectation of the final data is worth a line on the terminal, not only in report.md."""
+def _validation_outcome(report: dict) -> None:
+    """A failed expectation of the final data is worth a line on the terminal, not only in report.md;
+    with validate.fail_on_error the command fails instead (ValidationFailed names them; exit code 3)."""
+    from curate.report.validate import raise_if_failed
+
+    raise_if_failed(report)
     v = report.get("validation")
     if v and v["passed"] < v["total"]:
         failed = "; ".join(f"{c['expectation']} ({c['details']})" for c in v["results"] if not c["success"])
@@ -82,9 +112,8 @@ def inspect(
     path: Path = typer.Argument(..., help="A data file (jsonl/json/parquet/csv), a datasets folder, or a run folder."),
     rows: int = typer.Option(3, "--rows", "-n", help="Sample rows to show."),
 ):
-    """Row count, columns, sample rows and score summaries of a dataset or run output."""
-    import polars as pl
-
+    """Row count, columns, score summaries and sample rows of a dataset or run output, as plain text
+    (fitted to the terminal, or to 80 columns when piped)."""
     from curate.folder import incomplete
     from curate.io import read_table
 
@@ -96,13 +125,91 @@ def inspect(
     if path.is_dir() and (path / "data" / "train.parquet").exists():
         path = path / "data" / "train.parquet"
     df = read_table(path)
-    out.print(f"[bold]{path}[/]: {df.height} rows")
-    out.print("columns: " + ", ".join(f"{c} ({t})" for c, t in df.schema.items()))
-    scores = [c for c in df.columns if c.startswith("score_") and df.schema[c].is_numeric()]
-    if scores:
-        out.print(df.select(scores).describe())
-    with pl.Config(fmt_str_lengths=120, tbl_rows=rows):
-        out.print(df.head(rows))
+    width = out.width if out.is_terminal else PIPED_WIDTH
+    for line in describe_table(df, str(path), rows) + _validation_note(path):
+        typer.echo(fit(line, width))
+
+
+def fit(line: str, width: int) -> str:
+    """One line of at most `width` characters (a cut line ends with '...')."""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def describe_table(df, name: str, rows: int) -> list[str]:
+    """What `curate inspect` prints, as lines of plain text (no table borders, which break when a
+    line is cut): the columns, summaries of the score columns (or, without any, of the numeric
+    columns that are not row numbers or ids), and sample rows with one line per field or turn."""
+    import polars as pl
+
+    from curate.records import score_value_columns
+
+    lines = [f"{df.height} rows, {df.width} columns: {name}", "columns:"]
+    pad = max((len(c) for c in df.columns), default=0)
+    lines += [f"  {c:<{pad}}  {t}" for c, t in df.schema.items()]
+    scores = score_value_columns(df.schema)
+    numbers = [c for c, t in df.schema.items() if t.is_numeric() and not c.startswith("score_")]
+    hidden = [c for c in numbers if row_number_like(df, c)]
+    summarised = scores or [c for c in numbers if c not in hidden]
+    if summarised:
+        pad = min(max(len(c) for c in summarised), 30)
+        lines += ["", f"{'scores' if scores else 'numeric columns'}:",
+                  f"  {'':<{pad}} {'n':>7} {'mean':>9} {'min':>9} {'median':>9} {'max':>9}"]
+        for col in summarised:
+            v = df[col].cast(pl.Float64).drop_nulls()
+            stats = [v.mean(), v.min(), v.median(), v.max()] if v.len() else [None] * 4
+            label = col if len(col) <= pad else col[: pad - 3] + "..."
+            lines.append(f"  {label:<{pad}} {v.len():>7} " + " ".join(f"{s:>9.4g}" if s is not None else f"{'-':>9}" for s in stats))
+    if hidden and not scores:
+        lines.append(f"not summarised (row numbers or ids): {', '.join(c or '(unnamed)' for c in hidden)}")
+    lines += ["", f"sample rows ({min(rows, df.height)} of {df.height}):"]
+    for i, row in enumerate(df.head(rows).to_dicts(), 1):
+        lines.append(f"[{i}]")
+        for col, value in row.items():
+            if value is None or col.endswith("_fingerprint"):  # nulls and hashes say nothing about the row
+                continue
+            if col == "messages" and isinstance(value, list):
+                lines += [f"  {col}[{k}] {m.get('role')}: {_one_line(m.get('content'))}" for k, m in enumerate(value)
+                          if isinstance(m, dict)]
+            else:
+                lines.append(f"  {col}: {_one_line(value)}")
+    return lines
+
+
+def _one_line(value) -> str:
+    return " ".join(str(value).split()) if isinstance(value, str) else str(value)
+
+
+def row_number_like(df, col: str) -> bool:
+    """A column that numbers the rows rather than measuring them: pandas' and Arrow's index columns
+    (`index`, `__index_level_0__`, `Unnamed: 0`), ids (`id`, `*_id`, `idx`), or integers counting up
+    by one in row order (0, 1, 2... or 81, 82, 83...)."""
+    import re
+
+    if re.fullmatch(r"index|level_\d+|__index_level_\d+__|Unnamed: \d+|idx|id|.*_id|row|row_?(idx|index|number)", col,
+                    flags=re.IGNORECASE):
+        return True
+    s = df[col]
+    if not s.dtype.is_integer() or s.len() < 2 or s.null_count():
+        return False
+    return bool((s.diff().drop_nulls() == 1).all())
+
+
+def _validation_note(path: Path) -> list[str]:
+    """A line when the run that wrote `path` failed an expectation (its report.json says so)."""
+    import json
+
+    for folder in (path, *path.parents[:2]):
+        report = folder / "report.json"
+        if folder.is_dir() and report.is_file():
+            try:
+                v = json.loads(report.read_text(encoding="utf-8")).get("validation") or {}
+            except (OSError, ValueError, AttributeError):
+                return []
+            if v.get("total") and v.get("passed") != v.get("total"):
+                failed = "; ".join(r["expectation"] for r in v.get("results", []) if not r.get("success"))
+                return ["", f"validation: {v['passed']}/{v['total']} expectations met (failed: {failed}); see {report.parent / 'report.md'}"]
+            return []
+    return []
 
 
 @app.command()
@@ -112,7 +219,7 @@ def report(out_dir: Path = typer.Argument(..., help="A finished run folder.")):
 
     rep = rebuild_report(out_dir)
     out.print(f"rebuilt {out_dir}/report.html ({rep['rows']['out']} rows, {len(rep['steps']) - 1} steps)")
-    _print_failed_expectations(rep)
+    _validation_outcome(rep)
 
 
 @app.command()
@@ -129,10 +236,15 @@ def publish(
 
 
 def main() -> None:
-    """Run the CLI. A CurateError (bad input, settings, environment) is a message and exit 2; any
-    other exception is a bug: a one-line message and exit 1, with the traceback when CURATE_DEBUG=1."""
+    """Run the CLI. Final data that fails a critical expectation with `validate.fail_on_error: true`
+    is a message and exit 3 (after everything is written); a CurateError (bad input, settings,
+    environment) is a message and exit 2; any other exception is a bug: a one-line message and
+    exit 1, with the traceback when CURATE_DEBUG=1."""
     try:
-        app()
+        app(prog_name="curate")  # also under `python -m curate.cli`: the name completion scripts call
+    except ValidationFailed as exc:  # everything is written; the data failed a critical expectation
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_VALIDATION_FAILED)
     except CurateError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)

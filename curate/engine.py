@@ -30,6 +30,8 @@ from curate.output import write_splits
 from curate.llm.teacher import build_llm
 from curate.records import concat, frame_digest, split_invalid
 from curate.recipe import Recipe, check_output_columns, redact_url
+from curate.report.compute import StepSections
+from curate.report.validate import gx_files
 from curate.steps import Context, Step, StepResult, digest, embedded_model_file, file_digest, files_digest
 
 DONE = "_DONE.json"
@@ -174,6 +176,7 @@ def planned_files(recipe: Recipe, plan: list[PlannedStep], out: Path, cache: Pat
     """Every file this run may write in `out` (with `cache`, the response cache in it), listed in
     the folder's manifest before it is written."""
     files = [out / n for n in ("recipe.yaml", "records.parquet", "rejects.parquet", *REPORT_FILES)]
+    files += gx_files(out)
     files += [out / "steps" / p.name / n for p in plan for n in (*STEP_FILES, DONE)]
     splits = ("train", "validation") if recipe.config.output.validation else ("train",)
     files += [out / "data" / f"{s}.{ext}" for s in splits for ext in recipe.config.output.files]
@@ -204,8 +207,9 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
         try:
             folder.start(cfg.name)
             write_text(yaml.safe_dump(recipe.raw, sort_keys=False), out / "recipe.yaml")  # overrides applied
+            sections = StepSections()
             steps, rejects, df = run_steps(plan, df, Context(out_dir=out, seed=cfg.seed, llm=llm,
-                                                              show_progress=show_progress))
+                                                              show_progress=show_progress), sections)
         finally:
             if llm is not None:
                 llm.close()
@@ -214,13 +218,15 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
         write_parquet(all_rejects, out / "rejects.parquet")
         data_files = write_splits(df, cfg.output, out, seed=cfg.seed, replaceable=folder.wrote)
         report = publish_report(recipe, out, [inputs, *steps], df, all_rejects, data_files,
-                                seconds=time.time() - started)
+                                seconds=time.time() - started, sections=sections.sections)
         folder.finish()
     return report
 
 
-def run_steps(plan: list[PlannedStep], df: pl.DataFrame, ctx: Context) -> tuple[list[dict], list[pl.DataFrame], pl.DataFrame]:
-    """Run (or reuse) each planned step: (each step's marker, each step's rejects, the final rows)."""
+def run_steps(plan: list[PlannedStep], df: pl.DataFrame, ctx: Context,
+              sections: StepSections | None = None) -> tuple[list[dict], list[pl.DataFrame], pl.DataFrame]:
+    """Run (or reuse) each planned step: (each step's marker, each step's rejects, the final rows);
+    each step's report section goes to `sections` while its rows are at hand."""
     records = []
     rejects = []
     for p in plan:
@@ -254,6 +260,8 @@ def run_steps(plan: list[PlannedStep], df: pl.DataFrame, ctx: Context) -> tuple[
             info["skipped"] = False
         records.append(info)
         rejects.append(rejected)
+        if sections is not None:
+            sections.add(p.name, p.step, df, rejected)
     return records, rejects, df
 
 
@@ -266,13 +274,18 @@ REPORT_FILES = ("report.json", "report.md", "report.html", "README.md")
 
 
 def publish_report(recipe: Recipe, out: Path, steps: list[dict], final: pl.DataFrame, rejects: pl.DataFrame,
-                   data_files: dict, seconds: float) -> dict:
-    """Validate the final data, then write report.json / .md / .html and the dataset card (REPORT_FILES)."""
-    from curate.report import build_report, write_card, write_reports
-    from curate.validate import validate
+                   data_files: dict, seconds: float, sections: dict | None = None) -> dict:
+    """Validate the final data, then write report.json / .md / .html and the dataset card (REPORT_FILES).
+    Without `sections` (computed while the steps ran) they are read from the step folders."""
+    from curate.report.card import write_card
+    from curate.report.compute import build_report, read_sections
+    from curate.report.render import write_reports
+    from curate.report.validate import validate
 
-    validation = validate(final, recipe.steps)  # on 0 rows too: "at least 1 row" fails
-    report = build_report(recipe, steps, final, rejects, data_files, seconds, out, validation)
+    # on 0 rows too: "at least 1 row" fails
+    validation = validate(final, recipe.steps, recipe.config.checks, recipe.config.output, save_to=out / "gx")
+    sections = read_sections(recipe, steps, out) if sections is None else sections
+    report = build_report(recipe, steps, final, rejects, data_files, seconds, out, sections, validation)
     write_reports(report, out)
     write_card(recipe, report, out / "README.md")
     return report
@@ -288,7 +301,8 @@ def rebuild_report(out: str | Path) -> dict:
     if missing:
         raise CurateError(f"{out}: not a finished run folder (missing {', '.join(missing)})")
     require_complete(out, "rebuild its report")
-    with locked(out, purpose="report rebuild", create=False):
+    with locked(out, purpose="report rebuild", create=False) as folder:
+        folder.claim(gx_files(out))  # a run from before they were saved, or without great-expectations then
         recipe = build_recipe(_read_state(out / "recipe.yaml", yaml.safe_load), base_dir=out,
                               origin=str(out / "recipe.yaml"))
         old = _read_state(out / "report.json", json.loads, need=("steps", "data_files", "seconds"))

@@ -40,7 +40,7 @@ OWN = {LOCK, MANIFEST, INCOMPLETE}  # the folder's bookkeeping, always ours
 RUN_FILES = ("recipe.yaml", "records.parquet", "rejects.parquet", "report.json", "report.md", "report.html",
              "README.md", "data/train.parquet", "data/train.jsonl", "data/validation.parquet",
              "data/validation.jsonl")
-RUN_TREES = ("steps", "cache")  # every file below these, in such a folder
+RUN_TREES = ("steps", "cache", "gx")  # every file below these, in such a folder
 log = logging.getLogger(__name__)
 
 
@@ -125,7 +125,7 @@ class RunFolder:
         write_json({"recipe": recipe, "pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
                     "about": "the run writing this folder has not finished; its files may come from two runs"},
                    self.path / INCOMPLETE)
-        for folder in [self.path, self.path / "data", *sorted((self.path / "steps").glob("*"))]:
+        for folder in [self.path, self.path / "data", self.path / "gx", *sorted((self.path / "steps").glob("*"))]:
             if not folder.is_dir():
                 continue
             for f in folder.iterdir():

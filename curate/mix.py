@@ -5,8 +5,10 @@ With weights and no `total`, the total is the largest one every source can fill.
 shuffled with the recipe seed and cut at its target (rows: exactly; tokens: the row prefix whose
 token sum comes closest to the target). A source that cannot fill its target gives everything it
 has, and the shortfall is reported. Rows left out go to rejects with reason "over mixture quota".
-Tokens are counted with the embedded model's tokenizer (SmolLM2, vocab only), so the budget means
-model tokens, not words.
+In tokens, a row counts the tokens of its turns' contents (curate/tokens.py), with `tokenizer`: a
+tokenizer.json, a folder holding one, or a Hugging Face model id in the local cache; by default
+SmolLM2's, the embedded teacher's (no model backend is loaded either way). The run report counts its
+lengths with the same tokenizer.
 """
 
 from __future__ import annotations
@@ -15,30 +17,23 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from curate.errors import CurateError
-from curate.records import message_text
-from curate.steps import Context, Step, StepResult, embedded_model_file
-
-
-def count_tokens(texts: list[str]) -> np.ndarray:
-    """Token counts with the embedded model's tokenizer (loaded vocab-only, once)."""
-    from curate.llm.embedded import load_tokenizer
-
-    tok = load_tokenizer()
-    return np.array([len(tok.tokenize(t.encode("utf-8"), add_bos=False, special=True)) if t else 0 for t in texts])
+from curate.steps import Context, RecipePath, Step, StepResult
+from curate.tokens import message_tokens, token_counter, tokenizer_file
 
 
 class Mix(Step):
     kind: ClassVar[str] = "mix"
-    code_version: ClassVar[int] = 1
+    code_version: ClassVar[int] = 2  # 2: a row's tokens are its turns' tokens, without the newlines that joined them
     is_global: ClassVar[bool] = True
     weights: dict[str, float] | None = None
     quotas: dict[str, float] | None = None
     unit: Literal["rows", "tokens"] = "rows"
     total: float | None = Field(None, gt=0)
     seed: int | None = None  # default: the recipe's seed
+    tokenizer: RecipePath | None = None  # unit tokens: see the module doc; default SmolLM2's
 
     @model_validator(mode="after")
     def _one_spec(self):
@@ -49,11 +44,25 @@ class Mix(Step):
             raise ValueError("weights/quotas must be non-negative and not all zero")
         if self.quotas is not None and self.total is not None:
             raise ValueError("total goes with weights, not quotas")
+        if self.tokenizer is not None and self.unit != "tokens":
+            raise ValueError("tokenizer goes with unit: tokens")
         return self
 
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_is_here(cls, value: str | None) -> str | None:
+        """A tokenizer that is not on this machine is a recipe error, before any step runs."""
+        if value is not None:
+            try:
+                tokenizer_file(value)
+            except CurateError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     def files(self) -> list[str]:
-        """Token counts come from the embedded model's tokenizer."""
-        return super().files() + ([embedded_model_file()] if self.unit == "tokens" else [])
+        """The tokenizer file counts (a model id names no file: the cached file it resolves to)."""
+        own = [f for f in super().files() if f != self.tokenizer]
+        return own + ([str(token_counter(self.tokenizer).path)] if self.unit == "tokens" else [])
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         spec = self.weights or self.quotas
@@ -63,8 +72,8 @@ class Mix(Step):
             raise CurateError(f"mix: no rows from source(s) {missing}; the data has {sorted(have, key=str)}")
         seed = ctx.seed if self.seed is None else self.seed
         df = df.with_row_index("_row").sample(fraction=1.0, shuffle=True, seed=seed)
-        size = (count_tokens(message_text(df, "text").to_list()) if self.unit == "tokens"
-                else np.ones(df.height, dtype=np.int64))
+        counter = token_counter(self.tokenizer) if self.unit == "tokens" else None
+        size = message_tokens(df, counter)["text"].to_numpy() if counter else np.ones(df.height, dtype=np.int64)
         df = df.with_columns(pl.Series("_size", size))
         available = {s: int(df.filter(pl.col("source") == s)["_size"].sum()) for s in spec}
         if self.quotas is not None:
@@ -96,4 +105,5 @@ class Mix(Step):
         rejected = df.filter(~pl.Series(take)).sort("_row").drop("_row", "_size").with_columns(
             pl.when(pl.col("source").is_in(list(target))).then(pl.lit("over mixture quota"))
             .otherwise(pl.lit("source not in the mixture")).alias("reason"))
-        return StepResult(kept=kept, rejected=rejected, stats={"mix": {"unit": self.unit, "sources": mix}})
+        stats = {"unit": self.unit, "sources": mix, **({"tokenizer": counter.name} if counter else {})}
+        return StepResult(kept=kept, rejected=rejected, stats={"mix": stats})

@@ -9,12 +9,14 @@
       - responses: {n: 1, max_tokens: 256}
       - minhash_dedup: {threshold: 0.8}
     output: {format: messages, files: [parquet, jsonl], validation: 0.05}
+    validate: {fail_on_error: true, expectations: [{expect_column_values_to_not_be_null: {column: source}}]}
+                                          # great-expectations; see curate.report.validate
 
-Relative file paths in a recipe (inputs, `cache`, `teacher.model_path`, and step settings typed
-`RecipePath`: eval sets, anchor files, prompt templates, model files) are read from the recipe's
-folder, so `data/seeds.jsonl` beside the recipe works from any working directory; a path that is
-not there but exists from the working directory (e.g. given with `-o` on the command line) is
-taken from there (`resolve_path`).
+Relative file paths in a recipe (inputs, `cache`, `teacher.model_path`, `teacher.batch.folder`,
+and step settings typed `RecipePath`: eval sets, anchor files, prompt templates, model files) are
+read from the recipe's folder, so `data/seeds.jsonl` beside the recipe works from any working
+directory; a path that is not there but exists from the working directory (e.g. given with `-o`
+on the command line) is taken from there (`resolve_path`).
 
 Unknown keys and wrong types are errors naming the key path (`steps[1].minhash_dedup.treshold`).
 Overrides from the command line (`-o teacher.model=X`, `-o steps.1.minhash_dedup.threshold=0.9`,
@@ -27,6 +29,7 @@ its own copy, so an override changes one place only.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -37,10 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from curate.errors import CurateError
 from curate.io import read_text
+from curate.licenses import recipe_licenses
 from curate.llm.teacher import TeacherConfig
 from curate.output import OutputConfig
 from curate.registry import step_class
+from curate.report.validate import ValidateConfig, check_columns, check_declared, view_columns
 from curate.steps import SEED_LIMIT, Filter, Step, path_settings
+
+log = logging.getLogger(__name__)
 
 # How many values YAML aliases may add to a document beyond the ones written in it.
 MAX_ALIAS_NODES = 100_000
@@ -65,12 +72,14 @@ class RecipeConfig(BaseModel):
     name: str
     description: str = ""
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
-    license: str | None = None  # of the output data, for the dataset card
+    license: str | None = None  # of the output data, for the dataset card; checked by curate/licenses.py
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     inputs: list[InputConfig] = Field(default_factory=list)
     steps: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: str | None = None  # response cache file; default <out>/cache/llm.sqlite
+    # `validate:` (curate.report.validate); not named `validate`, which is a BaseModel method
+    checks: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
 
     @field_validator("name")
     @classmethod
@@ -229,6 +238,9 @@ def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>"
     teacher = checked.get("teacher")
     if isinstance(teacher, dict) and isinstance(teacher.get("model_path"), str):
         teacher["model_path"] = resolve_path(teacher["model_path"], base_dir)
+    batch = teacher.get("batch") if isinstance(teacher, dict) else None
+    if isinstance(batch, dict) and isinstance(batch.get("folder"), str):
+        batch["folder"] = resolve_path(batch["folder"], base_dir)
     try:
         config = RecipeConfig.model_validate(checked)
     except ValidationError as exc:
@@ -247,7 +259,11 @@ def build_recipe(raw: dict, base_dir: Path = Path("."), origin: str = "<recipe>"
         except ValidationError as exc:
             raise CurateError(f"{origin}: invalid recipe:\n{_format_errors(exc, prefix=f'steps[{i}].{kind}')}") from None
     _name_filters(steps, origin)
-    return Recipe(config, steps, base_dir, redact_secrets(raw), path)
+    check_declared(config.checks, origin)
+    recipe = Recipe(config, steps, base_dir, redact_secrets(raw), path)
+    for warning in recipe_licenses(recipe).warnings:  # before anything runs; the card repeats them
+        log.warning("%s: license: %s", origin, warning)
+    return recipe
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -371,8 +387,10 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def check_output_columns(recipe: Recipe, columns: list[str]) -> None:
-    """Output settings that name a column, checked once the inputs are read (their columns and
-    the score columns the recipe's filters add are known then), before any step runs."""
+    """Output and validation settings that name a column, checked once the inputs are read (their
+    columns and the score columns the recipe's filters add are known then), before any step runs."""
+    check_columns(recipe.config.checks, view_columns(columns, recipe.steps, recipe.config.output),
+                  str(recipe.path or "recipe"))
     stratify = recipe.config.output.stratify
     known = [*columns, *(c for s in recipe.steps if isinstance(s, Filter) for c in s.score_columns())]
     if stratify and stratify not in known:

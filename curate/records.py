@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 import polars as pl
 
+from curate.text import char_class
+
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
 MESSAGES = pl.List(MESSAGE)
 
@@ -70,8 +72,9 @@ def make_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return conform(df)
 
 
-def conform(df: pl.DataFrame) -> pl.DataFrame:
-    """Add missing core columns as nulls, cast them to the schema, put them first, fill ids."""
+def conform(df: pl.DataFrame, recompute_ids: bool = False) -> pl.DataFrame:
+    """Add missing core columns as nulls, cast them to the schema, put them first, fill ids
+    (recompute_ids: every id afresh, for rows whose content has changed)."""
     if "messages" not in df.columns:
         raise ValueError(f"a record frame needs a 'messages' column; it has {df.columns}")
     missing = [pl.lit(None, dtype=t).alias(c) for c, t in SCHEMA.items() if c not in df.columns]
@@ -81,7 +84,7 @@ def conform(df: pl.DataFrame) -> pl.DataFrame:
         df = df.with_columns(_conform_meta(df["meta"]))
     extra = [c for c in df.columns if c not in SCHEMA]
     df = df.select(*CORE_COLUMNS, *extra)
-    if df["id"].null_count():
+    if recompute_ids or df["id"].null_count():
         df = with_ids(df)
     return df
 
@@ -116,6 +119,13 @@ def concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed")
 
 
+def score_value_columns(schema: pl.Schema | dict) -> list[str]:
+    """The `score_*` columns holding a measure per row (numeric or boolean): not fingerprints
+    (text), and not row positions or ranks (`_row`, `_rank`: where a row sits, not how good it is)."""
+    return [c for c, t in schema.items() if c.startswith("score_") and (t.is_numeric() or t == pl.Boolean)
+            and not c.endswith(("_row", "_rank"))]
+
+
 def message_text(df: pl.DataFrame, part: str = "text") -> pl.Series:
     """The text of each row, as one string.
 
@@ -136,50 +146,108 @@ def message_text(df: pl.DataFrame, part: str = "text") -> pl.Series:
     return df.select(expr.fill_null("").alias(part)).to_series()
 
 
+
+def turn_lists(turns: pl.DataFrame, n_rows: int, turn: pl.Expr, name: str = "messages") -> pl.Series:
+    """Lists built from a frame of turns, one row per turn: for each row 0..n_rows-1 (the `row`
+    column), the values of `turn` (e.g. pl.struct("role", "content")) in the order of `turns`;
+    a row with none gets an empty list. Grouping measured ~10x faster than polars'
+    concat_list of structs (0.1 s against 1.3 s for 200,000 rows of two turns)."""
+    grouped = turns.group_by("row", maintain_order=True).agg(turn.alias(name))
+    rows = pl.DataFrame({"row": pl.int_range(n_rows, eager=True, dtype=turns.schema["row"])})
+    return rows.join(grouped, on="row", how="left", maintain_order="left")[name].fill_null([])
+
 ROLES = ("system", "user", "assistant")
 
 
 def invalid_reason(messages: list[dict] | None) -> tuple[str, str] | None:
-    """Why a conversation is not a valid SFT row, as (reason, detail), or None if it is.
+    """Why a conversation is not a valid SFT row, as (reason, detail), or None if it is
+    (`invalid_reasons` for one conversation, where the rules are written)."""
+    rows = pl.Series("messages", [[{"role": m["role"], "content": m["content"]} for m in messages or []]], dtype=MESSAGES)
+    found = invalid_reasons(rows).row(0)
+    return None if found[0] is None else found
+
+
+def invalid_reasons(messages: pl.Series) -> pl.DataFrame:
+    """For each conversation, why it is not a valid SFT row: columns `reason` (a short stable
+    category) and `detail` (which turn), both null for a valid row.
 
     Valid: optional system turns first, then turns alternating user / assistant from a user
     turn, no user turn empty. A row with no assistant turn is a prompt (seeds for a generator):
     one user turn. A row with an answer must end with it. An empty final answer is left to the
     filters (heuristics drops it as "empty response"); an empty answer inside a conversation is not.
-    """
-    turns = list(messages or [])
-    if not turns:
-        return "no turns", "the conversation is empty"
-    start = next((k for k, m in enumerate(turns) if m["role"] != "system"), len(turns))
-    for k, m in enumerate(turns):
-        if m["role"] not in ROLES:
-            return "unknown role", f"turn {k + 1} has role {m['role']!r} (expected one of {', '.join(ROLES)})"
-        if m["role"] == "system" and k > start:
-            return "system turn after the start", f"turn {k + 1} is a system turn after a {turns[k - 1]['role']} turn"
-    if start == len(turns):
-        return "no user turn", "only system turns"
-    if turns[start]["role"] != "user":
-        return "starts with an assistant turn", f"turn {start + 1} is the first after the system turns"
-    for k in range(start, len(turns)):
-        m, expected = turns[k], "user" if (k - start) % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            return "turns do not alternate", f"turn {k + 1} is a {m['role']} turn after a {turns[k - 1]['role']} turn"
-        if not (m["content"] or "").strip() and (m["role"] == "user" or k < len(turns) - 1):
-            return f"empty {m['role']} turn", f"turn {k + 1} is empty"
-    if len(turns) - start > 1 and turns[-1]["role"] == "user":
-        return "ends with a user turn", f"turn {len(turns)} is a user turn after the answer in turn {len(turns) - 1}"
-    return None
+    The first fault found, in that order, is the reason.
+
+    Polars expressions over all turns at once; only the detail of an unknown role, which quotes
+    it as Python's repr() does, is written row by row, for those rows."""
+    rows = pl.DataFrame({"messages": messages.cast(MESSAGES)}).with_row_index("row")
+    turn = pl.element().struct
+    long = rows.select(
+        "row",
+        role=pl.col("messages").list.eval(turn.field("role")),
+        blank=pl.col("messages").list.eval(~turn.field("content").fill_null("").str.contains(f"[^{char_class('isspace')}]")),
+        k=pl.col("messages").list.eval(pl.int_range(pl.len())),
+        n=pl.col("messages").list.len().fill_null(0),
+    ).filter(pl.col("n") > 0).explode("role", "blank", "k")
+    role, k, n = pl.col("role"), pl.col("k"), pl.col("n")
+    known = role.is_in(ROLES).fill_null(False)
+    long = long.with_columns(start=k.filter(role.ne_missing("system")).min().over("row").fill_null(n))
+    start = pl.col("start")
+    expected = pl.when((k - start) % 2 == 0).then(pl.lit("user")).otherwise(pl.lit("assistant"))
+    long = long.with_columns(
+        misplaced=~known | (role.eq_missing("system") & (k > start)),
+        out_of_turn=(k >= start) & (role.ne_missing(expected) | (pl.col("blank") & ((role == "user") | (k < n - 1)))),
+    )
+    found = long.group_by("row").agg(
+        n.first(), start.first(),
+        first_misplaced=k.filter(pl.col("misplaced")).min(),
+        first_out_of_turn=k.filter(pl.col("out_of_turn")).min(),
+        last_role=role.last(),
+    )
+    out = rows.join(found, on="row", how="left").sort("row")
+    roles = pl.col("messages").list.eval(turn.field("role"))
+    at = {name: roles.list.get(pl.col(name), null_on_oob=True) for name in ("first_misplaced", "first_out_of_turn", "start")}
+    before = {name: roles.list.get(pl.col(name) - 1, null_on_oob=True) for name in ("first_misplaced", "first_out_of_turn")}
+    bad, odd, n, start = pl.col("first_misplaced"), pl.col("first_out_of_turn"), pl.col("n").fill_null(0), pl.col("start")
+    odd_expected = pl.when((odd - start) % 2 == 0).then(pl.lit("user")).otherwise(pl.lit("assistant"))
+    rules = [  # (condition, reason, detail), the first that holds wins
+        (n == 0, "no turns", pl.lit("the conversation is empty")),
+        (bad.is_not_null() & ~at["first_misplaced"].is_in(ROLES).fill_null(False), "unknown role", None),
+        (bad.is_not_null(), "system turn after the start",
+         pl.format("turn {} is a system turn after a {} turn", bad + 1, before["first_misplaced"])),
+        (start == n, "no user turn", pl.lit("only system turns")),
+        (at["start"] != "user", "starts with an assistant turn", pl.format("turn {} is the first after the system turns", start + 1)),
+        (odd.is_not_null() & at["first_out_of_turn"].ne_missing(odd_expected), "turns do not alternate",
+         pl.format("turn {} is a {} turn after a {} turn", odd + 1, at["first_out_of_turn"], before["first_out_of_turn"])),
+        (odd.is_not_null(), pl.format("empty {} turn", at["first_out_of_turn"]), pl.format("turn {} is empty", odd + 1)),
+        ((n - start > 1) & (pl.col("last_role") == "user"), "ends with a user turn",
+         pl.format("turn {} is a user turn after the answer in turn {}", n, n - 1)),
+    ]
+    reason = detail = None
+    for cond, why, what in rules:
+        why = pl.lit(why) if isinstance(why, str) else why
+        what = pl.lit(None, dtype=pl.String) if what is None else what
+        reason = pl.when(cond).then(why) if reason is None else reason.when(cond).then(why)
+        detail = pl.when(cond).then(what) if detail is None else detail.when(cond).then(what)
+    out = out.select(reason.otherwise(None).alias("reason"), detail.otherwise(None).alias("detail"),
+                     at["first_misplaced"].alias("role"), bad.alias("k"))
+    unknown = (out["reason"] == "unknown role").fill_null(False)
+    details = out["detail"]
+    if unknown.any():  # the role quoted as Python quotes it: 'tool', "it's", None
+        quoted = [f"turn {k + 1} has role {role!r} (expected one of {', '.join(ROLES)})"
+                  for role, k in out.filter(unknown).select("role", "k").iter_rows()]
+        details = details.scatter(unknown.arg_true(), pl.Series(quoted, dtype=pl.String))
+    return pl.DataFrame([out["reason"], details])
 
 
 def split_invalid(df: pl.DataFrame, origin: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(valid rows, invalid rows with `reason` and a `detail` naming `origin` and the row,
     counted from 1 in the order read)."""
-    found = [invalid_reason(m) for m in df["messages"].to_list()]
-    bad = pl.Series([f is not None for f in found], dtype=pl.Boolean)
-    problems = [(i, f) for i, f in enumerate(found) if f is not None]
+    found = invalid_reasons(df["messages"]).with_row_index("i")
+    bad = found["reason"].is_not_null()
+    problems = found.filter(bad)
     rejected = df.filter(bad).with_columns(
-        pl.Series("reason", [reason for _, (reason, _) in problems], dtype=pl.String),
-        pl.Series("detail", [f"{origin} row {i + 1}: {detail}" for i, (_, detail) in problems], dtype=pl.String),
+        problems["reason"],
+        problems.select(pl.format("{} row {}: {}", pl.lit(origin), pl.col("i") + 1, pl.col("detail"))).to_series().alias("detail"),
     )
     return df.filter(~bad), rejected
 

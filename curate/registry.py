@@ -12,6 +12,7 @@ from curate.errors import CurateError
 STEPS: dict[str, str] = {
     # generators
     "responses": "synth.responses:Responses",
+    "structured": "synth.structured:Structured",
     "best_of_n": "synth.best_of_n:BestOfN",
     "evol_instruct": "synth.evol_instruct:EvolInstruct",
     "backtranslation": "synth.backtranslation:Backtranslation",

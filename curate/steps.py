@@ -253,25 +253,28 @@ class Filter(Step):
 
     def split(self, df):
         """(kept, rejected): rescore what is not this filter's own, then split; rejected rows carry
-        `filter` and `reason`."""
+        `filter`, `reason` and `detail`."""
         frame, back = _as_polars(df)
         own = self.owned(frame)
+        just_scored = False
         if not own.all() or not self._has_scores(frame):
-            frame = self._rescore(frame, own)
+            frame, just_scored = self._rescore(frame, own)
         try:
-            mask, reason = self.decide(frame)
+            mask, reason, detail = self.decide_and_explain(frame, just_scored)
         except StaleScores:
             if not own.any():  # every score is fresh: rescoring again would not help
                 raise
             frame = self._score(frame)
-            mask, reason = self.decide(frame)
-        kept = frame.filter(mask)
-        rejected = frame.with_columns(
-            reason.alias("reason"),
-            self.explain(frame).alias("detail"),
+            mask, reason, detail = self.decide_and_explain(frame, just_scored=True)
+        rejected = frame.filter(~mask)
+        if len(detail) != rejected.height:
+            raise ValueError(f"{self.kind}: decide_and_explain gave {len(detail)} details for {rejected.height} rejected rows")
+        rejected = rejected.with_columns(
+            reason.filter(~mask).alias("reason"),
+            detail.alias("detail"),
             pl.lit(self.name or self.kind).alias("filter"),
         )
-        return back(kept), back(rejected.filter(~mask))
+        return back(frame.filter(mask)), back(rejected)
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         kept, rejected = self.split(df)
@@ -334,17 +337,17 @@ class Filter(Step):
         scored = self.compute_scores(frame)
         return scored.with_columns(self.marks(scored))
 
-    def _rescore(self, frame: pl.DataFrame, own: pl.Series) -> pl.DataFrame:
+    def _rescore(self, frame: pl.DataFrame, own: pl.Series) -> tuple[pl.DataFrame, bool]:
         """Score the rows whose scores are not this filter's own: only those rows if scores are
-        row-local and some are reusable, else the whole frame."""
+        row-local and some are reusable, else the whole frame. Also says whether it scored every row."""
         if not (self.row_local and own.any() and self._has_scores(frame)):
-            return self._score(frame)
+            return self._score(frame), True
         rows = frame.with_row_index("_curate_row")
         fresh = self._score(rows.filter(~own))
         # rechunk: polars 2.1 panics on eager expressions mixing the differently chunked columns
         # that concat + sort leave
         merged = pl.concat([rows.filter(own), fresh], how="diagonal_relaxed").sort("_curate_row")
-        return merged.drop("_curate_row").rechunk()
+        return merged.drop("_curate_row").rechunk(), False
 
     # What subclasses implement -------------------------------------------------------------
     def score_columns(self) -> list[str]:
@@ -368,8 +371,18 @@ class Filter(Step):
         return {}
 
     def explain(self, df: pl.DataFrame) -> pl.Series:
-        """Optional per-row detail for dropped rows (e.g. which row it duplicates); null by default."""
+        """Optional detail for each row of `df` (e.g. which row it duplicates); null by default.
+        split() calls it on the rejected rows alone: a filter whose detail depends on other rows
+        than the one explained (percentile bounds, clusters) overrides `decide_and_explain`."""
         return pl.Series("detail", [None] * len(df), dtype=pl.String)
+
+    def decide_and_explain(self, df: pl.DataFrame, just_scored: bool = False) -> tuple[pl.Series, pl.Series, pl.Series]:
+        """split()'s one call: (keep mask, reason, detail of each rejected row, in order). Details
+        are computed for the rejected rows only. `just_scored`: split() scored every row a moment
+        ago with these settings, deciding ones included, so a filter whose scoring already decided
+        (MinHash's clusters) may read the decision off its scores instead of redoing it."""
+        mask, reason = self.decide(df)
+        return mask, reason, self.explain(df.filter(~mask))
 
 
 def reasons(mask: pl.Series, reason: pl.Series | str) -> tuple[pl.Series, pl.Series]:

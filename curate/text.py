@@ -28,6 +28,8 @@ this speed is for):
   `shingles` the Python twin (n-grams as strings).
 - `hashing_embeddings`: hashed TF-IDF vectors of word unigrams and bigrams (feature hashing).
 - `fmix64` / `seed_mix` / `GOLDEN64`: the 64-bit mixing used by every hash above.
+- `python_chars` / `char_class`: the characters Python's `str.isspace`, `isalnum`, ... accept, for
+  polars expressions that must split, strip and classify text exactly as a Python rule does.
 """
 
 from __future__ import annotations
@@ -261,6 +263,41 @@ def _fix_non_ascii(buf, starts, lengths, hashes, word_offs, idx):
 
 
 # ------------------------------------------------------------------------------------------------
+# Python's character predicates, for polars expressions
+
+
+# Unassigned planes hold no letter, digit or space: the scan skips them (a test checks the whole range).
+_SCANNED = (range(0, 0x32400), range(0xE0000, 0xE1000))
+_PREDICATES = ("isspace", "isalnum", "isalpha", "isupper", "islower", "istitle", "isdigit", "isdecimal")
+
+
+@functools.cache
+def python_chars(predicate: str) -> str:
+    """Every character for which Python's one-character `str.<predicate>()` is true, e.g.
+    python_chars("isspace") for `str.strip_chars`.
+
+    polars' regex engine (Rust) and Python disagree at the edges: Python's whitespace includes
+    the ASCII separators U+001C-U+001F, its `\\w` is `isalnum` plus "_" (no combining marks), the
+    two follow different Unicode versions. A vectorised rule that must give what a Python one
+    gives uses these sets instead of `\\s`, `\\w`, `\\d` or `\\p{...}`."""
+    if predicate not in _PREDICATES:
+        raise ValueError(f"predicate must be one of {_PREDICATES}, not {predicate!r}")
+    test = getattr(str, predicate)
+    return "".join(chr(c) for r in _SCANNED for c in r if test(chr(c)))
+
+
+@functools.cache
+def char_class(predicate: str) -> str:
+    """`python_chars(predicate)` as the inside of a regex character class for polars ("[" + ... + "]"),
+    written as ranges of code points. "isword" is Python's `\\w` (isalnum and "_")."""
+    chars = python_chars("isalnum") + "_" if predicate == "isword" else python_chars(predicate)
+    points = np.unique(np.frombuffer(chars.encode("utf-32-le"), np.uint32))
+    breaks = np.flatnonzero(np.diff(points) != 1) + 1
+    firsts, lasts = points[np.r_[0, breaks]], points[np.r_[breaks - 1, len(points) - 1]]
+    return "".join(f"\\x{{{a:X}}}" + (f"-\\x{{{b:X}}}" if b > a else "") for a, b in zip(firsts.tolist(), lasts.tolist()))
+
+
+# ------------------------------------------------------------------------------------------------
 # Batches of Arrow strings
 
 
@@ -444,4 +481,6 @@ __all__ = [
     "ngram_hashes",
     "shingle_hashes",
     "hashing_embeddings",
+    "python_chars",
+    "char_class",
 ]

@@ -22,14 +22,21 @@ punctuation), so case, punctuation and spacing edits never hide a copy:
    `min_prose` of them are prose words (a prose word has two or more characters, no digit, and is
    not one the eval set uses mostly as a LaTeX command or environment name or in Asymptote
    `[asy]` code: plotting code and `\\begin{pmatrix} 1 & 0 ...` literals are no evidence).
+   Shingles of an item's reference answers (`ANSWER_FIELDS`) count only when the row also shares
+   shingles of the item's prompt, or holds at least `min_answer_share` of its answers' shingles (a
+   copied gold solution): worked solutions share stock sentences ("we can set up a system of two
+   equations to represent the given information") with solutions of other problems, which is no
+   copy of the item. The eval item's own text, the GPT-3 rule's object, is its prompt.
 2. Near copies of short items. A 13-gram test misses a short item (a typical math problem) whose
    opening words are reworded and one number changed: no 13 words in a row survive. So each
    prompt text of `min_words` <= w < `short_words` words is also found in a training row that
    holds a stretch within `max_edits` of it: the Levenshtein distance over words between the
    text and the stretch (free to start and end anywhere in the row: approximate substring
-   matching, Sellers 1980), each word of the eval text weighted by its rarity among the eval
-   set's short texts (smoothed inverse document frequency, so "what is the" costs less than the
-   item's own numbers and names), divided by the text's total weight. Edited copies are looked
+   matching, Sellers 1980), each edit costing the rarity of its word among the eval set's short
+   texts (smoothed inverse document frequency, so "what is the" costs less than the item's own
+   numbers and names): deleting or replacing a word of the eval text costs that word's weight,
+   inserting a word of the row its own (a word no short text uses weighs the most, so a stretch
+   padded with other content is no near copy), divided by the text's total weight. Edited copies are looked
    for in the row's prompt (a retold joke or a textbook sentence in an answer is no copy of an
    eval prompt); exact runs anywhere. Candidates for that exact check are rows sharing two of the
    text's word 3-grams, or all it has (only 3-grams held by fewer than `common_items` items of
@@ -205,16 +212,19 @@ def _drop_common(keys: np.ndarray, items: np.ndarray, item_set: np.ndarray, comm
 
 
 def edit_distance(a: np.ndarray, b: np.ndarray, stretch: bool = False, weights: np.ndarray | None = None,
-                  limit: float | None = None) -> float:
+                  limit: float | None = None, insert: np.ndarray | None = None) -> float:
     """Levenshtein distance between two word (hash) sequences; stretch=True: between `a` and the
     closest stretch of `b` (free start and end in b: approximate substring matching, Sellers 1980).
 
-    weights: the cost of deleting or replacing each word of `a` (default 1); inserting a word of
-    `b` costs 1. One numpy pass per word of `a`; with `limit`, stops as soon as the distance must
-    exceed it (the row minimum never decreases) and returns inf.
+    weights: the cost of deleting or replacing each word of `a` (default 1); insert: the cost of
+    inserting each word of `b` (default 1). One numpy pass per word of `a`; with `limit`, stops as
+    soon as the distance must exceed it (the row minimum never decreases) and returns inf.
     """
     w = np.ones(len(a)) if weights is None else np.asarray(weights, float)
+    # Cumulative insertion cost along b: inserting b[j:k] costs idx[k] - idx[j].
     idx = np.arange(len(b) + 1, dtype=float)
+    if insert is not None:
+        np.cumsum(insert, out=idx[1:])
     prev = np.zeros(len(b) + 1) if stretch else idx.copy()
     tmp = np.empty(len(b) + 1)
     for i, word in enumerate(a):
@@ -262,8 +272,10 @@ class EvalIndex:
     (test 2), each with the eval item it came from. See the module docstring."""
 
     def __init__(self, paths: list[str], ngram: int = 13, min_words: int = 8, fields: list[str] | None = None,
-                 common_items: int = 0, min_prose: float = 0.0, short_words: int = 0, max_edits: float = 0.3):
+                 common_items: int = 0, min_prose: float = 0.0, short_words: int = 0, max_edits: float = 0.3,
+                 min_answer_share: float = 0.0):
         self.ngram, self.min_words, self.max_edits = ngram, min_words, max_edits
+        self.min_answer_share = min_answer_share
         self.labels: list[str] = []  # eval item -> "<file>:<row>"
         self.previews: list[str] = []  # eval item -> start of its first text
         self.set_sizes: dict[str, int] = {}
@@ -319,12 +331,21 @@ class EvalIndex:
         mid = (n_words_all[doc_arr] >= min_words) & (n_words_all[doc_arr] < ngram)
         keep = ~(mid & covered[doc_arr])  # a short field test 2 covers needs no whole-field shingle
         keys_arr, items_arr = keys_arr[keep], owner_arr[doc_arr[keep]]
+        answer_arr = ~np.asarray(is_prompt, bool)[doc_arr[keep]] if texts else np.zeros(0, bool)
         self.short_lengths = sorted({int(k) for k in n_words_all[doc_arr[keep & mid]]})
         common = _drop_common(keys_arr, items_arr, self.item_set, common_items)
-        self.table = _Table(keys_arr[common], items_arr[common])
+        # One entry per (shingle, item), owner = item * 2 + 1 if the shingle is in none of the item's
+        # prompt texts, only in its answers (see `lookup`).
+        owners = (
+            pl.DataFrame({"key": keys_arr[common], "item": items_arr[common], "answer": answer_arr[common]})
+            .group_by("key", "item").agg(pl.col("answer").all())
+        )
+        answer_only = owners["answer"].to_numpy()
+        self.table = _Table(owners["key"].to_numpy(), owners["item"].to_numpy() * 2 + answer_only)
         self.common_dropped = int(len(np.unique(keys_arr[~common])))
-        # Distinct shingles per item: the denominator of `coverage`.
-        self.item_size = np.bincount(self.table.owners, minlength=len(self.labels))
+        # Distinct shingles per item (the denominator of `coverage`), and those only in its answers.
+        self.item_size = np.bincount(self.table.owners >> 1, minlength=len(self.labels))
+        self.answer_size = np.bincount(self.table.owners >> 1, self.table.owners & 1, len(self.labels)).astype(np.int64)
 
     def _short_index(self, short_words: list[np.ndarray], owner: np.ndarray, allow: np.ndarray,
                      common_items: int) -> np.ndarray:
@@ -337,6 +358,8 @@ class EvalIndex:
         self.short_probes = np.zeros(len(short_words), np.int64)
         self.short_weights: list[np.ndarray] = []
         self.short_sizes, self.short_total = np.zeros(0, np.int64), np.zeros(0)
+        self._vocab, self._idf, self._idf_unseen = np.zeros(1, _U), np.ones(1), 1.0
+        self._slot_mask, self._slots = _U(0), np.full(1, -1, np.int64)
         if not short_words:
             return np.zeros(0, bool)
         # Word weights: smoothed inverse document frequency over the short texts, so that words
@@ -344,13 +367,35 @@ class EvalIndex:
         vocab, df = np.unique(np.concatenate([np.unique(w) for w in short_words]), return_counts=True)
         idf = np.log((1 + len(short_words)) / (1 + df)) + 1
         self.short_weights = [idf[np.searchsorted(vocab, w)] for w in short_words]
+        self._vocab, self._idf, self._idf_unseen = vocab, idf, float(np.log(1 + len(short_words)) + 1)
+        bits = int(np.clip(np.ceil(np.log2(len(vocab) * 8)), 10, 24))
+        self._slot_mask = _U((1 << bits) - 1)
+        slot = (vocab & self._slot_mask).view(np.int64)
+        self._slots = np.full(1 << bits, -1, np.int64)
+        self._slots[slot] = np.arange(len(vocab))
+        taken, n = np.unique(slot, return_counts=True)
+        self._slots[taken[n > 1]] = -2
         self.short_sizes = sizes = np.array([len(w) for w in short_words])
         self.short_total = np.array([w.sum() for w in self.short_weights])
+        # The same, flat: short text s is [_short_start[s], _short_start[s] + sizes[s]) (see _absent_weight).
+        self._short_start = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self._flat_words, self._flat_weights = np.concatenate(short_words), np.concatenate(self.short_weights)
         sh, doc = ngram_hashes(np.concatenate(short_words), np.concatenate([[0], np.cumsum(sizes)]), _PROBE, _SEED)
         keep = _drop_common(sh, owner[doc], self.item_set, common_items)
         self.probes = _Table(sh[keep], doc[keep])
         self.short_probes = np.bincount(self.probes.owners, minlength=len(short_words))
         return self.short_probes > 0
+
+    def word_weight(self, hashes: np.ndarray) -> np.ndarray:
+        """Test 2's weight of each word: its smoothed inverse document frequency among the short
+        eval texts (a word they never use weighs as much as one used once)."""
+        # A direct-addressed table on the low hash bits (no sort, no binary search); a slot that two
+        # vocabulary words share (-2) falls back to the binary search.
+        at = self._slots[(hashes & self._slot_mask).view(np.int64)]
+        shared = np.flatnonzero(at == -2)
+        at[shared] = np.minimum(np.searchsorted(self._vocab, hashes[shared]), len(self._vocab) - 1)
+        seen = (at >= 0) & (self._vocab[np.maximum(at, 0)] == hashes)
+        return np.where(seen, self._idf[np.maximum(at, 0)], self._idf_unseen)
 
     def __len__(self) -> int:
         return len(self.table.keys)
@@ -373,15 +418,16 @@ class EvalIndex:
             if sum(len(x) for x in found_sh):
                 found = pl.DataFrame({"row": np.concatenate(found_doc) + lo, "key": np.concatenate(found_sh)}).unique()
                 row, key = found["row"].to_numpy(), found["key"].to_numpy()
-                np.add.at(matches, row, 1)
-                at, item = self.table.expand(key)  # each found shingle to every eval item holding it
-                frames.append(
-                    pl.DataFrame({"row": row[at], "item": item})
-                    .group_by("row", "item")
-                    .agg(pl.len().cast(pl.Int64).alias("n"))
-                )
-                f_row, f_item, f_n = (frames[-1][c].to_numpy() for c in ("row", "item", "n"))
+                at, owner = self.table.expand(key)  # each found shingle to every eval item holding it
+                per_pair = pl.DataFrame({"row": row[at], "item": owner >> 1}).group_by("row", "item").agg(
+                    pl.len().cast(pl.Int64).alias("n"))
+                f_row, f_item, f_n = (per_pair[c].to_numpy() for c in ("row", "item", "n"))
                 whole[f_row[f_n >= self.item_size[f_item]] - lo] = True
+                ok, counts = self._evidence(row, at, owner, f_row, f_item, f_n, lo, len(word_offs) - 1)
+                if not ok.all():
+                    per_pair = per_pair.filter(pl.Series(ok))
+                np.add.at(matches, row[counts], 1)
+                frames.append(per_pair.select("row", "item", "n"))
             if len(self.probes.keys):
                 row, short, absent = self._candidates(h, word_offs, whole)
                 cand_rows.append(row + lo)
@@ -396,6 +442,31 @@ class EvalIndex:
         candidates = (rows[new], shorts[new], np.concatenate([np.zeros(0)] + cand_absent)[new],
                       [w for w, keep in zip(cand_words, new.tolist()) if keep])
         return matches, pairs, candidates
+
+    def _evidence(self, row, at, owner, f_row, f_item, f_n, lo: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Test 1's evidence in one batch: which (row, item) pairs of `lookup` count (shingles found
+        only in an item's answers count when the row also shares its prompt's, or holds
+        min_answer_share of its answers': stock derivation phrases are no copy), and which found
+        (row, shingle)s count (those of at least one pair that does)."""
+        ok, counts = np.ones(len(f_row), bool), np.ones(len(row), bool)
+        answer = (owner & 1).astype(bool)
+        if not answer.any():
+            return ok, counts
+        n_items = len(self.labels)
+        pair = f_row * n_items + f_item
+        order = np.argsort(pair)
+        code, n_answer = np.unique(row[at[answer]] * n_items + (owner[answer] >> 1), return_counts=True)
+        f_answer = np.zeros(len(pair), np.int64)
+        f_answer[order[np.searchsorted(pair, code, sorter=order)]] = n_answer
+        ok = (f_answer < f_n) | (f_n >= self.min_answer_share * self.answer_size[f_item])
+        if not ok.all():  # recount the rows with a dropped pair only
+            recount = np.zeros(n_rows, bool)
+            recount[f_row[~ok] - lo] = True
+            sub = np.flatnonzero(recount[row[at] - lo])
+            kept = np.isin(row[at[sub]] * n_items + (owner[sub] >> 1), pair[ok & recount[f_row - lo]])
+            counts[at[sub]] = False
+            counts[at[sub[kept]]] = True
+        return ok, counts
 
     def _candidates(self, h: np.ndarray, word_offs: np.ndarray, skip: np.ndarray) -> tuple:
         """Test 2's candidates in one batch: (row, short text) pairs sharing two of its probes (or
@@ -430,8 +501,8 @@ class EvalIndex:
         present[((h + np.repeat(np.arange(len(word_offs) - 1, dtype=_U), np.diff(word_offs)) * _MIX) & mask)
                 .view(np.int64)] = True
         sizes = self.short_sizes[short]
-        words_ = np.concatenate([self.short_words[s] for s in short.tolist()])
-        weights = np.concatenate([self.short_weights[s] for s in short.tolist()])
+        first = np.repeat(self._short_start[short] - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        words_, weights = self._flat_words[first], self._flat_weights[first]
         slot = (words_ + np.repeat(row.astype(_U), sizes) * _MIX) & mask
         pair = np.repeat(np.arange(len(row)), sizes)
         absent = np.bincount(pair, np.where(present[slot.view(np.int64)], 0.0, weights), len(row))
@@ -469,10 +540,18 @@ class EvalIndex:
             word_offs = np.concatenate([[0], np.cumsum([len(t) for t in row_words])]).astype(np.int64)
             at, within = np.arange(len(rows)), absent
         todo = np.flatnonzero(~exact & (allow > 0) & (within <= allow))
+        # Inserting a word of the row costs its weight: looked up for the rows to check only.
+        weight = np.zeros(len(h))
+        spans = np.unique(at[todo])
+        if len(spans):
+            sizes = word_offs[spans + 1] - word_offs[spans]
+            pos = np.repeat(word_offs[spans] - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+            weight[pos] = self.word_weight(h[pos])
         for k in todo.tolist():
             s = int(shorts[k])
-            text = h[word_offs[at[k]] : word_offs[at[k] + 1]]
-            cost = edit_distance(self.short_words[s], text, stretch=True, weights=self.short_weights[s], limit=allow[k])
+            lo, hi = word_offs[at[k]], word_offs[at[k] + 1]
+            cost = edit_distance(self.short_words[s], h[lo:hi], stretch=True, weights=self.short_weights[s],
+                                 limit=allow[k], insert=weight[lo:hi])
             if cost <= allow[k]:
                 out.append((int(rows[k]), int(self.short_item[s]), cost / total[k]))
         frame = pl.DataFrame(out, schema={"row": pl.Int64, "item": pl.Int64, "edits": pl.Float64}, orient="row")
@@ -499,8 +578,9 @@ class Decontaminate(Filter):
     when it shares >= `min_matches` distinct n-grams with the eval sets (and, if `min_coverage` is
     set, at least that share of the best-matching item's n-grams), or when a stretch of its prompt
     is within `max_edits` (a share of weighted word edits) of an eval prompt of < `short_words` words.
-    `common_items` and `min_prose` keep template and markup n-grams out of the evidence
-    (0 turns either off; `short_words=0, common_items=0, min_prose=0` is the plain GPT-3 rule).
+    `common_items`, `min_prose` and `min_answer_share` keep template, markup and stock-solution
+    n-grams out of the evidence (0 turns each off; `short_words=0, common_items=0, min_prose=0,
+    min_answer_share=0` is the plain GPT-3 rule).
     Re-thresholding `min_matches` / `min_coverage` needs no rescoring.
     """
 
@@ -527,6 +607,9 @@ class Decontaminate(Filter):
     common_items: int = Setting(3, ge=0)
     # An n-gram with a smaller share of prose words is markup or code, not evidence (0: off).
     min_prose: float = Setting(0.4, ge=0.0, le=1.0)
+    # Shingles found only in an item's reference answers count when the row also shares shingles of
+    # its prompt, or holds at least this share of its answers' shingles (0: any answer shingle counts).
+    min_answer_share: float = Setting(0.5, ge=0.0, le=1.0)
 
     _index: Any = PrivateAttr(default=None)
     _index_key: Any = PrivateAttr(default=None)
@@ -534,12 +617,13 @@ class Decontaminate(Filter):
     def index(self) -> EvalIndex:
         """The eval index, built once (rebuilt if a setting or an eval file changes)."""
         key = (tuple(self.eval_sets), tuple(self.eval_fields or ()), self.ngram, self.min_words, self.short_words,
-               self.max_edits, self.common_items, self.min_prose,
+               self.max_edits, self.common_items, self.min_prose, self.min_answer_share,
                tuple(os.stat(p).st_mtime_ns if os.path.exists(p) else 0 for p in self.eval_sets))
         if self._index is None or self._index_key != key:
             self._index = EvalIndex(list(self.eval_sets), self.ngram, min(self.min_words, self.ngram), self.eval_fields,
                                     common_items=self.common_items, min_prose=self.min_prose,
-                                    short_words=self.short_words, max_edits=self.max_edits)
+                                    short_words=self.short_words, max_edits=self.max_edits,
+                                    min_answer_share=self.min_answer_share)
             self._index_key = key
         return self._index
 

@@ -696,14 +696,40 @@ class MinHashDedup(Filter):
         sizes[order] = size
         return rep, sizes
 
+    def _kept_at_scoring(self, df: pl.DataFrame) -> pl.Series | None:
+        """The rows scoring kept, read off the cluster columns it wrote: the first row of each
+        cluster. None when two clusters share a label (the caller gave rows of both one id)."""
+        c_cluster, c_size = self.score_columns()[:2]
+        labels = df.select(pl.col(c_cluster).is_first_distinct().alias("first"),
+                           (pl.len().over(c_cluster) == pl.col(c_size)).alias("whole"))
+        return labels["first"] if labels["whole"].all() else None
+
     def decide(self, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
         rep, _ = self._clusters(df)
         return reasons(pl.Series(rep == np.arange(len(df))), "near duplicate")
 
     def explain(self, df: pl.DataFrame) -> pl.Series:
         rep, size = self._clusters(df)
-        why = pl.format("near duplicate of {} (cluster of {})", _ids(df).gather(rep), pl.Series(size))
-        return pl.select(why).to_series()
+        return _near_duplicate_of(_ids(df).gather(rep), pl.Series(size))
+
+    def decide_and_explain(self, df: pl.DataFrame, just_scored: bool = False) -> tuple[pl.Series, pl.Series, pl.Series]:
+        """One clustering per split: right after scoring, the clusters scoring stored are this
+        threshold's and are read as they are; on stored scores (another threshold, maybe) the
+        links are clustered once, for both the mask and the details."""
+        c_cluster, c_size = self.score_columns()[:2]
+        kept = self._kept_at_scoring(df) if just_scored else None
+        if kept is None:
+            rep, size = self._clusters(df)
+            kept, of, size = pl.Series(rep == np.arange(len(df))), _ids(df).gather(rep), pl.Series(size)
+        else:
+            of, size = df[c_cluster], df[c_size]
+        mask, reason = reasons(kept, "near duplicate")
+        return mask, reason, _near_duplicate_of(of.filter(~mask), size.filter(~mask))
+
+
+def _near_duplicate_of(rep_id: pl.Series, cluster_size: pl.Series) -> pl.Series:
+    """MinHashDedup's detail: the id of the row kept in the cluster and the cluster's size."""
+    return pl.select(pl.format("near duplicate of {} (cluster of {})", rep_id, cluster_size)).to_series()
 
 
 __all__ = [

@@ -9,13 +9,15 @@ teacher wrote here has meta.finish_reason, and the generators already drop those
 
 from __future__ import annotations
 
-import re
+import functools
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 from pydantic import Field
 
 from curate.records import finish_reasons, message_text
+from curate.text import GOLDEN64, char_class, fmix64, hashed_words, ngram_hashes, python_chars
 from curate.steps import Filter
 
 REFUSAL_PATTERNS = [
@@ -31,25 +33,61 @@ REFUSAL_PATTERNS = [
 # a grade or an option). Not prepositions or auxiliaries, which English leaves at the end
 # ("comfortable with", "as you can", "the way it is").
 DANGLING_WORDS = frozenset("a an the and or nor but because than whose your my our their its".split())
-# Letter closings end on a comma and are finished ("Best regards,").
-_CLOSING = re.compile(r"^(?:(?:best|kind|warm|warmest|with|sincerely|yours)\s+)?(?:regards|wishes|sincerely|yours(?:\s+\w+)?|"
-                      r"cheers|thanks|thank you|respectfully|cordially|love)\s*,$", re.IGNORECASE)
 # A whole one-line answer, or a paragraph after a heading or colon, ending on a word counts as cut
 # from this many words; shorter ones are labels and short answers ("The juice was too sour").
 PROSE_LINE_WORDS = 10
-_FENCE = re.compile(r"^\s*(```|~~~)", re.MULTILINE)
-_BOLD = re.compile(r"(?<!\w)\*\*|\*\*(?!\w)")  # a ** that opens or closes (not the one in "f**k")
-_LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d+[.)]|[a-zA-Z][.)])")
-_NUMBERED = re.compile(r"^\s*\d+[.)]")
-_BARE_MARKER = re.compile(r"^(?:[-*+•]|\d{1,3}[.)]|[a-zA-Z][.)])$")
-_ATTRIBUTION = re.compile(r"[\"”'’]\s*[-–—]+\s*[A-Z][^\"”]*$")  # "...quote." - Author
-# a sentence end after a lower-case word (not "1. Paper", "Dr. Smith" or "e.g. Python"), then a new sentence
-_NEW_SENTENCE = re.compile(r"(?<=[a-z]{2})[.!?][\"”')]?\s+(?=[A-Z])")
-_LAST_TOKEN = re.compile(r"(\S+)\s*$")
+# Where Python's str.splitlines() breaks a line (all of them are whitespace to str.strip()).
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 def ends_mid_sentence(text: str | None) -> bool:
-    """True when a response looks cut off (e.g. at a token limit) rather than finished.
+    """True when a response looks cut off (e.g. at a token limit) rather than finished:
+    `mid_sentence` for one text, where the rules are written (~2 ms a call; a column at once
+    takes microseconds a text)."""
+    return bool(mid_sentence(pl.Series([text], dtype=pl.String))[0])
+
+
+@functools.cache
+def _patterns() -> dict[str, str]:
+    """The rules' regular expressions, with Python's character classes (`curate.text.char_class`)
+    where polars' own would differ: the rules were written, and tested, as Python regexes."""
+    sp, br = char_class("isspace"), "".join(f"\\x{{{ord(c):X}}}" for c in _LINE_BREAKS)
+    digit = char_class("isdecimal")  # Python's \d
+    word = char_class("isword")  # Python's \w
+    # Python's IGNORECASE also takes the Turkish dotless and dotted i for an "i"; polars' does not.
+    closing_words = (r"(?:(?:best|kind|warm|warmest|with|sincerely|yours)[{sp}]+)?(?:regards|wishes|sincerely|"
+                     r"yours(?-i:[{sp}]+[{word}]+)?|cheers|thanks|thank you|respectfully|cordially|love)")
+    closing_words = closing_words.replace("i", "[iıİ]").replace("(?-[iıİ]:", "(?-i:")
+    return {
+        "breaks": br,
+        "fence": rf"(?m)^[{sp}]*(?:```|~~~)",
+        "list_item": rf"^[{sp}]*(?:[-*+•]|[{digit}]+[.)]|[a-zA-Z][.)])",
+        "numbered": rf"^[{sp}]*[{digit}]+[.)]",
+        "bare_marker": rf"^(?:[-*+•]|[{digit}]{{1,3}}[.)]|[a-zA-Z][.)])\z",
+        "digits": rf"^[{char_class('isdigit')}]{{1,3}}\z",  # str.isdigit, up to 3 characters
+        # `**` opens or closes unless a word character is on both sides ("f**k"): runs of such
+        # pairs, which a plain count of `**` also counts and must not
+        "inner_bold": rf"[{word}]\*\*(?:[{word}]\*\*)*[{word}]",
+        "alnum": rf"[{char_class('isalnum')}]",
+        "ends_alpha": rf"[{char_class('isalpha')}]\z",
+        "closing": r"\A(?i:" + closing_words.replace("{sp}", sp).replace("{word}", word) + rf")[{sp}]*,\z",
+        "attribution": rf"[\"”'’][{sp}]*[-–—]+[{sp}]*[A-Z][^\"”]*\z",  # "...quote." - Author
+        "word": rf"[^{sp}]+",  # a word of str.split()
+        "long_word": rf"[^{sp}]{{4,}}",
+        "capitalised_word": rf"(?:\A|[{sp}])[{char_class('isupper')}][^{sp}]{{3,}}",
+        "long_item": rf"[^,{sp}]+(?:[{sp}]+[^,{sp}]+){{4}}",  # five words with no comma between
+        "upper_or_title": rf"[{char_class('istitle')}]",  # one character's istitle(): upper or title case
+        "lower": rf"[{char_class('islower')}]",
+        # a sentence end after a lower-case word (not "1. Paper", "Dr. Smith" or "e.g. Python"), then
+        # a new sentence: what follows the last one
+        "new_sentence": rf"[a-z]{{2}}[.!?][\"”')]?[{sp}]+[A-Z]",
+        "after_last_sentence": rf"\A.*[a-z]{{2}}[.!?][\"”')]?[{sp}]+([A-Z])",
+    }
+
+
+def mid_sentence(texts: pl.Series) -> pl.Series:
+    """For each text, whether it looks cut off (e.g. at a token limit) rather than finished; null
+    and empty texts are not. Polars expressions over the whole column (no Python per text).
 
     Cut: an unclosed code block; a last line that is a bare list marker ("8.", or "9" after "8."),
     a table row with no closing pipe, or has an unclosed ** or bracket; a last line ending on a
@@ -61,55 +99,123 @@ def ends_mid_sentence(text: str | None) -> bool:
     quote attributions, titles, lists of names, letter closings, and lines after a line with no
     sentence end (labels, list values, poems). For data without a finish reason: where the
     teacher's finish reason is known it is the better evidence (a response cut right after a full
-    stop looks finished here)."""
-    text = (text or "").rstrip()
-    if not text:
-        return False
-    if len(_FENCE.findall(text)) % 2:
-        return True  # inside a code block
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    last, before = lines[-1], (lines[-2] if len(lines) > 1 else "")
-    if (_BARE_MARKER.match(last) and (before[-1:] in (".", "!", "?", ":") or _LIST_ITEM.match(before))) or (
-            last.isdigit() and len(last) <= 3 and _NUMBERED.match(before)):
-        return True  # the next list item had not begun
-    if last.startswith("|") and last.count("|") >= 2 and not last.endswith("|"):
-        return True  # a table row without its closing pipe
-    if len(_BOLD.findall(last)) % 2 or last.count("(") > last.count(")") or last.count("[") > last.count("]"):
-        return True
-    if last[-1] == ":":
-        return not before.endswith(":")
-    if not any(c.isalnum() for c in last):
-        return False  # a rule (---), a table border, an emoji line
-    if last[-1] in ",([{-–—&":
-        return not _CLOSING.match(last)
-    token = _LAST_TOKEN.search(last).group(1)
-    if not token[-1].isalpha() or token.startswith(("#", "@", "http")) or _ATTRIBUTION.search(last):
-        return False  # sentence end, closing bracket or quote, number, symbol, hashtag, link, attribution
-    if token.lower() in DANGLING_WORDS and token != "A":
-        return True
-    words = last.split()
-    long_words = [w for w in words if len(w) > 3]
-    items = last.split(",")
-    if (long_words and sum(w[0].isupper() for w in long_words) >= 0.7 * len(long_words)) or (
-            len(items) >= 3 and all(len(i.split()) <= 4 for i in items)):
-        return False  # a title, or a list of names
-    sentences = _NEW_SENTENCE.split(last)
-    if len(sentences) > 1 and len(sentences[-1].split()) >= 3:
-        return True  # a sentence begun after a finished one on the same line
-    if before and before[-1] in ".!?":  # a paragraph or list item begun after a sentence end
-        if _LIST_ITEM.match(last):
-            return bool(_LIST_ITEM.match(before)) and len(words) >= 2
-        return (token.islower() and len(words) >= 2) or len(words) >= PROSE_LINE_WORDS
-    if not before or before.endswith((":", "**")) or before.startswith("#"):  # alone, or after a heading
-        return len(words) >= PROSE_LINE_WORDS and not _LIST_ITEM.match(last)
-    return False  # line by line: labels, list values, poem lines
+    stop looks finished here).
+
+    Lines are those of Python's str.splitlines(), stripped of Python's whitespace, blank ones
+    skipped; the rules were first written in Python, row by row, and give the same answers
+    (bench/bench_hotpaths.py compares them on public data)."""
+    re_, space = _patterns(), python_chars("isspace")
+    line_end = rf"[^{re_['breaks']}]*\z"
+    text = pl.col("text").fill_null("").str.strip_chars_end(space)
+    raw_last = text.str.extract(f"({line_end})")
+    # what comes before the last line, less the blank lines at its end
+    head = text.str.head(text.str.len_chars() - raw_last.str.len_chars()).str.strip_chars_end(space)
+    lines = pl.DataFrame({"text": texts.cast(pl.String)}).select(
+        text.alias("text"),
+        raw_last.str.strip_chars(space).alias("last"),
+        head.str.extract(f"({line_end})").fill_null("").str.strip_chars(space).alias("before"),
+    )
+    last, before = pl.col("last"), pl.col("before")
+    parts = lines.with_columns(
+        token=last.str.extract(rf"({re_['word']})\z"),
+        words=last.str.count_matches(re_["word"]),
+        list_item=last.str.contains(re_["list_item"]),
+        prev_list_item=before.str.contains(re_["list_item"]),
+    )
+    token, words = pl.col("token"), pl.col("words")
+    list_item, prev_list_item = pl.col("list_item"), pl.col("prev_list_item")
+    long_words, capitalised = last.str.count_matches(re_["long_word"]), last.str.count_matches(re_["capitalised_word"])
+    inner_bold = last.str.extract_all(re_["inner_bold"]).list.join("").str.count_matches(r"\*\*")
+    bold = last.str.count_matches(r"\*\*") - inner_bold
+    token_lower = ~token.str.contains(re_["upper_or_title"]) & token.str.contains(re_["lower"])
+    cut = (
+        pl.when(pl.col("text") == "").then(False)
+        .when(pl.col("text").str.count_matches(re_["fence"]) % 2 == 1).then(True)  # inside a code block
+        .when((last.str.contains(re_["bare_marker"]) & (before.str.contains(r"[.!?:]\z") | prev_list_item))
+              | (last.str.contains(re_["digits"]) & before.str.contains(re_["numbered"])))
+        .then(True)  # the next list item had not begun
+        .when(last.str.starts_with("|") & (last.str.count_matches("|", literal=True) >= 2) & ~last.str.ends_with("|"))
+        .then(True)  # a table row without its closing pipe
+        .when((bold % 2 == 1)
+              | (last.str.count_matches("(", literal=True) > last.str.count_matches(")", literal=True))
+              | (last.str.count_matches("[", literal=True) > last.str.count_matches("]", literal=True)))
+        .then(True)
+        .when(last.str.ends_with(":")).then(~before.str.ends_with(":"))
+        .when(~last.str.contains(re_["alnum"])).then(False)  # a rule (---), a table border, an emoji line
+        .when(last.str.contains(r"[,(\[{\-–—&]\z")).then(~last.str.contains(re_["closing"]))
+        .when(~last.str.contains(re_["ends_alpha"]) | token.str.starts_with("#") | token.str.starts_with("@")
+              | token.str.starts_with("http") | last.str.contains(re_["attribution"]))
+        .then(False)  # sentence end, closing bracket or quote, number, symbol, hashtag, link, attribution
+        .when(token.str.to_lowercase().is_in(list(DANGLING_WORDS)) & (token != "A")).then(True)
+        .when(((long_words > 0) & (capitalised >= 0.7 * long_words))
+              | ((last.str.count_matches(",", literal=True) >= 2) & ~last.str.contains(re_["long_item"])))
+        .then(False)  # a title, or a list of names
+        .when(last.str.contains(re_["new_sentence"])
+              & (last.str.replace(re_["after_last_sentence"], "$1").str.count_matches(re_["word"]) >= 3))
+        .then(True)  # a sentence begun after a finished one on the same line
+        .when(before.str.contains(r"[.!?]\z"))  # a paragraph or list item begun after a sentence end
+        .then(pl.when(list_item).then(prev_list_item & (words >= 2))
+              .otherwise((token_lower & (words >= 2)) | (words >= PROSE_LINE_WORDS)))
+        .when((before == "") | before.str.ends_with(":") | before.str.ends_with("**") | before.str.starts_with("#"))
+        .then((words >= PROSE_LINE_WORDS) & ~list_item)  # alone, or after a heading
+        .otherwise(False)  # line by line: labels, list values, poem lines
+    )
+    return parts.select(cut.alias("mid_sentence")).to_series()
 
 
-def _word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = re.findall(r"\w+", text.lower())
-    if len(words) < n:
-        return {tuple(words)} if words else set()
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+def prompt_copy(prompt: pl.Series, response: pl.Series, ngram: int = 3) -> pl.Series:
+    """The share of each response's distinct word n-grams that are also in its prompt (0.0 for a
+    response with no words; a text shorter than `ngram` words is one n-gram of all its words).
+
+    Words and n-gram hashes are `curate.text`'s, the ones dedup and decontamination use: symbols
+    and emoji are words, and text without spaces (Chinese, Thai) is compared by character
+    n-grams, not by whole sentences. Batch by batch with numpy: memory follows the batch."""
+    share = np.zeros(len(response))
+    for lo, hi, h, word_offs in hashed_words(response):
+        grams, docs = _doc_ngrams(h, word_offs, ngram)
+        keys = grams ^ _doc_salt(docs)
+        order = np.argsort(keys)
+        keys, docs = keys[order], docs[order]
+        first = _firsts(keys)
+        keys, docs = keys[first], docs[first]
+        prompt_keys = _ngram_keys(prompt.slice(lo, hi - lo), ngram)
+        at = np.minimum(np.searchsorted(prompt_keys, keys), len(prompt_keys) - 1)
+        in_prompt = prompt_keys[at] == keys if len(prompt_keys) else np.zeros(len(keys), bool)
+        total = np.bincount(docs, minlength=hi - lo)
+        copied = np.bincount(docs[in_prompt], minlength=hi - lo)
+        np.divide(copied, total, out=share[lo:hi], where=total > 0)
+    return pl.Series("prompt_copy", share, dtype=pl.Float64)
+
+
+def _doc_ngrams(h: np.ndarray, word_offs: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n-gram hashes, document of each) of a tokenised batch, leaving out documents with no words."""
+    grams, docs = ngram_hashes(h, word_offs, ngram, seed=0)
+    has_words = np.diff(word_offs)[docs] > 0
+    return grams[has_words], docs[has_words]
+
+
+def _ngram_keys(texts: pl.Series, ngram: int) -> np.ndarray:
+    """The distinct (text, n-gram) keys of these texts, sorted (a text is its index in `texts`)."""
+    keys = [grams ^ _doc_salt(docs + lo) for lo, _, h, word_offs in hashed_words(texts)
+            for grams, docs in [_doc_ngrams(h, word_offs, ngram)]]
+    if not keys:
+        return np.zeros(0, np.uint64)
+    keys = np.sort(np.concatenate(keys))
+    return keys[_firsts(keys)]
+
+
+def _firsts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Where each distinct value of a sorted array starts (np.unique's hash table measured ~2x
+    slower than a sort here)."""
+    new = np.ones(len(sorted_keys), bool)
+    new[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return np.flatnonzero(new)
+
+
+def _doc_salt(docs: np.ndarray) -> np.ndarray:
+    """A 64-bit value per document index: an n-gram hash xor it is a key of (document, n-gram)
+    (two pairs collide with probability 2^-64)."""
+    return fmix64(docs.astype(np.uint64) * GOLDEN64 + np.uint64(1))
 
 
 class Heuristics(Filter):
@@ -119,7 +225,7 @@ class Heuristics(Filter):
     dropped for it, with `drop_mid_sentence`)."""
 
     kind: ClassVar[str] = "heuristics"
-    code_version: ClassVar[int] = 1
+    code_version: ClassVar[int] = 2  # 2: prompt copy in curate.text words (symbols, CJK characters)
     row_local: ClassVar[bool] = True
     decide_settings: ClassVar[tuple[str, ...]] = ("min_response_words", "max_response_words", "max_prompt_copy",
                                                   "drop_refusals")
@@ -138,16 +244,12 @@ class Heuristics(Filter):
         words_col, copy_col, refusal_col, mid_col = self.score_columns()
         response = message_text(df, "response")
         prompt = message_text(df, "prompt")
-        copy = []
-        for p, r in zip(prompt.to_list(), response.to_list()):
-            grams = _word_ngrams(r, 3)
-            copy.append(len(grams & _word_ngrams(p, 3)) / len(grams) if grams else 0.0)
         refusal = "(?i)(?:" + "|".join(self.refusal_patterns) + ")"
         return df.with_columns(
             response.str.count_matches(r"\S+").cast(pl.Int64).alias(words_col),
-            pl.Series(copy_col, copy, dtype=pl.Float64),
+            prompt_copy(prompt, response).alias(copy_col),
             response.str.contains(refusal).alias(refusal_col),
-            pl.Series(mid_col, [ends_mid_sentence(r) for r in response.to_list()], dtype=pl.Boolean),
+            mid_sentence(response).alias(mid_col),
         )
 
     def thresholds(self) -> dict[str, list[float]]:

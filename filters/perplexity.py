@@ -185,7 +185,15 @@ class Perplexity(LikelihoodFilter):
         return reasons(reason.is_null(), reason)
 
     def explain(self, df: pl.DataFrame) -> pl.Series:
-        low, high = self.bounds(df)
+        return self._explain(df, *self.bounds(df))
+
+    def decide_and_explain(self, df: pl.DataFrame, just_scored: bool = False) -> tuple[pl.Series, pl.Series, pl.Series]:
+        """The rejected rows' details name the bounds of the whole frame (percentiles), not of
+        the rejected rows alone."""
+        mask, reason = self.decide(df)
+        return mask, reason, self._explain(df.filter(~mask), *self.bounds(df))
+
+    def _explain(self, df: pl.DataFrame, low: float | None, high: float | None) -> pl.Series:
         col = self.score_columns()[0 if self.on == "response" else 1]
         return df.select(
             pl.format("perplexity {} outside [{}, {}]", pl.col(col).round(2), pl.lit(str(low)), pl.lit(str(high)))

@@ -35,10 +35,10 @@ from typing import Any, ClassVar
 import polars as pl
 from pydantic import Field, model_validator
 
-from curate.llm import Request
+from curate.llm import Request, Response
 from curate.records import message_text
-from curate.steps import Context, RecipePath, Step, StepResult
-from synth.base import build_rows, chat, load_template, reject_rows, render, teacher_meta, template_hash, template_path
+from curate.steps import Context, RecipePath
+from synth.base import Asked, Reject, RowGenerator, build_rows, chat, load_template, render, template_path
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
@@ -144,12 +144,12 @@ def instruction_failure(instruction: str, segment_text: str, finish_reason: str 
     return None
 
 
-class Backtranslation(Step):
-    """Write, for each document segment, the instruction it answers; the segment is the response."""
+class Backtranslation(RowGenerator):
+    """Write, for each document segment, the instruction it answers; the segment is the response.
+    A RowGenerator whose units are the segments: each is asked about on its own."""
 
     kind: ClassVar[str] = "backtranslation"
     code_version: ClassVar[int] = 1
-    needs_llm: ClassVar[bool] = True
     max_words: int = Field(300, ge=1)  # segment length bound
     min_words: int = Field(40, ge=1)  # shorter segments are dropped ("segment too short")
     template: RecipePath | None = None  # prompt file with {document}; default synth/prompts/backtranslation_instruction.txt
@@ -171,45 +171,36 @@ class Backtranslation(Step):
     def files(self) -> list[str]:
         return [*super().files(), str(template_path(self.template, "backtranslation_instruction"))]
 
-    def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
+    def prompt_template(self) -> str:
+        return load_template(self.template, "backtranslation_instruction")
+
+    def units(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """One row per document segment: the segment as the answer, the instruction still to write."""
+        rows = [{"messages": [{"role": "assistant", "content": seg}], "source": f"{self.kind}/{source}",
+                 "bt_document": doc_id, "bt_segment": i}
+                for doc_id, source, doc in zip(batch["id"].to_list(), batch["source"].to_list(),
+                                                message_text(batch, "prompt").to_list())
+                for i, seg in enumerate(segment(doc, self.max_words))]
+        return build_rows(rows)
+
+    def requests(self, row: dict[str, Any], ctx: Context) -> list[Request] | Reject:
+        seg = row["messages"][0]["content"]
+        if n_words(seg) < self.min_words:
+            return Reject("segment too short", f"{n_words(seg)} words")
         seed = ctx.seed if self.seed is None else self.seed
-        text = load_template(self.template, "backtranslation_instruction")
-        thash = template_hash(text)
-        documents = message_text(df, "prompt").to_list()
-        rejects: list[dict[str, Any]] = []
-        todo: list[dict[str, Any]] = []  # candidate rows, each waiting for its instruction
-        n_segments = 0
-        for doc_id, source, doc in zip(df["id"].to_list(), df["source"].to_list(), documents):
-            for i, seg in enumerate(segment(doc, self.max_words)):
-                n_segments += 1
-                row = {"messages": [{"role": "assistant", "content": seg}], "source": f"{self.kind}/{source}",
-                       "bt_document": doc_id, "bt_segment": i}
-                if n_words(seg) < self.min_words:
-                    rejects.append({**row, "reason": "segment too short", "detail": f"{n_words(seg)} words"})
-                else:
-                    todo.append(row)
-        requests = [Request.chat(chat(render(text, document=r["messages"][0]["content"])), max_tokens=self.max_tokens,
-                                 temperature=self.temperature, top_p=self.top_p, seed=seed) for r in todo]
-        responses, usage = ctx.llm.generate(requests, label=self.kind) if requests else ([], None)
-        rows = []
-        for row, req, resp in zip(todo, requests, responses):
-            seg = row["messages"][0]["content"]
-            if not resp.ok:
-                rejects.append({**row, "reason": "teacher request failed", "detail": resp.error})
-                continue
-            instruction = strip_label(resp.text or "")
-            why = instruction_failure(instruction, seg, resp.finish_reason, min_words=self.min_instruction_words,
-                                      max_words=self.max_instruction_words, max_copy=self.max_copy,
-                                      scaffold=self.scaffold_phrases)
-            messages = [{"role": "user", "content": instruction or ""}, {"role": "assistant", "content": seg}]
-            if why:
-                rejects.append({**row, "messages": messages, "reason": why, "detail": resp.text})
-            else:
-                rows.append({**row, "messages": messages, "meta": teacher_meta(ctx.llm, req, resp, thash)})
-        stats: dict[str, Any] = {
-            "generation": {"documents": df.height, "segments": n_segments, "segments_too_short": n_segments - len(todo),
-                           "generated": len(todo), "parsed": len(rows), "kept": len(rows)},
-        }
-        if usage is not None:
-            stats["llm"] = usage.as_dict()
-        return StepResult(kept=build_rows(rows), rejected=reject_rows(rejects), stats=stats)
+        return [Request.chat(chat(render(self.prompt_template(), document=seg)), max_tokens=self.max_tokens,
+                             temperature=self.temperature, top_p=self.top_p, seed=seed)]
+
+    def parse(self, row: dict[str, Any], request: Request, response: Response) -> dict[str, Any] | Reject:
+        seg = row["messages"][0]["content"]
+        instruction = strip_label(response.text or "")
+        why = instruction_failure(instruction, seg, response.finish_reason, min_words=self.min_instruction_words,
+                                  max_words=self.max_instruction_words, max_copy=self.max_copy,
+                                  scaffold=self.scaffold_phrases)
+        messages = [{"role": "user", "content": instruction or ""}, {"role": "assistant", "content": seg}]
+        return Reject(why, response.text, messages=messages) if why else {"messages": messages}
+
+    def batch_stats(self, asked: Asked, kept: pl.DataFrame) -> dict[str, Any]:
+        return {"generation": {"documents": asked.rows_in, "segments": asked.rows.height,
+                               "segments_too_short": len(asked.rejected), "generated": len(asked.requests),
+                               "parsed": kept.height, "kept": kept.height}}

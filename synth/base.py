@@ -1,29 +1,43 @@
-"""What every generator shares: prompt templates in files, the per-row `meta` record, and turning
-teacher responses into kept rows and rejects.
+"""What every generator shares: prompt templates in files, the per-row `meta` record, the one way a
+teacher response becomes a row or a reject (`outcome`), and `RowGenerator`, the base of generators
+that answer each row on its own.
 
 Templates are plain text files with {name} placeholders filled by `render` (plain replacement, so
 braces in instructions and code stay as they are). A recipe overrides a generator's template with
 a path; the template's hash goes into every row's meta, so a changed prompt is visible in the data.
+
+A generator that answers each row on its own (responses, backtranslation) is a `RowGenerator`: it
+says how to build requests from a row and how to parse a response into a row or a `Reject`; the
+base does the rest (one `LLM.generate` call per batch, so cache, concurrency window, retries and
+usage are the LLM layer's; meta; failed requests, parse failures and cut responses to rejects).
+Multi-round methods (Evol-Instruct, Self-Instruct's pool, CoT rounds, Magpie's query-then-answer)
+keep their own loop and decide each response with the same `outcome`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import polars as pl
 
 from curate.errors import CurateError
 from curate.llm import LLM, Request, Response, Usage
 from curate.records import META, conform, with_ids
+from curate.steps import Context, Step, StepResult
 
 PROMPTS = Path(__file__).parent / "prompts"
 
 # The reject reason of a response the teacher stopped at max_tokens (finish_reason "length"): it
 # ends wherever the budget ran out, often mid-sentence, and would teach a model to stop there.
 TRUNCATED = "truncated at max_tokens"
+# The reject reason of a request that failed for good (the error in detail); the next run resends it.
+FAILED = "teacher request failed"
+# The reject reason of a response whose parse raised ValueError (the error and the raw output in detail).
+UNPARSEABLE = "unparseable output"
 
 
 def template_path(override: str | None, default_name: str) -> Path:
@@ -102,7 +116,7 @@ def build_rows(rows: list[dict[str, Any]]) -> pl.DataFrame:
     df = pl.DataFrame(rows, infer_schema_length=None)
     if "meta" in df.columns:
         df = df.with_columns(pl.Series("meta", [r.get("meta") for r in rows], dtype=META))
-    return with_ids(conform(df))
+    return conform(df, recompute_ids=True)
 
 
 def reject_rows(rows: list[dict[str, Any]]) -> pl.DataFrame | None:
@@ -118,3 +132,199 @@ def reject_rows(rows: list[dict[str, Any]]) -> pl.DataFrame | None:
 
 def chat(user: str, system: str | None = None) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+# ---------------------------------------------------------------------------------------------
+# From a response to a row or a reject
+
+class Reject:
+    """What `parse` returns for a response it cannot use: parse failures are data, not silence.
+
+    `reason` is short and stable (the report counts rows per reason); `detail` says what went wrong
+    with this row and defaults to the raw output; `fields` are the rejected row's own values (say,
+    the messages the response would have made), on top of the row that was asked about."""
+
+    def __init__(self, reason: str, detail: str | None = None, **fields: Any):
+        self.reason, self.detail, self.fields = reason, detail, fields
+
+    def row(self, base: dict[str, Any]) -> dict[str, Any]:
+        """The rejected row as a dict for `reject_rows`: `base` with this reject's fields, reason and detail."""
+        return {**base, **self.fields, "reason": self.reason, "detail": self.detail}
+
+    def __repr__(self) -> str:
+        return f"Reject({self.reason!r}, {self.detail!r}{''.join(f', {k}=...' for k in self.fields)})"
+
+
+def outcome(request: Request, response: Response, parse: Callable[[], dict[str, Any] | Reject], *,
+            keep_truncated: bool = False, setting: str = "max_tokens",
+            meta: dict[str, Any] | None = None) -> dict[str, Any] | Reject:
+    """What one teacher response becomes, decided the same way in every generator:
+    - a request that failed for good: Reject("teacher request failed", the error); a rerun resends it;
+    - else `parse()`: the fields of the row it makes, or its Reject (detail: the raw output unless
+      it gave one). A ValueError it raises (json.JSONDecodeError is one) is Reject("unparseable
+      output", the error and the raw output): parse code may just raise where the output is bad;
+    - a row made from a response cut at max_tokens: Reject("truncated at max_tokens", "cut at
+      <setting>=N") with the row's fields, unless `keep_truncated` (parse sees the cut response
+      first, so it may reject it for a reason of its own).
+    `meta` (teacher_meta) goes into the row made, kept or cut."""
+    if not response.ok:
+        return Reject(FAILED, response.error)
+    try:
+        made = parse()
+    except ValueError as exc:
+        return Reject(UNPARSEABLE, f"{exc}\n\n{response.text}")
+    if isinstance(made, Reject):
+        if made.detail is None:
+            made.detail = response.text
+        return made
+    if meta is not None:
+        made = {**made, "meta": meta}
+    if cut_off(response) and not keep_truncated:
+        return Reject(TRUNCATED, f"cut at {setting}={request.max_tokens}", **made)
+    return made
+
+
+def answered(turns: list[dict[str, str]], response: Response) -> dict[str, Any] | Reject:
+    """The parse of a plain answer: the conversation `turns` with the (stripped) answer appended;
+    an empty answer is rejected ("empty response")."""
+    text = (response.text or "").strip()
+    if not text:
+        return Reject("empty response")
+    return {"messages": turns + [{"role": "assistant", "content": text}]}
+
+
+def with_fields(rows: pl.DataFrame, index: list[int], fields: list[dict[str, Any]]) -> pl.DataFrame:
+    """Rows `index` of the record frame `rows`, each with its `fields` put in (a field `rows` has no
+    column for becomes one), as a record frame. Columns keep their types, so a batch's own columns
+    (scores, routing) come out as they went in; a row whose fields changed gets its id anew."""
+    out = rows[index]
+    updates = []
+    for name in dict.fromkeys(k for f in fields for k in f):
+        old = out[name].to_list() if name in out.columns else [None] * out.height
+        values = [f[name] if name in f else o for f, o in zip(fields, old)]
+        updates.append(pl.Series(name, values, dtype=META if name == "meta" else out.schema.get(name)))
+    out = conform(out.with_columns(updates) if updates else out)
+    changed = pl.Series([bool(f) for f in fields], dtype=pl.Boolean)
+    if changed.any():
+        out = out.with_columns(pl.when(changed).then(with_ids(out)["id"]).otherwise(pl.col("id")).alias("id"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Generators that answer each row on its own
+
+@dataclass
+class Asked:
+    """The requests of one batch, made by `RowGenerator.build_requests` and read back by
+    `parse_batch`: plain data (frames, Requests), so it can cross to another process."""
+
+    rows: pl.DataFrame  # the rows asked about: the batch, or its parts (`units`)
+    requests: list[Request]
+    owners: list[int]  # for each request, its row in `rows`
+    rejected: list[tuple[int, Reject]]  # rows rejected before asking (no request sent)
+    template_hash: str
+    rows_in: int  # rows in the batch
+
+
+class RowGenerator(Step):
+    """A generator that answers each row on its own, written as two methods: `requests(row, ctx)`
+    (n samples are n requests) and `parse(row, request, response)` (the fields of the output row,
+    or a Reject). The framework does everything else:
+
+    - one `ctx.llm.generate` call for every request of the batch: cache (keyed on the rendered
+      request), the window of requests in flight, rate limits, retries and usage are the LLM's;
+    - meta on every row made (teacher, params, seed, sample, template hash, tokens, cost, finish
+      reason); `prompt_template()` is the text hashed into meta.template_hash;
+    - rejects, each with a reason and detail: a request that failed ("teacher request failed", the
+      error), a Reject or ValueError from parse (the raw output), a response cut at max_tokens
+      ("truncated at max_tokens" with the cut row and its meta, unless `keeps_truncated()`);
+    - the record frame: the row asked about with parse's fields put in and its id recomputed, so
+      the batch's other columns (gold, scores, routing columns) carry through.
+
+    How an engine uses it. `run(batch, ctx)` is `build_requests` + `ctx.llm.generate` +
+    `parse_batch`, and every row's result depends on that row alone (no state across rows or
+    batches), so `run` on any subset of rows gives the rows of that subset: a streaming engine
+    calls it per part, a Ray engine per block. The two halves are there for an engine that sends
+    requests itself (a Ray actor pool around one model, a provider's batch API): `build_requests`
+    needs no LLM, and `parse_batch` takes the responses in request order. That is the whole step
+    when `single_call` is True; a step that adds a round of its own in `run` (best_of_n's judge)
+    sets it False and is run whole.
+
+    Optional hooks: `units(batch)` for a generator that asks about parts of a row (backtranslation:
+    one row per document segment); `requests` may return a Reject to drop a row without asking;
+    `batch_stats` for numbers of its own in the step's stats.
+    """
+
+    needs_llm: ClassVar[bool] = True
+    # True when build_requests + parse_batch are the whole step (see the class docstring).
+    single_call: ClassVar[bool] = True
+    # The setting that bounded the response, named in the detail of a "truncated at max_tokens" reject.
+    truncation_setting: ClassVar[str] = "max_tokens"
+
+    # What a generator implements ---------------------------------------------------------------
+    def requests(self, row: dict[str, Any], ctx: Context) -> list[Request] | Reject:
+        """The requests for one row (a dict of its columns), or a Reject to drop it unasked."""
+        raise NotImplementedError
+
+    def parse(self, row: dict[str, Any], request: Request, response: Response) -> dict[str, Any] | Reject:
+        """The fields of the row one successful response makes (at least `messages`), put in on
+        top of the row asked about; or a Reject (raising ValueError rejects it too)."""
+        raise NotImplementedError
+
+    def units(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The rows to ask about: the batch itself, unless the generator asks about parts of a row."""
+        return batch
+
+    def prompt_template(self) -> str:
+        """The prompt text behind the requests, hashed into every row's meta.template_hash."""
+        return ""
+
+    def keeps_truncated(self) -> bool:
+        """Whether rows made from responses cut at max_tokens are kept (a `keep_truncated` setting)."""
+        return False
+
+    def batch_stats(self, asked: Asked, kept: pl.DataFrame) -> dict[str, Any]:
+        """Step stats of the generator's own (beside "llm", the usage)."""
+        return {}
+
+    # What the framework does -------------------------------------------------------------------
+    def build_requests(self, batch: pl.DataFrame, ctx: Context) -> Asked:
+        """Every request of a batch (no LLM needed), and the rows rejected before asking."""
+        rows = self.units(batch)
+        requests, owners, rejected = [], [], []
+        for i, row in enumerate(rows.to_dicts()):
+            made = self.requests(row, ctx)
+            if isinstance(made, Reject):
+                rejected.append((i, made))
+                continue
+            requests += made
+            owners += [i] * len(made)
+        return Asked(rows, requests, owners, rejected, template_hash(self.prompt_template()), batch.height)
+
+    def parse_batch(self, asked: Asked, responses: list[Response], ctx: Context,
+                    usage: Usage | None = None) -> StepResult:
+        """Kept rows and rejects from the responses to `asked.requests`, in request order. `ctx.llm`
+        names the teacher in meta and prices tokens; `usage` goes into the stats."""
+        if len(responses) != len(asked.requests):
+            raise ValueError(f"{self.kind}: {len(responses)} responses for {len(asked.requests)} requests")
+        rows = asked.rows.to_dicts()
+        kept: list[tuple[int, dict[str, Any]]] = []
+        rejected = list(asked.rejected)
+        for owner, request, response in zip(asked.owners, asked.requests, responses):
+            row = rows[owner]
+            meta = teacher_meta(ctx.llm, request, response, asked.template_hash) if response.ok else None
+            got = outcome(request, response, lambda: self.parse(row, request, response),
+                          keep_truncated=self.keeps_truncated(), setting=self.truncation_setting, meta=meta)
+            (rejected if isinstance(got, Reject) else kept).append((owner, got))
+        kept_frame = with_fields(asked.rows, [i for i, _ in kept], [f for _, f in kept])
+        rejects = with_fields(asked.rows, [i for i, _ in rejected], [r.fields for _, r in rejected]).with_columns(
+            pl.Series("reason", [r.reason for _, r in rejected], dtype=pl.String),
+            pl.Series("detail", [r.detail for _, r in rejected], dtype=pl.String),
+        )
+        stats = {**self.batch_stats(asked, kept_frame), "llm": (usage or Usage()).as_dict()}
+        return StepResult(kept=kept_frame, rejected=rejects, stats=stats)
+
+    def run(self, batch: pl.DataFrame, ctx: Context) -> StepResult:
+        asked = self.build_requests(batch, ctx)
+        responses, usage = ctx.llm.generate(asked.requests, label=self.kind) if asked.requests else ([], Usage())
+        return self.parse_batch(asked, responses, ctx, usage)

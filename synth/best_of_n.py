@@ -5,6 +5,12 @@ data (e.g. Touvron et al. 2023, Llama 2, section 3.2.2 rejection sampling). The 
 all candidates with their scores in `candidates` (list of {content, score}), from which preference
 pairs (chosen = best, rejected = worst) can be written; the other candidates go to rejects with
 reason "not best of n", so nothing is dropped silently.
+
+The judge is a round of its own after the sampling, not a second call inside `parse`: the
+candidates are sampled through `Responses` (the RowGenerator framework), then scored by the judge
+filter's own requests through the same teacher (and cache), then ranked within each prompt. So an
+engine runs best_of_n whole (`single_call` is False); every batch still gives the rows of its
+rows alone, since a prompt's candidates come from the same batch.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class BestOfN(Responses):
 
     kind: ClassVar[str] = "best_of_n"
     code_version: ClassVar[int] = 1  # with Responses' and the judge's (Step.code_versions)
+    single_call: ClassVar[bool] = False  # the judge is a second round, in run()
     n: int = Field(4, ge=2)
     temperature: float = Field(0.9, ge=0)
     judge: Judge = Field(default_factory=lambda: Judge(method="rating", scale=10))

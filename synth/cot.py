@@ -74,15 +74,17 @@ from curate.llm import LLM, Request, Response, Usage
 from curate.steps import Context, RecipePath, Step, StepResult
 from synth.answers import answers_match, final_answer
 from synth.base import (
+    Reject,
     build_rows,
     chat,
     generate,
     load_template,
-    template_path,
+    outcome,
     reject_rows,
     render,
     teacher_meta,
     template_hash,
+    template_path,
 )
 from synth.responses import prompt_turns
 
@@ -321,21 +323,27 @@ class VerifiedCoT(Step):
         """Grade one sample; a correct one joins q.kept (unless a duplicate). True if correct."""
         text = (resp.text or "").strip()
         src = q.source if not rationalized else f"{q.source or self.kind}+rationalized"
-        base = {"messages": q.turns + [{"role": "assistant", "content": text}], "gold": q.gold, "source": src}
-        if not resp.ok:
-            rejects.append({**base, "messages": q.turns, "reason": "teacher request failed", "detail": resp.error})
+        asked = {"messages": q.turns, "gold": q.gold, "source": src}
+        solution = q.turns + [{"role": "assistant", "content": text}]
+
+        def graded() -> dict[str, Any] | Reject:
+            if resp.finish_reason == "length":
+                return Reject("truncated", f"cut at max_tokens={self.max_tokens}", messages=solution)
+            pred, why = grade(text, q.gold, style=self.style, strict=self.strict_format, timeout=self.answer_timeout)
+            if why is None and rationalized and _leaks_hint(text):
+                why = "mentions the hint"
+            if why:
+                last_line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+                detail = f"{pred} (gold {q.gold})" if pred is not None else f"last line: {last_line[-200:]}"
+                return Reject(why, detail, messages=solution, answer=pred)
+            return {"answer": pred}
+
+        got = outcome(req, resp, graded)
+        if isinstance(got, Reject):
+            rejects.append(got.row(asked))
             return False
-        if resp.finish_reason == "length":
-            rejects.append({**base, "reason": "truncated", "detail": f"cut at max_tokens={self.max_tokens}"})
-            return False
-        pred, why = grade(text, q.gold, style=self.style, strict=self.strict_format, timeout=self.answer_timeout)
-        if why is None and rationalized and _leaks_hint(text):
-            why = "mentions the hint"
-        if why:
-            last_line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
-            detail = f"{pred} (gold {q.gold})" if pred is not None else f"last line: {last_line[-200:]}"
-            rejects.append({**base, "answer": pred, "reason": why, "detail": detail})
-            return False
+        pred = got["answer"]
+        base = {**asked, "messages": solution}
         if text in q.texts:
             rejects.append({**base, "answer": pred, "reason": "duplicate rationale",
                             "detail": "identical to a kept solution of the same question"})

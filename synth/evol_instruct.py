@@ -41,18 +41,20 @@ from curate.llm import LLM, Request, Usage
 from curate.records import concat, message_text
 from curate.steps import Context, RecipePath, Step, StepResult
 from synth.base import (
-    TRUNCATED,
+    FAILED,
+    Reject,
+    answered,
     build_rows,
     chat,
     combined_meta,
-    cut_off,
     generate,
     load_template,
-    template_path,
+    outcome,
     reject_rows,
     render,
     teacher_meta,
     template_hash,
+    template_path,
 )
 
 Operation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"]
@@ -281,23 +283,19 @@ class EvolInstruct(Step):
         requests = [Request.chat(prompt_turns(msgs[k]), max_tokens=self.response_max_tokens,
                                  temperature=self.response_temperature, top_p=self.top_p, seed=seed) for k in todo]
         responses = generate(llm, requests, f"{self.kind} seeds", usage)
-        answered, answered_k = [], []
+        made, made_k = [], []
         for k, req, resp in zip(todo, requests, responses):
             row = {"messages": prompt_turns(msgs[k]), "source": sources[k]}
-            if not resp.ok:
-                rejects.append({**row, "reason": "teacher request failed", "detail": resp.error})
-            elif not (resp.text or "").strip():
-                rejects.append({**row, "reason": "empty response", "detail": resp.text})
-            elif cut_off(resp) and not self.keep_truncated:
-                rejects.append({**row, "messages": row["messages"] + [{"role": "assistant", "content": resp.text.strip()}],
-                                "reason": TRUNCATED, "detail": f"cut at response_max_tokens={self.response_max_tokens}"})
+            got = outcome(req, resp, lambda: answered(row["messages"], resp), keep_truncated=self.keep_truncated,
+                          setting="response_max_tokens")
+            if isinstance(got, Reject):
+                rejects.append(got.row(row))
             else:
-                row["messages"] = row["messages"] + [{"role": "assistant", "content": resp.text.strip()}]
-                answered.append({**row, "meta": teacher_meta(llm, req, resp, template_hash(""))})
-                answered_k.append(k)
-        new = build_rows(answered)
-        out_ids = {k: ids[k] for k in have} | dict(zip(answered_k, new["id"].to_list()))
-        frame = concat([df[have], new]) if answered else df[have]
+                made.append({**row, **got, "meta": teacher_meta(llm, req, resp, template_hash(""))})
+                made_k.append(k)
+        new = build_rows(made)
+        out_ids = {k: ids[k] for k in have} | dict(zip(made_k, new["id"].to_list()))
+        frame = concat([df[have], new]) if made else df[have]
         frame = frame.with_columns(pl.lit(0, dtype=pl.Int64).alias("evol_round"),
                                    pl.lit(None, dtype=pl.String).alias("evol_op"),
                                    pl.lit(None, dtype=pl.String).alias("evol_parent"),
@@ -328,7 +326,7 @@ class EvolInstruct(Step):
         for k in live:
             resp = evo_resps[k]
             if not resp.ok:
-                reject(k, pool[k][0], "teacher request failed", resp.error)
+                reject(k, pool[k][0], FAILED, resp.error)
                 continue
             text = strip_label(resp.text or "")
             why = evolution_failure(pool[k][0], text, resp.finish_reason, max_words=self.max_instruction_words,
@@ -349,7 +347,7 @@ class EvolInstruct(Step):
                 resp = eq_resps[k]
                 verdict = parse_equal(resp.text) if resp.ok else None
                 if not resp.ok:
-                    reject(k, parsed.pop(k), "teacher request failed", resp.error)
+                    reject(k, parsed.pop(k), FAILED, resp.error)
                 elif verdict is None:
                     reject(k, parsed.pop(k), "evolution: equality check unparseable", resp.text)
                 elif verdict:
@@ -360,26 +358,24 @@ class EvolInstruct(Step):
         # 3. answer the surviving rewrites, then rules b and c on the answers
         ans_reqs = {k: self._response_request(parsed[k], seed) for k in parsed}
         ans_resps = dict(zip(ans_reqs, generate(llm, list(ans_reqs.values()), f"{self.kind} r{round_no} responses", usage)))
+
+        def judge_answer(turns, resp):
+            """Rules b and c on the answer to a rewrite (the answer is kept in the rejected row)."""
+            answer = (resp.text or "").strip()
+            messages = turns + [{"role": "assistant", "content": answer}]
+            why = response_failure(answer, self.apology_max_words)
+            return Reject(why, messages=messages) if why else {"messages": messages}
+
         rows, op_counts = [], {}
         for k, text in parsed.items():
-            resp = ans_resps[k]
-            if not resp.ok:
-                reject(k, text, "teacher request failed", resp.error)
+            resp, row = ans_resps[k], base_row(k, text)
+            got = outcome(ans_reqs[k], resp, lambda: judge_answer(row["messages"], resp),
+                          keep_truncated=self.keep_truncated, setting="response_max_tokens")
+            if isinstance(got, Reject):
+                rejects.append(got.row(row))
+                reasons[got.reason] = reasons.get(got.reason, 0) + 1
                 continue
-            answer = (resp.text or "").strip()
-            why = response_failure(answer, self.apology_max_words)
-            if why is None and cut_off(resp) and not self.keep_truncated:
-                why = TRUNCATED
-            if why:
-                row = base_row(k, text)
-                detail = f"cut at response_max_tokens={self.response_max_tokens}" if why == TRUNCATED else resp.text
-                rejects.append({**row, "messages": row["messages"] + [{"role": "assistant", "content": answer}],
-                                "reason": why, "detail": detail})
-                reasons[why] = reasons.get(why, 0) + 1
-                continue
-            row = base_row(k, text)
-            row["messages"] = row["messages"] + [{"role": "assistant", "content": answer}]
-            row["meta"] = combined_meta(llm, calls[k] + [("response", ans_reqs[k], resp)], templates[ops[k]][1])
+            row.update(got, meta=combined_meta(llm, calls[k] + [("response", ans_reqs[k], resp)], templates[ops[k]][1]))
             rows.append((k, row))
             op_counts[ops[k]] = op_counts.get(ops[k], 0) + 1
 

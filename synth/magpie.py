@@ -19,7 +19,9 @@ unless `keep_truncated`. Rows: [system?], user = query, assistant = response, so
 meta with the params of both calls and the hash of the rendered pre-query prefix.
 
 Magpie is a source step: input rows (if the recipe has any) pass through unchanged and the new rows
-are appended; a recipe may start with it and have no `inputs`.
+are appended; a recipe may start with it and have no `inputs`. It is not a RowGenerator (synth.base):
+its requests come from indices, not rows, each answer waits for its query, and a duplicate query is
+found across all n; each answer is decided by the same `outcome` as every generator's.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from curate.errors import CurateError
 from curate.llm import Request, Usage
 from curate.records import concat
 from curate.steps import Context, Step, StepResult
-from synth.base import TRUNCATED, build_rows, combined_meta, cut_off, generate, reject_rows, template_hash
+from synth.base import FAILED, Reject, answered, build_rows, combined_meta, generate, outcome, reject_rows, template_hash
 from synth.evol_instruct import normalize_instruction
 
 RAW_PROMPT_ERROR = ("magpie needs a backend that accepts raw prompts "
@@ -65,6 +67,17 @@ PRE_QUERY: dict[str, ChatFormat] = {
     "gemma": ChatFormat(("gemma",), "<start_of_turn>user\n", "", ("<end_of_turn>", "<start_of_turn>")),
 }
 ALL_STOPS = tuple(dict.fromkeys(s for f in PRE_QUERY.values() for s in f.stop))
+
+
+def template_stops(template: str) -> tuple[str, ...]:
+    """The end-of-turn markers for a custom pre-query template: those of the families whose chat
+    markup it uses (ChatML's "<|im_start|>user", Llama-3's "<|start_header_id|>", ...), else every
+    known one. Why not always all: the OpenAI API (and vLLM's server) takes at most 4 stop sequences
+    per request, and ALL_STOPS holds 8; the backend would apply the rest itself, after the server
+    had generated past them."""
+    found = [s for f in PRE_QUERY.values()
+             if f.pre_query.strip() in template or any(m in template for m in f.stop) for s in f.stop]
+    return tuple(dict.fromkeys(found)) or ALL_STOPS
 
 
 def chat_format(model: str) -> tuple[str, ChatFormat] | None:
@@ -101,7 +114,7 @@ class Magpie(Step):
     """Generate `n` user queries from the pre-query template alone, then answer each."""
 
     kind: ClassVar[str] = "magpie"
-    code_version: ClassVar[int] = 1
+    code_version: ClassVar[int] = 2  # 2: a custom template stops at its own markup's end-of-turn markers, not all 8
     needs_llm: ClassVar[bool] = True
     is_source: ClassVar[bool] = True
     n: int = Field(8, ge=1)
@@ -114,7 +127,7 @@ class Magpie(Step):
     response_temperature: float = Field(0.7, ge=0)
     response_max_tokens: int = Field(512, ge=1)
     keep_truncated: bool = False  # keep answers cut at response_max_tokens (they end mid-answer)
-    stop: list[str] | None = None  # default: the family's end-of-turn markers (all known ones for a custom template)
+    stop: list[str] | None = None  # default: the family's end-of-turn markers (a custom template: template_stops)
     seed: int | None = None  # default: the recipe's seed; query i uses seed + i
 
     def prefix(self, model: str) -> tuple[str, tuple[str, ...]]:
@@ -123,7 +136,8 @@ class Magpie(Step):
             if self.system_prompt is not None:
                 raise CurateError("magpie: with pre_query_template, write the system turn into the template "
                                   "itself (system_prompt is only filled into the built-in templates)")
-            return self.pre_query_template, tuple(self.stop) if self.stop is not None else ALL_STOPS
+            stops = tuple(self.stop) if self.stop is not None else template_stops(self.pre_query_template)
+            return self.pre_query_template, stops
         found = chat_format(model)
         if found is None:
             raise CurateError(
@@ -158,8 +172,8 @@ class Magpie(Step):
         queries: list[tuple[str, Request, Any]] = []
         for req, resp in zip(q_reqs, q_resps):
             if not resp.ok:
-                rejects.append({"messages": system + [{"role": "user", "content": ""}], "source": self.kind,
-                                "reason": "teacher request failed", "detail": resp.error})
+                rejects.append(Reject(FAILED, resp.error).row({"messages": system + [{"role": "user", "content": ""}],
+                                                              "source": self.kind}))
                 continue
             query = clean_query(resp.text, stops)
             why = query_failure(query, resp.finish_reason, self.min_query_words)
@@ -179,21 +193,14 @@ class Magpie(Step):
         a_resps = generate(ctx.llm, a_reqs, f"{self.kind} responses", usage)
         rows = []
         for (query, q_req, q_resp), a_req, a_resp in zip(queries, a_reqs, a_resps):
-            turns = system + [{"role": "user", "content": query}]
-            if not a_resp.ok:
-                rejects.append({"messages": turns, "source": self.kind, "reason": "teacher request failed",
-                                "detail": a_resp.error})
-            elif not (a_resp.text or "").strip():
-                rejects.append({"messages": turns, "source": self.kind, "reason": "empty response",
-                                "detail": a_resp.text})
-            elif cut_off(a_resp) and not self.keep_truncated:
-                rejects.append({"messages": turns + [{"role": "assistant", "content": a_resp.text.strip()}],
-                                "source": self.kind, "reason": TRUNCATED,
-                                "detail": f"cut at response_max_tokens={self.response_max_tokens}"})
+            asked = {"messages": system + [{"role": "user", "content": query}], "source": self.kind}
+            got = outcome(a_req, a_resp, lambda: answered(asked["messages"], a_resp),
+                          keep_truncated=self.keep_truncated, setting="response_max_tokens")
+            if isinstance(got, Reject):
+                rejects.append(got.row(asked))
             else:
-                rows.append({"messages": turns + [{"role": "assistant", "content": a_resp.text.strip()}],
-                             "source": self.kind,
-                             "meta": combined_meta(ctx.llm, [("query", q_req, q_resp), ("response", a_req, a_resp)], thash)})
+                meta = combined_meta(ctx.llm, [("query", q_req, q_resp), ("response", a_req, a_resp)], thash)
+                rows.append({**asked, **got, "meta": meta})
         new = build_rows(rows)
         kept = concat([df, new]) if df.height else new
         stats = {"llm": usage.as_dict(),

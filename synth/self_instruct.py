@@ -58,15 +58,18 @@ from curate.llm import LLM, Request, Response, Usage
 from curate.records import concat
 from curate.steps import Context, RecipePath, Step, StepResult
 from synth.base import (
+    FAILED,
+    Reject,
     build_rows,
     chat,
     combined_meta,
     generate,
     load_template,
-    template_path,
+    outcome,
     reject_rows,
     render,
     template_hash,
+    template_path,
 )
 from synth.rouge import NoveltyFilter, lcs_length, tokenize
 
@@ -281,7 +284,7 @@ class SelfInstruct(Step):
             parsed_round = 0
             for req, resp in zip(requests, responses):
                 if not resp.ok:  # request-level drops carry the prompt as their user turn
-                    drop(req.messages[-1][1], "teacher request failed", resp.error)
+                    drop(req.messages[-1][1], FAILED, resp.error)
                     continue
                 items = parse_numbered(resp.text)
                 if not any(items):
@@ -365,26 +368,27 @@ class SelfInstruct(Step):
             if idx % self.instances_per_task == 0:
                 seen: dict[str, str] = {}  # input -> output of the instances kept for this task
             user = [{"role": "user", "content": text}]
-            reason, detail, parsed = None, resp.text, None
-            if not resp.ok:
-                reason, detail = "teacher request failed", resp.error
-            elif resp.finish_reason == "length":
-                reason = "instance truncated"
-            else:
+
+            def instance() -> dict[str, Any] | Reject:
+                if resp.finish_reason == "length":
+                    return Reject("instance truncated")
                 parsed = parse_instance(resp.text)
                 if parsed is None:
-                    reason = "unparsable instance"
-                elif not parsed[1].strip():
-                    reason = "no output"
-                elif parsed[0] and parsed[1].strip() == parsed[0].strip():
-                    reason = "output repeats input"
-                elif parsed[0] in seen:
-                    reason = "duplicate instance" if seen[parsed[0]] == parsed[1] else "same input, different output"
-            if reason:
+                    return Reject("unparsable instance")
+                if not parsed[1].strip():
+                    return Reject("no output")
+                if parsed[0] and parsed[1].strip() == parsed[0].strip():
+                    return Reject("output repeats input")
+                if parsed[0] in seen:
+                    return Reject("duplicate instance" if seen[parsed[0]] == parsed[1] else "same input, different output")
+                return {"input": parsed[0], "output": parsed[1]}
+
+            got = outcome(req, resp, instance)
+            if isinstance(got, Reject):
                 dropped += 1
-                rejects.append({"messages": user, "source": self.kind, "reason": reason, "detail": detail})
+                rejects.append(got.row({"messages": user, "source": self.kind}))
                 continue
-            inp, out = parsed
+            inp, out = got["input"], got["output"]
             seen[inp] = out
             prompt_text = f"{text}\n\n{inp}" if inp else text
             rows.append({

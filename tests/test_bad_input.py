@@ -301,6 +301,27 @@ def test_split_invalid_names_file_and_row():
     assert rejected["detail"][0].startswith("in.jsonl row 2:")
 
 
+def test_split_invalid_judges_every_row_at_once():
+    """The rules run over all turns of all rows together: each rejected row keeps its own reason,
+    row number and turn, and an unknown role is quoted as Python quotes it."""
+    from curate.records import make_frame, split_invalid
+
+    ok = turns("u:fine", "a:answer")
+    bad = {3: (turns("u:hi", "it's:x", "a:y"), "unknown role", "turn 2 has role \"it's\" (expected one of system, user, assistant)"),
+           7: (turns("s:a", "u:b", "a:c", "s:d"), "system turn after the start", "turn 4 is a system turn after a assistant turn"),
+           8: (turns("s:a", "a:b"), "starts with an assistant turn", "turn 2 is the first after the system turns"),
+           9: (turns("u:a", "a:b", "a:c"), "turns do not alternate", "turn 3 is a assistant turn after a assistant turn"),
+           11: (turns("u:a", "a: \x1c", "u:c", "a:d"), "empty assistant turn", "turn 2 is empty"),
+           12: (turns("s:x", "s:y"), "no user turn", "only system turns"),
+           13: ([], "no turns", "the conversation is empty"),
+           14: (turns("u:a", "tool:b"), "unknown role", "turn 2 has role 'tool' (expected one of system, user, assistant)")}
+    df = make_frame([{"messages": bad[i][0] if i in bad else ok} for i in range(1, 16)])
+    valid, rejected = split_invalid(df, "in.jsonl")
+    assert valid.height == 15 - len(bad)
+    assert rejected["reason"].to_list() == [r for _, r, _ in bad.values()]
+    assert rejected["detail"].to_list() == [f"in.jsonl row {i}: {d}" for i, (_, _, d) in bad.items()]
+
+
 def test_invalid_rows_become_input_rejects_and_never_reach_train(tmp_path):
     """The run goes on with the valid rows; each invalid one is in rejects.parquet with step
     "inputs", a reason and the file and row; the report's funnel adds up; warnings name the

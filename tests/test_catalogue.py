@@ -22,7 +22,7 @@ import pytest
 
 from curate.engine import rebuild_report, run_recipe
 from curate.recipe import load_recipe
-from curate.report import md_literal
+from curate.report.card import md_literal
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,7 @@ FOREIGN = [
                                       "steps.magpie.system_prompt=You are a patient maths tutor."]),
     foreign("nuggets-select", "alpaca-gpt4", [f"inputs.0.path={ALPACA_GPT4}", "inputs.0.limit=8",
                                               "steps.nuggets.num_anchors=2"]),
+    foreign("structured", "seed-tasks", [f"inputs.0.path={SEED_TASKS}", "inputs.0.limit=3"]),
     foreign("mixture", "public-sets", [f"inputs.0.path={SEED_TASKS}", "inputs.0.limit=2", "steps.responses.max_tokens=128",
                                        f"inputs.1.path={ALPACA_GPT4}", "inputs.1.limit=40",
                                        f"inputs.2.path={CHERRY}", "inputs.2.limit=30"]),

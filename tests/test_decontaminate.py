@@ -48,7 +48,7 @@ def frame(*pairs):
                        for p, a in pairs])
 
 
-GPT3 = dict(short_words=0, common_items=0, min_prose=0)  # the plain 13-gram rule (the filter before issue 9)
+GPT3 = dict(short_words=0, common_items=0, min_prose=0, min_answer_share=0)  # the plain 13-gram rule (the filter before issue 9)
 
 
 def test_known_overlaps_are_caught_and_others_are_not(eval_file):
@@ -246,12 +246,12 @@ def test_real_alpaca_row_that_is_a_lima_test_prompt(real):
 
 
 def test_edit_distance_matches_the_textbook_recurrence():
-    def reference(a, b, stretch, w):
-        prev = [0.0] * (len(b) + 1) if stretch else [float(j) for j in range(len(b) + 1)]
+    def reference(a, b, stretch, w, ins):
+        prev = [0.0] * (len(b) + 1) if stretch else [float(sum(ins[:j])) for j in range(len(b) + 1)]
         for i, x in enumerate(a):
             cur = [prev[0] + w[i]]
             for j, y in enumerate(b, 1):
-                cur.append(min(prev[j - 1] + (0 if x == y else w[i]), prev[j] + w[i], cur[j - 1] + 1))
+                cur.append(min(prev[j - 1] + (0 if x == y else w[i]), prev[j] + w[i], cur[j - 1] + ins[j - 1]))
             prev = cur
         return min(prev) if stretch else prev[-1]
 
@@ -260,8 +260,11 @@ def test_edit_distance_matches_the_textbook_recurrence():
         a = np.array([rng.randrange(4) for _ in range(rng.randrange(1, 8))], np.uint64)
         b = np.array([rng.randrange(4) for _ in range(rng.randrange(0, 12))], np.uint64)
         w = [rng.choice([0.5, 1.0, 2.0]) for _ in a]
+        ins = [rng.choice([0.5, 1.0, 3.0]) for _ in b]
         for stretch in (False, True):
-            assert edit_distance(a, b, stretch, np.array(w)) == pytest.approx(reference(a, b, stretch, w))
+            assert edit_distance(a, b, stretch, np.array(w)) == pytest.approx(reference(a, b, stretch, w, [1.0] * len(b)))
+            assert edit_distance(a, b, stretch, np.array(w), insert=np.array(ins)) == pytest.approx(
+                reference(a, b, stretch, w, ins))
     words_ = np.array([1, 2, 3], np.uint64)
     assert edit_distance(words_, np.array([9, 1, 2, 3, 9], np.uint64), stretch=True) == 0
     assert edit_distance(words_, np.array([9, 1, 2, 3, 9], np.uint64)) == 2
@@ -348,6 +351,10 @@ BOILERPLATE = {
     "Asymptote plotting code": ("math_test_4954", "math_test_4469"),
     "a pmatrix literal": ("math_test_4470", "math_test_4568"),
     "'the average of the first and last term'": ("math_test_80", "math_test_398"),
+    # Prose in one eval solution only: "We can set up a system of two equations to represent the given
+    # information ... Substituting the first equation into the second to eliminate": the clean row is
+    # another problem (John's dad's age); its solution reuses the sentence.
+    "a stock derivation sentence": ("math_test_711", "math_test_623"),
 }
 
 
@@ -365,3 +372,69 @@ def test_solution_boilerplate_does_not_flag_clean_rows(math_eval, kind):
     f = Decontaminate(eval_sets=[path])
     mask, _ = f.keep(f.score(df))
     assert mask[0]
+
+
+def test_a_copied_reference_solution_is_caught_without_its_prompt(math_eval):
+    """Answer-only evidence still counts when the row holds most of the item's answer: a training
+    row that answers another prompt with the eval item's gold solution is a leak."""
+    path, math, drawn = math_eval
+    k = next(k for k, i in enumerate(drawn) if len(words(math["solution"][i])) >= 60)
+    solution = math["solution"][drawn[k]]
+    half = " ".join(solution.split()[: len(solution.split()) // 3])  # a third of it: no copy
+    f = Decontaminate(eval_sets=[path])
+    scored = f.score(frame(("Show me a worked example.", solution), ("Show me a worked example.", half)))
+    assert scored["score_decontaminate_hit"].to_list()[0] == f"math_eval.jsonl:{k}"
+    assert (~f.keep(scored)[0]).to_list() == [True, False]
+    old = Decontaminate(eval_sets=[path], min_answer_share=0)  # any answer shingle counts
+    assert (~old.keep(old.score(frame(("Show me a worked example.", half))))[0]).to_list() == [True]
+
+
+# (eval item, a clean MATH problem that holds a stretch close to it only by padding it with its own
+# content: the near-copy test's false matches while inserting a row word cost 1, however rare)
+PADDED = {
+    "matrix sum vs a vector equation": ("math_test_4714", "math_test_4890"),
+    "nested f(g(...)) vs an alternating composition": ("math_test_1108", "math_test_1049"),
+    "a circle's radius vs a value of c": ("math_test_31", "math_test_1041"),
+}
+
+
+@pytest.mark.parametrize("kind", list(PADDED))
+def test_a_stretch_padded_with_other_content_is_no_near_copy(math_eval, kind):
+    """Issue 9 part 3: inserting a word the eval item lacks costs that word's rarity, as deleting
+    one of the item's words does; the planted edit of the same item is still caught."""
+    path, math, drawn = math_eval
+    item, clean_id = PADDED[kind]
+    k = [math["id"][i] for i in drawn].index(item)
+    problem = math.filter(pl.col("id") == clean_id)["problem"][0]
+    f = Decontaminate(eval_sets=[path])
+    scored = f.score(frame((problem, "..."), (plant(math["problem"][drawn[k]], item, 0), "...")))
+    assert (~f.keep(scored)[0]).to_list() == [False, True]
+    assert f"math_eval.jsonl:{k}" in scored["score_decontaminate_hits"][1]
+
+
+def test_answer_only_shingles_of_one_item_do_not_count_beside_another_items_prompt(tmp_path):
+    """A row copying item A's prompt and one sentence of item B's worked answer: A is hit, B is not,
+    and `matches` counts A's shingles only."""
+    sentence = "we can set up a system of two equations to represent the given information as follows"  # 16 words
+    path = write_jsonl(tmp_path / "ev.jsonl", [
+        {"problem": LONG, "solution": "It depends on the season and the place."},
+        {"problem": "Ann is 31 years younger than her dad.", "solution": f"Let a be Ann's age. {sentence}. " + "x " * 60},
+    ])
+    row = frame((LONG, f"Sure. First, {sentence}."))
+    scored = Decontaminate(eval_sets=[path]).score(row)
+    assert scored["score_decontaminate_hits"][0].to_list() == ["ev.jsonl:0"]
+    assert scored["score_decontaminate_matches"][0] == 6  # LONG's 18 words: 6 13-grams
+    old = Decontaminate(eval_sets=[path], min_answer_share=0).score(row)
+    assert old["score_decontaminate_hits"][0].to_list() == ["ev.jsonl:0", "ev.jsonl:1"]
+    assert old["score_decontaminate_matches"][0] == 6 + 4
+
+
+def test_word_weight_lookup_matches_a_binary_search(real):
+    """The near-copy test's word weights come from a direct-addressed table (shared slots fall back
+    to a binary search): the same weights as searching the sorted vocabulary, seen words or not."""
+    index = Decontaminate(eval_sets=real[0]).index()
+    assert (index._slots == -2).any()  # some vocabulary words share a slot: the fallback is exercised
+    unseen = np.random.default_rng(0).integers(0, 2**63, 10_000).astype(np.uint64)
+    q = np.concatenate([index._vocab, unseen, index._vocab[::-7]])
+    at = np.minimum(np.searchsorted(index._vocab, q), len(index._vocab) - 1)
+    assert np.array_equal(index.word_weight(q), np.where(index._vocab[at] == q, index._idf[at], index._idf_unseen))

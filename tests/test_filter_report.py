@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from curate.records import make_frame
-from curate.report import step_section
+from curate.report.compute import step_section
 from filters.ifd import IFD
 from filters.judge import Judge
 from filters.nuggets import Nuggets

@@ -53,7 +53,8 @@ def test_publish_sends_data_card_recipe_and_reports(run_dir):
     assert (c1, repo1, kw1["repo_type"], kw1["private"], kw1["exist_ok"]) == ("create_repo", "me/my-sft", "dataset", True, True)
     assert (c2, repo2, kw2["repo_type"]) == ("upload_folder", "me/my-sft", "dataset")
     assert kw2["files"] == ["README.md", "data/train.jsonl", "data/train.parquet", "data/validation.jsonl",
-                            "data/validation.parquet", "recipe.yaml", "rejects.parquet", "report.html", "report.json", "report.md"]
+                            "data/validation.parquet", "gx/expectation_suite.json", "gx/expectation_suite_results.json",
+                            "recipe.yaml", "rejects.parquet", "report.html", "report.json", "report.md"]
     card = (run_dir / "README.md").read_text()
     assert "license: cc-by-4.0" in card and "size_categories" in card and "train: 8, validation: 2" in card
     assert "| d.jsonl | - | not stated |" in card  # every input with its license (none given here)

@@ -1,6 +1,8 @@
 """Readers map the common dataset shapes onto records; bad input gets an error naming file and line."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import datasets
 import polars as pl
@@ -9,6 +11,7 @@ import pytest
 from curate.errors import CurateError
 from curate.io import read_records, read_table, write_jsonl, write_parquet
 from curate.records import SCHEMA, content_id
+from tests.conftest import SHARED_DATA
 
 
 def write_lines(path, lines):
@@ -100,3 +103,101 @@ def test_plain_text_documents(tmp_path):
                                         [{"role": "user", "content": "Another one."}]]
     assert df["source"].to_list() == ["a", "b"]
     assert read_records(tmp_path / "docs" / "b.txt")["messages"][0].to_list()[0]["content"] == "Another one."
+
+
+# Ids --------------------------------------------------------------------------------------------
+
+def canonical_id(messages, reasoning=None):
+    """The id as defined (curate.records.content_id), written out: blake2b of the canonical JSON."""
+    canon = json.dumps([[m["role"], m["content"]] for m in messages or []] + ([reasoning] if reasoning else []),
+                       ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(canon.encode("utf-8"), digest_size=8).hexdigest()
+
+
+# Ids key every cache and resume state: the values read must never change (a few files keep the test fast).
+REAL = [("gsm8k_train/train.jsonl", 3000), ("dedup_gpteacher_toolformer/toolformer_labeled.jsonl", 3000)]
+
+
+@pytest.mark.parametrize("name,limit", REAL)
+def test_read_ids_unchanged_on_real_data(name, limit, tmp_path):
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not here")
+    df = read_records(path, limit=limit)
+    assert df["id"].to_list() == [canonical_id(m) for m in df["messages"].to_list()]  # read ids ignore reasoning
+    write_parquet(df, tmp_path / "records.parquet")  # an earlier run's records, read back as messages
+    assert read_records(tmp_path / "records.parquet")["id"].to_list() == df["id"].to_list()
+
+
+def test_generated_rows_are_hashed_once(monkeypatch):
+    """build_rows used to hash every row twice: conform filled the missing ids, then with_ids redid them."""
+    from synth.base import build_rows
+
+    calls = []
+    blake2b = hashlib.blake2b
+    monkeypatch.setattr(hashlib, "blake2b", lambda *a, **k: calls.append(1) or blake2b(*a, **k))
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}], "meta": {"seed": i}}
+            for i in range(5)]
+    df = build_rows(rows)
+    assert len(calls) == 5
+    assert df["id"].to_list() == [canonical_id(r["messages"]) for r in rows]
+def test_cells_become_the_text_python_writes():
+    """The column-wise mapping gives each cell the text str() gives it, as the row-by-row reader it
+    replaced did (polars writes 1e-05 as "0.00001" and True as "true"); Python's whitespace is
+    stripped (U+001C is whitespace to Python, not to polars); a false source falls back to the
+    input's name."""
+    from curate.io import to_records
+
+    df = pl.DataFrame({"instruction": [" Add\x1c", "Say hi."], "input": [1e-05, None], "output": [True, None],
+                       "source": [0, 7]})
+    got = to_records(df, source="d").select("messages", "source").to_dicts()
+    assert got == [{"messages": [{"role": "user", "content": "Add\n\n1e-05"}, {"role": "assistant", "content": "True"}],
+                    "source": "d"},
+                   {"messages": [{"role": "user", "content": "Say hi."}], "source": "7"}]
+
+
+def test_sharegpt_and_messages_edge_rows():
+    """A turn that is not an object has no speaker and no text; an unknown speaker keeps its name
+    (split_invalid rejects the row); a null row has no turns; extra fields of a turn are dropped;
+    a message that is not a {role, content} object is an error naming the row."""
+    from curate.io import to_records
+
+    conv = pl.DataFrame({"conversations": [[{"from": "Human", "value": "hi"}, None, {"from": "tool", "value": None},
+                                            {"from": "GPT", "value": "yo"}], None]})
+    assert to_records(conv)["messages"].to_list() == [
+        [{"role": "user", "content": "hi"}, {"role": "", "content": ""}, {"role": "tool", "content": ""},
+         {"role": "assistant", "content": "yo"}], []]
+    chat = pl.DataFrame({"messages": [[{"role": "user", "content": 2.5, "name": "x"}], None]})
+    assert to_records(chat)["messages"].to_list() == [[{"role": "user", "content": "2.5"}], []]
+    holes = pl.DataFrame({"messages": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}, None]]})
+    with pytest.raises(CurateError, match=r"<frame>: row 2: 'messages' must be a list of \{role, content\} objects"):
+        to_records(holes)
+    with pytest.raises(CurateError, match=r"<frame>: row 3: 'conversations' must be a list"):
+        to_records(pl.DataFrame({"conversations": [None, None, "text"]}))
+
+
+def test_json_lines_read_by_arrow_or_else_as_python_reads_them(tmp_path):
+    """A plain JSON Lines file is read by Arrow's columnar reader; where Arrow would read it
+    otherwise than Python's json does, the line-by-line reader reads it: a date stays text, an
+    integer beyond 64 bits stays exact, two objects on one line or one over two lines are
+    malformed JSON on that line, nesting Arrow's parser would overflow its stack on is refused by
+    name, bytes that are not UTF-8 are named by line."""
+    from curate.io import _arrow_jsonl
+
+    plain = write_lines(tmp_path / "plain.jsonl", [json.dumps({"prompt": f"p{i}", "score": i / 3}) for i in range(5)])
+    assert _arrow_jsonl(plain.read_bytes()) is not None
+    assert read_table(plain).equals(pl.DataFrame({"prompt": [f"p{i}" for i in range(5)], "score": [i / 3 for i in range(5)]}))
+
+    dates = write_lines(tmp_path / "dates.jsonl", ['{"prompt": "p", "gold": "2020-01-01"}'])
+    assert read_table(dates).schema["gold"] == pl.String
+    big = write_lines(tmp_path / "big.jsonl", ['{"prompt": "p", "gold": 12345678901234567890}'])
+    assert read_table(big)["gold"].to_list() == [12345678901234567890]
+    for lines, line in ((['{"prompt": "a"}', '{"prompt": "b"} {"prompt": "c"}'], 2), (['{"prompt":', '"a"}'], 1)):
+        with pytest.raises(CurateError, match=rf"\.jsonl:{line}: malformed JSON"):
+            read_table(write_lines(tmp_path / "two.jsonl", lines))
+    deep = write_lines(tmp_path / "deep.jsonl", ['{"prompt": "a"}', '{"prompt": ' + "[" * 20_000 + "]" * 20_000 + "}"])
+    with pytest.raises(CurateError, match=r"deep\.jsonl:2: malformed JSON \(nested too deeply\)"):
+        read_table(deep)
+    (tmp_path / "bytes.jsonl").write_bytes(b'{"prompt": "a"}\n{"prompt": "b\xff"}\n')
+    with pytest.raises(CurateError, match=r"bytes\.jsonl:2: not UTF-8 text"):
+        read_table(tmp_path / "bytes.jsonl")

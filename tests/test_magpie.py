@@ -15,7 +15,7 @@ from curate.llm.base import Backend
 from curate.records import finish_reasons, make_frame
 from curate.steps import Context
 from synth.base import TRUNCATED, build_rows
-from synth.magpie import RAW_PROMPT_ERROR, Magpie, chat_format, clean_query, query_failure
+from synth.magpie import ALL_STOPS, RAW_PROMPT_ERROR, Magpie, chat_format, clean_query, query_failure, template_stops
 
 from tests.conftest import assert_funnel_adds_up, run_recipe_cli
 
@@ -55,6 +55,32 @@ def test_prefix_per_family_and_errors():
         Magpie(pre_query_template="[INST] ", system_prompt="x").prefix("m")
     with pytest.raises(CurateError, match="no system turn"):
         Magpie(system_prompt="x").prefix("gemma-2-2b-it")
+
+
+def test_custom_template_gets_the_stops_of_its_markup():
+    """A custom pre-query template used to get all 8 known end-of-turn markers as `stop`; vLLM's
+    server and the OpenAI API take at most 4 (HTTP 400: every query failed, issue 8 part 7)."""
+    assert Magpie(pre_query_template="<|im_start|>user\n").prefix("anything")[1] == ("<|im_end|>", "<|im_start|>")
+    llama = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+    assert template_stops(llama) == ("<|eot_id|>", "<|start_header_id|>")
+    assert template_stops("<|user|>\n") == ("<|end|>", "<|assistant|>")
+    assert template_stops("<start_of_turn>user\n") == ("<end_of_turn>", "<start_of_turn>")
+    assert template_stops("[INST] ") == ALL_STOPS and len(ALL_STOPS) == 8  # unknown markup: all (the backend sends 4)
+
+
+def test_custom_template_against_a_server_with_the_openai_limits():
+    """Through the real OpenAI-compatible client to the fault server, which refuses more than 4 stop
+    sequences as vLLM's server does. Phi-3 markup: the echo of the template is a usable query."""
+    from curate.llm.openai_backend import OpenAIBackend
+    from tests.servers.fault_server import fault_server
+
+    with fault_server() as s:
+        for template in ("<|user|>\nHow do I keep basil alive indoors?", "[INST] How do I repot a cactus safely?"):
+            b = OpenAIBackend("fault-model", base_url=s.base_url, api_key="local", max_retries=0, timeout=10)
+            result, _ = run(Magpie(n=1, pre_query_template=template), backend=b)
+            assert result.rejected is None or result.rejected.height == 0, result.rejected["detail"].to_list()
+            query = result.kept["messages"][0].to_list()[0]["content"]
+            assert query.startswith("echo: ") and query.endswith("?")
 
 
 def test_query_parsing():

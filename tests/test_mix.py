@@ -52,9 +52,7 @@ def test_bad_specs():
         Mix(weights={"zzz": 1}).run(three_sources(), Context())
 
 
-@pytest.mark.slow
 def test_token_weights_within_one_percent_in_a_recipe(tmp_path):
-    pytest.importorskip("llama_cpp", reason="token counts use the embedded model's tokenizer")
     df = three_sources()
     for s in ("a", "b", "c"):
         part = df.filter(df["source"] == s).select("messages")

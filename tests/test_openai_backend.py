@@ -6,8 +6,12 @@ import asyncio
 import email.utils
 import importlib.util
 import json
+import os
 import pickle
+import re
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,7 +98,7 @@ def test_payload_carries_every_parameter():
     assert body["stop"] == ["\n\n"]
     assert body["response_format"] == {
         "type": "json_schema",
-        "json_schema": {"name": "output", "schema": schema, "strict": True},
+        "json_schema": {"name": "output", "schema": schema, "strict": False},  # strict mode needs additionalProperties: false
     }
     llama = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1", api_key="x", structured_output="json_object")
     assert llama.payload(chat("q", json_schema=json.dumps(schema)))[1]["response_format"] == {
@@ -104,6 +108,139 @@ def test_payload_carries_every_parameter():
     url, body = b.payload(Request(prompt="p"))
     assert url.endswith("/v1/completions") and body["prompt"] == "p"
     assert "seed" not in body and "stop" not in body and "response_format" not in body
+
+
+# -- the OpenAI API's documented limits (issue 8 part 7) ----------------------------------------
+# The fault server answers HTTP 400 to a request outside them, as the OpenAI API and vLLM's server do.
+
+
+def post_json(server, path: str, body: dict) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(server.base_url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_fault_server_refuses_what_the_openai_api_refuses(server):
+    base = {"model": "fault-model", "prompt": "limits", "max_tokens": 4}
+    assert post_json(server, "/completions", {**base, "stop": ["a", "b", "c", "d"]})[0] == 200
+    for extra, word in (({"stop": ["a", "b", "c", "d", "e"]}, "at most 4"), ({"seed": 2**63}, "64-bit"),
+                        ({"logprobs": 6}, "0..5"), ({"n": 0}, "'n'"), ({"temperature": 2.5}, "temperature")):
+        status, body = post_json(server, "/completions", {**base, **extra})
+        assert status == 400 and word in body["error"]["message"], extra
+    chat_body = {"model": "fault-model", "messages": [{"role": "user", "content": "limits"}], "max_tokens": 4}
+    assert post_json(server, "/chat/completions", {**chat_body, "logprobs": True, "top_logprobs": 20})[0] == 200
+    assert post_json(server, "/chat/completions", {**chat_body, "logprobs": True, "top_logprobs": 21})[0] == 400
+
+
+def test_server_that_fails_to_start_shows_its_log():
+    """A real server that dies while starting (a bad model path, a missing package) is named with
+    its command and the end of its output, not a bare timeout."""
+    from tests.servers.fault_server import served_process
+
+    cmd = [sys.executable, "-c", "print('loading model /no/such/file'); raise SystemExit('model not found')"]
+    with pytest.raises(RuntimeError) as err:
+        with served_process(cmd, "test server", free_port(), startup_timeout=20):
+            pass
+    assert "test server did not become ready (exit code 1)" in str(err.value)
+    assert "loading model /no/such/file" in str(err.value) and "model not found" in str(err.value)
+
+
+def test_served_process_leaves_no_process_behind():
+    """vLLM's server runs its engine in child processes: stopping the server stops them too, even
+    one that ignores SIGTERM."""
+    from tests.servers.fault_server import served_process
+
+    port = free_port()
+    script = (
+        "import signal, subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+        "print('child', child.pid, flush=True)\n"
+        f"from tests.servers.fault_server import main; main(['--port', '{port}'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with served_process([sys.executable, "-c", script], "test server", port, startup_timeout=20, env=env, grace=1) as s:
+        child = int(re.search(r"child (\d+)", s.output()).group(1))
+        assert alive(child)
+    assert not alive(child)
+
+
+def alive(pid: int) -> bool:
+    """Running (a killed orphan may linger as a zombie until init reaps it: that is not running)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_payload_keeps_to_the_limits():
+    b = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1", api_key="x")
+    stops = tuple(f"<{i}>" for i in range(8))  # Magpie's default for a custom template had 8
+    _, body = b.payload(Request(prompt="p", stop=stops, seed=2**63 - 1 + 5))
+    assert body["stop"] == list(stops[:4]) and body["seed"] == 4 and "n" not in body
+    for seed in (0, 2**63 - 1, -(2**63), -3):  # inside the range: sent as it is
+        assert b.payload(Request(prompt="p", seed=seed))[1]["seed"] == seed
+    assert b.payload(chat("q", top_logprobs=20))[1]["top_logprobs"] == 20
+    assert b.payload(Request(prompt="p", top_logprobs=5))[1]["logprobs"] == 5
+    for bad, word in ((chat("q", top_logprobs=21), "at most 20"), (Request(prompt="p", top_logprobs=6), "at most 5"),
+                      (chat("q", temperature=2.5), "0 to 2")):
+        with pytest.raises(ValueError, match=word):
+            b.payload(bad)
+
+
+def test_stop_sequences_beyond_four_are_applied_to_the_answer(server):
+    stops = ("<a>", "<b>", "<c>", "<d>", "<e>", "<f>")
+    # The echo holds the 6th and 5th stop (not sent): the answer must end before the first of them.
+    (r, plain, raw) = run(backend(server.base_url), chat("one two <f> three <e> four", stop=stops, max_tokens=64),
+                          chat("one two three", stop=stops, max_tokens=64),
+                          Request(prompt="uno <d> dos", stop=stops, max_tokens=64))
+    assert r.ok, r.error
+    assert (r.text, r.finish_reason) == ("echo: one two ", "stop")
+    assert (plain.text, plain.finish_reason) == ("echo: one two three", "stop")
+    assert (raw.text, raw.finish_reason) == ("echo: uno ", "stop")  # the server stopped at a sent one
+
+
+def test_seed_past_the_64_bit_range_is_folded(server):
+    """A recipe seed near 2**63-1 plus a sample index (seed + i) leaves the 64-bit range the API takes."""
+    responses = run(backend(server.base_url), *(chat("seeded", seed=2**63 - 1 + i, sample=i) for i in range(3)))
+    assert all(r.ok for r in responses), [r.error for r in responses]
+
+
+def test_limits_refused_before_sending(server):
+    server.reset()
+    hot, logprobs = run(backend(server.base_url), chat("too hot", temperature=3.0),
+                        Request(prompt="many logprobs", top_logprobs=10))
+    assert not hot.ok and hot.permanent and "temperature=3" in hot.error
+    assert not logprobs.ok and logprobs.permanent and "at most 5" in logprobs.error
+    assert server.stats()["total"] == 0
+
+
+def test_max_tokens_capped_at_the_advertised_context():
+    """vLLM refuses max_tokens above the model's max_model_len (HTTP 400) and says what that is in
+    GET /v1/models; the backend sends at most that (the server caps it further to what the prompt
+    leaves). A server that does not say (OpenAI, llama.cpp, the default fault server) gets max_tokens as it is."""
+    with fault_server(max_model_len=64) as s:
+        b = backend(s.base_url)
+        (r,) = run(b, chat("a long budget", max_tokens=5000))
+        assert r.ok, r.error
+        assert asyncio.run(b.context_length()) == 64
+        assert b.payload(chat("q", max_tokens=5000))[1]["max_tokens"] == 5000  # the cap is applied when sending
+
+    async def unknown():
+        plain = backend("http://127.0.0.1:9/v1")
+        try:
+            return await plain.context_length()
+        finally:
+            await plain.aclose()
+
+    assert asyncio.run(unknown()) is None  # nothing listens: unknown, no error
 
 
 def test_parse_reasoning_refusal_and_missing_usage():

@@ -1,6 +1,9 @@
 """Output formats, train/validation splits, and a folder that datasets.load_dataset reads with its splits."""
 
 import json
+import re
+import subprocess
+from pathlib import Path
 
 import datasets
 import polars as pl
@@ -10,7 +13,9 @@ from curate.engine import run_recipe
 from curate.errors import CurateError
 from curate.formats import convert
 from curate.output import OutputConfig, split
-from curate.records import make_frame
+from curate.records import make_frame, message_text
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
 
@@ -85,3 +90,78 @@ def test_run_folder_loads_with_its_splits(tmp_path):
     run_recipe(load_recipe(tmp_path / "r.yaml"), out, show_progress=False)
     assert sorted(p.name for p in (out / "data").iterdir()) == ["train.jsonl", "train.parquet"]
     assert set(datasets.load_dataset(str(out))) == {"train"}
+
+
+def test_a_row_without_candidates_is_an_error_naming_it():
+    """A best_of_n row whose candidates are null (an earlier run's output had one) stopped the
+    preference conversion with AttributeError: 'NoneType' object has no attribute 'to_list'."""
+    good = [{"content": "a", "score": 1.0}, {"content": "b", "score": 2.0}]
+    df = make_frame([{"messages": CONV}, {"messages": CONV}]).with_columns(
+        pl.Series("candidates", [good, None]))
+    with pytest.raises(CurateError, match="row 1: a preference pair needs at least two candidates"):
+        convert(df, "preference")
+
+
+def test_inline_reasoning_before_an_empty_answer():
+    """A null answer with reasoning stopped the conversion with a TypeError (str.replace(None))."""
+    df = make_frame([{"messages": CONV[:2] + [{"role": "assistant", "content": None}], "reasoning": "think"}])
+    assert convert(df, "messages")["messages"][0].to_list()[-1]["content"] == "<think>\nthink\n</think>\n\n"
+
+
+# The converter before it was vectorised (issue 12 part 4): its outputs are the reference.
+ROW_BY_ROW = "45cd29632b217618ecf6266c46c5d441898e0196"
+
+
+def test_conversion_writes_the_files_the_row_by_row_converter_wrote(tmp_path):
+    """Every format and reasoning mode, on a recipe's output, on public data and on rows with
+    reasoning (some empty, one holding "{answer}" and "$1") and ranked candidates (null scores,
+    ties, null contents): the parquet and jsonl files are byte for byte the ones the row-by-row
+    converter wrote."""
+    import random
+
+    from bench.revisions import load
+    from conftest import shared
+    from curate.io import read_records, write_jsonl, write_parquet
+    from curate.recipe import load_recipe
+
+    if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", ROW_BY_ROW + "^{commit}"], capture_output=True).returncode:
+        pytest.skip(f"the reference revision {ROW_BY_ROW[:7]} is not in this clone's history (a shallow clone?)")
+    reference = load(ROW_BY_ROW, "curate.formats")["curate.formats"]
+    run_recipe(load_recipe(ROOT / "recipes" / "curate-existing.yaml"), tmp_path / "run", show_progress=False)
+    recipe_rows = pl.read_parquet(sorted((tmp_path / "run" / "steps").glob("*/data.parquet"))[-1])
+    rng = random.Random(0)
+    gsm = [json.loads(line) for line in open(shared("gsm8k_train", "train.jsonl"), encoding="utf-8")][:400]
+    thought = make_frame([{
+        "messages": ([{"role": "system", "content": "Be exact."}] if i % 5 == 0 else [])
+        + [{"role": "user", "content": g["question"]}, {"role": "assistant", "content": g["final_answer"]}]
+        + ([{"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes."}] if i % 7 == 0 else []),
+        "reasoning": [None, "", "think {answer} twice, $1 \\1"][i % 3] if i % 4 == 0 else g["answer"],
+    } for i, g in enumerate(gsm)])
+    answers = message_text(read_records(shared("quality_cherry_alpaca_ifd", "cherry_alpaca_5_percent.jsonl")), "response")
+    ranked = make_frame([{"messages": CONV[1:], "source": "s"}] * 300).with_columns(pl.Series("candidates", [
+        [{"content": None if rng.random() < 0.1 else answers[rng.randrange(len(answers))],
+          "score": rng.choice([None, 1.0, 2.0, 2.0, float("-inf"), rng.random()])} for _ in range(4)]
+        for _ in range(300)]))
+    cherry = read_records(shared("quality_cherry_alpaca_ifd", "cherry_alpaca_5_percent.jsonl"))
+
+    def files(rows, name):
+        write_parquet(rows, tmp_path / f"{name}.parquet")
+        write_jsonl(rows, tmp_path / f"{name}.jsonl")
+        return [(tmp_path / f"{name}.{ext}").read_bytes() for ext in ("parquet", "jsonl")]
+
+    compared = 0
+    for df in (recipe_rows, cherry, thought, ranked):
+        for fmt in ("messages", "alpaca", "sharegpt", "prompt_completion", "preference"):
+            if (fmt == "alpaca" and df is thought) or (fmt == "preference" and df is not ranked):
+                continue  # multi-turn rows; rows without candidates: errors, compared below
+            for mode in ("inline", "field", "drop"):
+                new, old = convert(df, fmt, reasoning=mode), reference.convert(df, fmt, reasoning=mode)
+                assert new.schema == old.schema and files(new, "new") == files(old, "old"), (fmt, mode)
+                compared += 1
+    assert compared == 3 * (4 + 4 + 3 + 5)
+    for df, fmt in ((thought, "alpaca"), (cherry, "preference"), (ranked.head(3).with_columns(
+            pl.col("candidates").list.head(1)), "preference")):
+        with pytest.raises(Exception) as old:
+            reference.convert(df, fmt)
+        with pytest.raises(CurateError, match=re.escape(str(old.value))):
+            convert(df, fmt)

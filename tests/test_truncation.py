@@ -15,7 +15,7 @@ from curate.llm import LLM, Request, Response
 from curate.llm.base import Backend
 from curate.records import finish_reasons, make_frame
 from curate.steps import Context
-from curate.validate import validate
+from curate.report.validate import validate
 from filters.judge import Judge
 from synth.base import TRUNCATED, build_rows
 from synth.best_of_n import BestOfN

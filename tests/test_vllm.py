@@ -88,6 +88,17 @@ def test_json_schema_output_parses(backend):
     assert data["colour"] in ("red", "green", "blue") and isinstance(data["bright"], bool)
 
 
+def test_structured_step_on_the_engine(backend):
+    """The `structured` step with vLLM's structured-output sampling (`json_constraint`): every answer
+    the engine finished follows the recipe's quiz schema."""
+    from curate.steps import Context
+    from synth.structured import Structured
+    from tests.test_structured import QUIZ_ITEM, assert_all_follow_the_schema, quiz_rows
+
+    step = Structured(json_schema=QUIZ_ITEM, prefix="quiz_", max_tokens=200)
+    assert_all_follow_the_schema(step.run(quiz_rows(), Context(llm=LLM(backend, show_progress=False))))
+
+
 def test_raw_prompt_and_top_logprobs(backend):
     prompt = "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
     raw = Request(prompt=prompt, max_tokens=8, temperature=0, top_logprobs=3)
@@ -133,14 +144,31 @@ def test_timeout_aborts_the_request_in_the_engine(backend):
     assert after.ok and after.text and engine.dead is None
 
 
-def test_batch_throughput(backend):
+def test_requests_run_as_one_batch(backend):
+    """What the backend's engine thread is for (continuous batching, see curate/llm/vllm_backend.py):
+    requests sent together are in the engine together, not one after another. The rate is printed
+    for the eye only; speed figures belong in bench/."""
+    engine = backend.engine()
+    in_engine: list[int] = []
+    real_step = engine.engine.step
+    engine.engine.step = lambda: (in_engine.append(engine.engine.get_num_unfinished_requests()), real_step())[1]
     llm = LLM(backend, show_progress=False)
     reqs = [chat(f"Write a sentence about the number {i}.", max_tokens=32, temperature=0.7, seed=i) for i in range(16)]
     started = time.perf_counter()
-    responses, usage = llm.generate(reqs)
+    try:
+        responses, usage = llm.generate(reqs)
+    finally:
+        del engine.engine.step
     seconds = time.perf_counter() - started
-    assert all(r.ok for r in responses)
-    print(f"\n16 requests: {usage.completion_tokens} tokens in {seconds:.1f}s = {usage.completion_tokens / seconds:.0f} tok/s")
+    assert all(r.ok and r.text for r in responses), [r.error for r in responses]
+    assert all(0 < r.completion_tokens <= 32 for r in responses)
+    assert usage.completion_tokens == sum(r.completion_tokens for r in responses)
+    # One after another would keep at most 1 in the engine; a burst of 16 starts as one batch.
+    assert max(in_engine) >= len(reqs) // 2, in_engine[:20]
+    # Fewer engine steps than tokens: each step decoded a token for many requests at once.
+    assert len(in_engine) < usage.completion_tokens / 4, (len(in_engine), usage.completion_tokens)
+    print(f"\n16 requests: {usage.completion_tokens} tokens in {len(in_engine)} engine steps (at most "
+          f"{max(in_engine)} requests in the engine), {seconds:.1f}s = {usage.completion_tokens / seconds:.0f} tok/s")
 
 
 def test_model_loaded_once(backend):
@@ -198,7 +226,8 @@ def test_scorer_agrees_with_llama_cpp(backend):
     # the same pair scored alone, in a batch, and after a prefix gives the same numbers
     assert np.allclose(ours.score(*PAIRS[0]), got[0], atol=1e-4)
     prefixed = ours.score_after_prefix("The capital of", [(" France is", PAIRS[0][1])])[0]
-    assert len(prefixed) == len(got[0])
+    assert ours.tokenize("The capital of") + ours.tokenize(" France is") == ours.tokenize(PAIRS[0][0])
+    assert len(prefixed) == len(got[0]) and np.allclose(prefixed, got[0], atol=1e-3)
 
 
 def test_a_sequence_of_n_ctx_tokens_scores(backend):

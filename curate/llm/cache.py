@@ -8,6 +8,12 @@ the key is a hash of the request, which holds no credentials.
 Several runs may share one cache file at once (a recipe's `cache:`): SQLite serialises the writes
 and each waits up to a minute for another's transaction.
 
+The cache also keeps the requests sent through a provider's batch API that have no answer yet
+(curate.llm.batch): request key -> the batch's input file, the batch, and the request's custom_id
+in it. A run killed while a batch is in flight finds its requests there on the rerun and waits for
+that batch instead of paying for them again; an answer leaves the table in the transaction that
+stores it.
+
 A damaged cache never stops a run and never silently costs one: the file is checked when opened;
 one that is not a database or fails SQLite's quick check is kept beside the new one as
 `<name>.damaged-<time>`, the responses still readable in it are copied into the new cache, and a
@@ -25,13 +31,28 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from curate.errors import CurateError
 from curate.llm.base import Response
 
 log = logging.getLogger(__name__)
 _SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, response TEXT NOT NULL, created REAL)"
+# Requests in a provider's batch, not answered yet: batch_id is NULL between uploading the input
+# file and hearing the batch's id back (a run killed there finds its batch by input file).
+_BATCH_SCHEMA = ("CREATE TABLE IF NOT EXISTS batch_requests (key TEXT PRIMARY KEY, custom_id TEXT NOT NULL, "
+                 "file_id TEXT NOT NULL, batch_id TEXT, created REAL)")
 _BUSY_SECONDS = 60.0  # how long a write waits for another run's transaction on a shared cache
+
+
+class InFlight(NamedTuple):
+    """A request sent in a provider's batch and not answered yet."""
+
+    key: str
+    custom_id: str
+    file_id: str
+    batch_id: str | None  # None: the input file was uploaded, the batch's id never came back
+    created: float  # when the input file was uploaded (time.time())
 
 
 class ResponseCache:
@@ -53,7 +74,9 @@ class ResponseCache:
             if problem != "ok":
                 raise sqlite3.DatabaseError(problem)
             db.execute(_SCHEMA)
+            db.execute(_BATCH_SCHEMA)
             db.execute("SELECT key, response FROM responses LIMIT 0")  # a table of that name but another shape
+            db.execute("SELECT key, custom_id, file_id, batch_id, created FROM batch_requests LIMIT 0")
             return db
         except sqlite3.DatabaseError as exc:
             if db is not None:
@@ -71,14 +94,19 @@ class ResponseCache:
             if _sidecar(self.path, suffix).exists():
                 os.replace(_sidecar(self.path, suffix), _sidecar(damaged, suffix))
         rows = _salvage(damaged)
+        in_flight = _readable_batch_rows(damaged)
         db = _connect(self.path)
         db.execute(_SCHEMA)
+        db.execute(_BATCH_SCHEMA)
         db.execute("BEGIN")
         db.executemany("INSERT OR REPLACE INTO responses (key, response, created) VALUES (?, ?, ?)", rows)
+        db.executemany("INSERT OR REPLACE INTO batch_requests (key, custom_id, file_id, batch_id, created) "
+                       "VALUES (?, ?, ?, ?, ?)", in_flight)
         db.execute("COMMIT")
         log.warning("%s: the response cache is damaged (%s); kept it as %s and started a new cache with the %d "
-                    "responses still readable in it; requests whose responses were lost will be sent again",
-                    self.path, exc, damaged.name, len(rows))
+                    "responses still readable in it%s; requests whose responses were lost will be sent again",
+                    self.path, exc, damaged.name, len(rows),
+                    f" and the {len(in_flight)} requests in flight in batches" if in_flight else "")
         return db
 
     def get_many(self, keys: list[str]) -> dict[str, Response]:
@@ -127,6 +155,66 @@ class ResponseCache:
                     log.warning("%s: cannot store responses (%s); this run goes on, but a rerun will send the "
                                 "unstored requests again", self.path, exc)
                 self._write_failed = True
+
+    # Requests in flight in a provider's batch (curate.llm.batch) ---------------------------------
+
+    def in_flight(self, keys: list[str]) -> dict[str, InFlight]:
+        """The requests among `keys` that were sent in a batch and have no answer yet."""
+        found: dict[str, InFlight] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in self._db.execute("SELECT key, custom_id, file_id, batch_id, created FROM batch_requests "
+                                            f"WHERE key IN ({marks})", chunk):
+                    found[row[0]] = InFlight(*row)
+        return found
+
+    def in_batch(self, batch_id: str) -> dict[str, str]:
+        """custom_id -> request key of the unanswered requests of one batch."""
+        with self._lock:
+            return dict(self._db.execute("SELECT custom_id, key FROM batch_requests WHERE batch_id = ?", (batch_id,)))
+
+    def add_in_flight(self, file_id: str, ids: list[tuple[str, str]]) -> None:
+        """Record (request key, custom_id) pairs as sent in the input file `file_id`, in one transaction
+        (before the batch is created, so a kill right after creating it loses no batch)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO batch_requests (key, custom_id, file_id, batch_id, created) "
+                                 "VALUES (?, ?, ?, NULL, ?)", [(k, c, file_id, now) for k, c in ids])
+            self._db.execute("COMMIT")
+
+    def set_batch(self, file_id: str, batch_id: str) -> None:
+        """The batch made from input file `file_id` is `batch_id`."""
+        with self._lock:
+            self._db.execute("UPDATE batch_requests SET batch_id = ? WHERE file_id = ?", (batch_id, file_id))
+
+    def settle(self, results: dict[str, Response]) -> None:
+        """Requests whose batch has said what became of them: answers are stored and every one of them
+        leaves the in-flight table, in one transaction (a failed one is sent again by the next run)."""
+        items = list(results.items())
+        now = time.time()
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT OR REPLACE INTO responses (key, response, created) VALUES (?, ?, ?)",
+                                     [(k, r.to_json(), now) for k, r in items if r.ok])
+                self._db.executemany("DELETE FROM batch_requests WHERE key = ?", [(k,) for k, _ in items])
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:  # as in put: the run goes on; a rerun collects the batch again
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if not self._write_failed:
+                    log.warning("%s: cannot store responses (%s); this run goes on, but a rerun will collect the "
+                                "unstored answers again", self.path, exc)
+                self._write_failed = True
+
+    def forget_in_flight(self, keys: list[str]) -> None:
+        """Drop requests from the in-flight table without an answer (their batch is gone), so the next
+        run sends them again."""
+        with self._lock:
+            self._db.executemany("DELETE FROM batch_requests WHERE key = ?", [(k,) for k in keys])
 
     def __len__(self) -> int:
         with self._lock:
@@ -203,3 +291,15 @@ def _readable_rows(path: Path) -> list[tuple[str, str, float]]:
     finally:
         db.close()
     return list(rows.values())
+
+
+def _readable_batch_rows(path: Path) -> list[tuple]:
+    """The in-flight batch requests still readable in a damaged cache (so a rerun waits for their
+    batches instead of paying for them again)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        return db.execute("SELECT key, custom_id, file_id, batch_id, created FROM batch_requests").fetchall()
+    except sqlite3.DatabaseError:
+        return []
+    finally:
+        db.close()

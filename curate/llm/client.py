@@ -2,32 +2,47 @@
 
 `llm.generate(requests)` returns one Response per Request, in order. Cache look-up, a sliding
 window of in-flight requests, per-response cache writes, usage and cost totals and the progress
-bar are all handled here; rate limits, retries and timeouts belong to the backend.
+bar are all handled here; rate limits, retries and timeouts belong to the backend. With a batch
+route (`teacher.batch`, curate.llm.batch) the requests the cache lacks go through a provider's
+batch API instead of the window, so every generator gets it without a change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from curate.llm.base import Backend, Request, Response
 from curate.llm.cache import ResponseCache
 
+if TYPE_CHECKING:
+    from curate.llm.batch import BatchRoute
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Price:
-    """USD per million tokens, as given in a recipe's `teacher.price`."""
+    """USD per million tokens, and where the figures came from (a recipe's `teacher.price`, a price
+    table, a local model): curate/pricing.py decides, the report shows `source`."""
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    source: str = "not priced"
+    known: bool = True  # False: no price was found, so the cost counted (0) is not the real cost
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+
+    def as_dict(self) -> dict:
+        return {"input_per_mtok": self.input_per_mtok, "output_per_mtok": self.output_per_mtok,
+                "source": self.source, "known": self.known}
 
 
 @dataclass
@@ -41,6 +56,7 @@ class Usage:
     completion_tokens: int = 0
     cost: float = 0.0
     seconds: float = 0.0
+    batched: int = 0  # of `sent`, the requests that went through a batch route (curate.llm.batch)
 
     def add(self, other: "Usage") -> None:
         for name in self.__dataclass_fields__:
@@ -57,6 +73,7 @@ class LLM:
     price: Price = field(default_factory=Price)
     show_progress: bool = True
     usage: Usage = field(default_factory=Usage)  # totals over this object's life
+    batch: BatchRoute | None = None  # send what the cache lacks through a batch API (curate.llm.batch)
 
     @property
     def model(self) -> str:
@@ -73,9 +90,17 @@ class LLM:
         for key, req in zip(keys, requests):
             if key not in found and key not in todo:
                 todo[key] = req
-        fresh = _run_async(self._send_all(todo, len(requests) - len(todo), len(requests), label)) if todo else {}
+        done = len(requests) - len(todo)
+        if not todo:
+            fresh = {}
+        elif self.batch is not None:
+            fresh = self.batch.run(todo, label, done=done, total=len(requests))
+        else:
+            self._warn_in_flight(todo, label)
+            fresh = _run_async(self._send_all(todo, done, len(requests), label))
         responses = [found.get(k) or fresh[k] for k in keys]
-        usage = Usage(requests=len(requests), sent=len(todo), cache_hits=len(requests) - len(todo))
+        usage = Usage(requests=len(requests), sent=len(todo), cache_hits=done,
+                      batched=len(todo) if self.batch is not None else 0)
         for r in responses:
             usage.failures += not r.ok
             usage.permanent_failures += r.permanent
@@ -85,6 +110,15 @@ class LLM:
         usage.seconds = time.perf_counter() - started
         self.usage.add(usage)
         return responses, usage
+
+    def _warn_in_flight(self, todo: dict[str, Request], label: str) -> None:
+        """Requests an earlier run sent in a batch that is still out are about to be paid for twice."""
+        flying = self.cache.in_flight(list(todo)) if self.cache is not None else {}
+        if flying:
+            batches = sorted({f.batch_id or f.file_id for f in flying.values()})
+            log.warning("%s: %d request(s) are also in batch(es) %s sent by an earlier run with teacher.batch; they are "
+                        "sent again now and paid twice unless those batches are cancelled (or set teacher.batch to "
+                        "wait for them)", label, len(flying), ", ".join(batches[:5]))
 
     async def _send_all(self, todo: dict[str, Request], done: int, total: int, label: str) -> dict[str, Response]:
         """Keep `max_concurrency` requests in flight: a worker takes the next request as soon as one finishes."""
@@ -119,6 +153,8 @@ class LLM:
 
     def close(self) -> None:
         self.backend.close()
+        if self.batch is not None:
+            self.batch.close()
         if self.cache is not None:
             self.cache.close()
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
-import json
 import os
 import platform
 import threading
@@ -208,6 +208,17 @@ def load_tokenizer(model_path: str | Path | None = None):
     return run_on_llama_thread(get)
 
 
+@functools.lru_cache(maxsize=64)
+def schema_grammar(schema_text: str):
+    """The llama.cpp grammar (GBNF) that lets the model write only JSON following the schema (JSON
+    text), made by llama-cpp-python's converter. Made here rather than by passing
+    response_format={"type": "json_object", "schema": ...}, which on a schema the converter cannot
+    take silently falls back to any JSON; this raises instead."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(schema_text, verbose=False)
+
+
 class EmbeddedBackend(Backend):
     """In-process llama.cpp. One request at a time, on the llama.cpp thread (see
     `run_on_llama_thread`): the model is compute-bound and not thread-safe."""
@@ -227,9 +238,6 @@ class EmbeddedBackend(Backend):
         return run_on_llama_thread(self._complete, request)
 
     def _complete(self, request: Request) -> Response:
-        # llama.cpp returns log-probs only from a model that keeps every position's logits (slower),
-        # so that variant is loaded only for requests that ask for them.
-        llm = load_llama(self.model_path, self.n_ctx, logits_all=bool(request.top_logprobs))
         params = dict(
             max_tokens=request.max_tokens,
             temperature=request.temperature,
@@ -237,14 +245,20 @@ class EmbeddedBackend(Backend):
             seed=request.seed,
             stop=list(request.stop) if request.stop else None,
         )
+        if request.json_schema:
+            try:
+                params["grammar"] = schema_grammar(request.json_schema)
+            except Exception as exc:  # the converter raises AssertionError, KeyError, ... on what it cannot do
+                return Response(error=f"embedded model: no llama.cpp grammar for this JSON schema: "
+                                      f"{type(exc).__name__}: {exc}", permanent=True)
+        # llama.cpp returns log-probs only from a model that keeps every position's logits (slower),
+        # so that variant is loaded only for requests that ask for them.
+        llm = load_llama(self.model_path, self.n_ctx, logits_all=bool(request.top_logprobs))
         try:
             if request.messages is not None:
-                fmt = None
-                if request.json_schema:
-                    fmt = {"type": "json_object", "schema": json.loads(request.json_schema)}
                 if request.top_logprobs:
                     params.update(logprobs=True, top_logprobs=request.top_logprobs)
-                out = llm.create_chat_completion(messages=request.message_dicts(), response_format=fmt, **params)
+                out = llm.create_chat_completion(messages=request.message_dicts(), **params)
                 choice = out["choices"][0]
                 text = choice["message"]["content"]
             else:

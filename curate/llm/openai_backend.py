@@ -15,6 +15,21 @@ has to bound how many are in flight:
   read the body).
 - A request that fails for good returns `Response(error=...)` saying what happened; acomplete
   never raises (except cancellation) and never waits unboundedly.
+- Requests keep to the OpenAI API's documented limits, which vLLM's server enforces too (it
+  answers HTTP 400 otherwise): at most 4 `stop` sequences on the wire (any further ones are applied
+  here, to the returned text), seeds folded into the 64-bit range, `top_logprobs` at most 20 on chat
+  and 5 on raw completions (more is refused before sending). `n` is never sent: one request is one
+  sample. `temperature` outside 0..2 is refused before sending. `max_tokens` is sent as at most
+  the model's context length where the server says what that is (vLLM's GET /models gives
+  `max_model_len`; it refuses a larger max_tokens, and itself caps one that only the prompt pushes
+  past the context). A prompt longer than the context is refused by the server (HTTP 400, not
+  retried).
+- A request's `json_schema` is sent as `response_format` (built by `response_format`): OpenAI's structured
+  outputs form, which vLLM's and SGLang's servers take too, `strict` only where the schema meets
+  OpenAI's strict rules (OpenAI refuses a strict request whose schema does not). llama-cpp-python's
+  server takes only its own form (json_object with a schema, which it turns into a grammar: the same
+  constraint) and answers the other with HTTP 500 naming the types it takes; on that answer the
+  backend switches to its form for the rest of its life and sends the request again.
 
 Transport: aiohttp, JSON built and parsed here. The official `openai` client (AsyncOpenAI, on
 httpx) took about ten times the CPU per request (≈4 ms against ≈0.35 ms) and reached a fifth of the
@@ -29,6 +44,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from typing import Any
@@ -45,7 +61,15 @@ from curate.llm.base import Backend, Request, Response, top_logprobs_of
 _RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
 # The request itself is wrong: a rerun sends it again only if it changed. Other 4xx (401, 403, 404)
 # say the key, model or URL is wrong, which the user fixes before rerunning.
-_BAD_REQUEST = frozenset({400, 413, 422})
+BAD_REQUEST_STATUS = frozenset({400, 413, 422})
+# The OpenAI API's documented request limits (API reference: chat/completions, completions).
+MAX_STOP = 4  # stop sequences; vLLM's server: VLLM_MAX_STOP_STRINGS, also 4
+MAX_TOP_LOGPROBS = 20  # chat completions' top_logprobs
+MAX_COMPLETION_LOGPROBS = 5  # raw completions' logprobs
+_INT64 = 2**63  # seeds are signed 64-bit integers
+MAX_TEMPERATURE = 2.0
+# What llama-cpp-python's server answers (HTTP 500) to response_format type "json_schema".
+_JSON_OBJECT_ONLY = b"'text' or 'json_object'"
 _RETRY_AFTER_CAP = 600.0  # a server asking for a longer pause is not waited for beyond this
 _SNIPPET = 200  # characters of a bad body kept in an error message
 
@@ -99,6 +123,10 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
+class _JsonObjectOnly(Exception):
+    """The server (llama-cpp-python's) takes structured output only as response_format json_object."""
+
+
 class _Fail(Exception):
     """An attempt failed in a way a retry will not fix (a 4xx such as 400 or 401)."""
 
@@ -134,6 +162,12 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def api_base_url(base_url: str | None) -> str:
+    """The URL requests go to: the given one, else $OPENAI_BASE_URL, else OpenAI's API (what the
+    openai client does too); prices are looked up by this URL (curate/pricing.py)."""
+    return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+
+
 class OpenAIBackend(Backend):
     """Chat and raw-completion requests to an OpenAI-compatible `base_url` (…/v1)."""
 
@@ -166,7 +200,7 @@ class OpenAIBackend(Backend):
         self.structured_output = structured_output
         self.supports_raw_prompt = raw_prompts
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        self.base_url = api_base_url(base_url)
         # Kept private and out of repr/errors; local servers (vLLM, llama.cpp) need none.
         self.__api_key = api_key if api_key is not None else os.environ.get(api_key_env) or None
         self.max_concurrency = max_concurrency
@@ -185,6 +219,9 @@ class OpenAIBackend(Backend):
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._models_lock: asyncio.Lock | None = None
+        self._context_read = False  # GET /models asked once (see context_length)
+        self._context_length: int | None = None
 
     def __repr__(self) -> str:
         key = "set" if self.__api_key else "none"
@@ -210,12 +247,13 @@ class OpenAIBackend(Backend):
             )
             self._session_loop = loop
             self._slots = asyncio.Semaphore(max(self.max_concurrency, 1))
+            self._models_lock = asyncio.Lock()
         return self._session
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (engines ship backends to workers): the session is rebuilt where it is used."""
         state = self.__dict__.copy()
-        state.update(_session=None, _session_loop=None, _slots=None)
+        state.update(_session=None, _session_loop=None, _slots=None, _models_lock=None)
         return state
 
     async def aclose(self) -> None:
@@ -227,6 +265,8 @@ class OpenAIBackend(Backend):
 
     def payload(self, request: Request) -> tuple[str, dict[str, Any]]:
         """The URL and JSON body for `request`."""
+        if not 0 <= request.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature={request.temperature:g}: the OpenAI API takes 0 to {MAX_TEMPERATURE:g}")
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_tokens,
@@ -242,23 +282,22 @@ class OpenAIBackend(Backend):
             url = self.base_url + "/completions"
             body["prompt"] = request.prompt
         if request.seed is not None:
-            body["seed"] = request.seed
+            body["seed"] = wire_seed(request.seed)
         if request.stop:
-            body["stop"] = list(request.stop)
+            body["stop"] = list(request.stop[:MAX_STOP])  # the rest: cut_at_stops, on the answer
         if request.top_logprobs:
+            top = request.top_logprobs
             if request.messages is not None:
-                body.update(logprobs=True, top_logprobs=request.top_logprobs)
+                if top > MAX_TOP_LOGPROBS:
+                    raise ValueError(f"top_logprobs={top}: the OpenAI API allows at most {MAX_TOP_LOGPROBS}")
+                body.update(logprobs=True, top_logprobs=top)
             else:
-                body["logprobs"] = request.top_logprobs
+                if top > MAX_COMPLETION_LOGPROBS:
+                    raise ValueError(f"top_logprobs={top} on a raw completion: the OpenAI API's /completions "
+                                     f"allows at most {MAX_COMPLETION_LOGPROBS} (chat requests allow {MAX_TOP_LOGPROBS})")
+                body["logprobs"] = top
         if request.json_schema is not None:
-            schema = json.loads(request.json_schema)
-            if self.structured_output == "json_object":
-                body["response_format"] = {"type": "json_object", "schema": schema}
-            else:
-                body["response_format"] = {
-                    "type": "json_schema",
-                    "json_schema": {"name": "output", "schema": schema, "strict": True},
-                }
+            body["response_format"] = response_format(json.loads(request.json_schema), self.structured_output)
         return url, body
 
     @staticmethod
@@ -302,6 +341,29 @@ class OpenAIBackend(Backend):
             extra=extra,
         )
 
+    async def context_length(self) -> int | None:
+        """The served model's context length, if the server says (vLLM: `max_model_len` in its
+        GET /models entry; OpenAI and llama-cpp-python do not), read once per backend. Any
+        failure to read it means unknown: requests are then sent as they are."""
+        if self._context_read:
+            return self._context_length
+        session = self._get_session()
+        async with self._models_lock:
+            if not self._context_read:
+                try:
+                    async with _timeout(min(self.timeout, 10.0)):
+                        async with session.get(self.base_url + "/models") as resp:
+                            data = await resp.json(content_type=None) if resp.status == 200 else None
+                    entries = data.get("data") if isinstance(data, dict) else None
+                    for entry in entries if isinstance(entries, list) else []:
+                        if isinstance(entry, dict) and entry.get("id") == self.model:
+                            n = entry.get("max_model_len")
+                            self._context_length = n if isinstance(n, int) and n > 0 else None
+                except Exception:  # an optional hint: whatever went wrong, the length is unknown
+                    pass
+                self._context_read = True
+        return self._context_length
+
     # -- the request loop -------------------------------------------------------------------------
 
     def _backoff(self, attempt: int) -> float:
@@ -337,6 +399,8 @@ class OpenAIBackend(Backend):
             raise _Retry(f"connection error: {type(exc).__name__}: {exc}") from None
         if status == 200:
             return self.parse(raw, chat)
+        if _JSON_OBJECT_ONLY in raw and (body.get("response_format") or {}).get("type") == "json_schema":
+            raise _JsonObjectOnly()
         reason = f"HTTP {status}: {_snippet(raw)}"
         if status >= 500 or status in _RETRY_STATUS:
             raise _Retry(reason, status, parse_retry_after(headers) if status == 429 else None)
@@ -348,6 +412,8 @@ class OpenAIBackend(Backend):
         except ValueError as exc:
             return Response(error=f"cannot build request: {exc}", permanent=True)
         chat = request.messages is not None
+        if (context := await self.context_length()) is not None and body["max_tokens"] > context:
+            body["max_tokens"] = context  # the server caps it further to what the prompt leaves
         est = request.approx_prompt_tokens() + request.max_tokens
         attempts = 0
         while True:
@@ -355,9 +421,14 @@ class OpenAIBackend(Backend):
             try:
                 await self._wait_for_capacity(est)
                 response = await self._attempt(url, body, chat)
+            except _JsonObjectOnly:
+                self.structured_output = "json_object"  # for every later request of this backend too
+                body = {**body, "response_format": response_format(json.loads(request.json_schema), "json_object")}
+                attempts -= 1  # the server did not fail: it asked for another form
+                continue
             except _Fail as exc:
                 return Response(error=self._redact(_final(str(exc), attempts, retried=False)),
-                                permanent=exc.status in _BAD_REQUEST)
+                                permanent=exc.status in BAD_REQUEST_STATUS)
             except _Retry as exc:
                 if attempts > self.max_retries:
                     return Response(error=self._redact(_final(exc.message, attempts, retried=True)))
@@ -371,6 +442,8 @@ class OpenAIBackend(Backend):
                 continue
             except Exception as exc:  # never raise out of acomplete: a bug here must not kill a run
                 return Response(error=self._redact(f"unexpected client error: {type(exc).__name__}: {exc}"))
+            if request.stop and len(request.stop) > MAX_STOP:
+                response = cut_at_stops(response, request.stop[MAX_STOP:])
             if self._tpm_bucket is not None and (response.prompt_tokens or response.completion_tokens):
                 self._tpm_bucket.credit(est - response.prompt_tokens - response.completion_tokens)
             if attempts > 1:
@@ -381,6 +454,62 @@ class OpenAIBackend(Backend):
         """Servers echo a rejected key in their error body; it must not reach logs or reject tables."""
         key = self.__api_key
         return text.replace(key, "***") if key else text
+
+
+def response_format(schema: dict[str, Any], style: str = "json_schema") -> dict[str, Any]:
+    """The `response_format` asking for JSON that follows `schema`. "json_schema": OpenAI's form
+    (vLLM, SGLang), named by the schema's title (a pydantic model's class name) and `strict` where
+    `openai_strict` says OpenAI accepts it so; "json_object": llama-cpp-python's form."""
+    if style == "json_object":
+        return {"type": "json_object", "schema": schema}
+    title = schema.get("title")
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", title.strip())[:64] if isinstance(title, str) and title.strip() else "output"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": openai_strict(schema)}}
+
+
+def openai_strict(schema: Any) -> bool:
+    """Whether OpenAI's strict mode takes `schema`: every object in it lists all its properties in
+    `required` and sets `additionalProperties: false` (OpenAI's structured outputs guide, "Supported
+    schemas"). A schema that does not is sent with strict false: OpenAI then follows it without a
+    guarantee, where a strict request would be refused with HTTP 400."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack += node
+            continue
+        if not isinstance(node, dict):
+            continue
+        types = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
+        if "object" in types or "properties" in node:
+            properties = node.get("properties") or {}
+            if node.get("additionalProperties") is not False or set(node.get("required") or ()) != set(properties):
+                return False
+        for key in ("properties", "$defs", "definitions"):
+            if isinstance(node.get(key), dict):
+                stack += node[key].values()
+        stack += [node[key] for key in ("items", "prefixItems", "anyOf", "oneOf", "allOf") if key in node]
+    return True
+
+
+def wire_seed(seed: int) -> int:
+    """`seed` as sent: unchanged inside the signed 64-bit range the API takes, else folded into
+    0..2**63-1 (a recipe seed near 2**63-1 plus a sample index leaves the range)."""
+    return seed if -_INT64 <= seed < _INT64 else seed % _INT64
+
+
+def cut_at_stops(response: Response, stops: tuple[str, ...]) -> Response:
+    """The answer ended before the first of `stops` in it, as a server given them would have ended
+    it (finish reason "stop"). For the stop sequences beyond what the API lets a request send; the
+    tokens the server generated past the cut stay counted in the usage (they were generated)."""
+    text = response.text
+    if text is None:
+        return response
+    cuts = [text.find(s) for s in stops if s and s in text]
+    if not cuts:
+        return response
+    response.text, response.finish_reason = text[: min(cuts)], "stop"
+    return response
 
 
 def _snippet(raw: bytes) -> str:

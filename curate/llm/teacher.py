@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curate.llm.base import Backend
 from curate.llm.cache import ResponseCache
-from curate.llm.client import LLM, Price
+from curate.llm.client import LLM
+
+log = logging.getLogger(__name__)
 
 
 class PriceConfig(BaseModel):
+    """USD per million tokens at the standard (synchronous) rate. Given, it overrides the price table
+    (curate/pricing.py); a batch API is priced at half of it."""
+
     model_config = ConfigDict(extra="forbid")
     input_per_mtok: float = Field(0.0, ge=0)
     output_per_mtok: float = Field(0.0, ge=0)
+
+
+class BatchConfig(BaseModel):
+    """`teacher.batch`: send each step's requests through a batch API instead of one HTTP request
+    each (curate.llm.batch). OpenAI's Batch API answers within 24 hours at half the price.
+
+    `max_requests` and `max_bytes` split a step into several batches: OpenAI takes up to 50,000
+    requests and 200 MB per input file (other providers: set theirs). `poll_seconds` is how often
+    a batch's state is asked. `folder` writes the batch input files there instead of uploading them,
+    and waits for `<name>.output.jsonl` beside each: the file format of vLLM's
+    `python -m vllm.entrypoints.openai.run_batch -i IN -o OUT --model M` (README.md), which takes
+    chat requests only, so with a folder the teacher is chat-only (Magpie refuses to start).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    poll_seconds: float = Field(30.0, gt=0)
+    max_requests: int = Field(50_000, ge=1)
+    max_bytes: int = Field(200_000_000, ge=1_000)
+    folder: str | None = None
 
 
 class TeacherConfig(BaseModel):
@@ -43,13 +68,39 @@ class TeacherConfig(BaseModel):
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
     chat_only: bool = False  # openai: the server only serves /chat/completions
-    price: PriceConfig = Field(default_factory=PriceConfig)
+    price: PriceConfig = Field(default_factory=PriceConfig)  # unset: from the price table (curate/pricing.py)
+    # The license or terms the teacher's outputs come under (an id from curate/licenses.py, e.g.
+    # llama3.1, or `other`), checked against the output license like an input's.
+    license: str | None = None
+    # openai: requests through the provider's batch API (true, or BatchConfig's settings)
+    batch: BatchConfig | None = None
     # vllm: model = HF id or folder, model_path = a .gguf to convert; neither = the embedded model
     dtype: str | None = None
     max_model_len: int | None = Field(None, gt=0)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool | None = None  # None: True on CPU, vLLM's default on GPU
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch_true(cls, value):
+        """`batch: true` takes the defaults, `batch: false` is no batch."""
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @property
+    def batch_api(self) -> bool:
+        """Requests go through a provider's batch API, so they cost its batch price (a `batch.folder`
+        is answered by whoever runs the files: no batch price)."""
+        return self.batch is not None and not self.batch.folder
+
+    @model_validator(mode="after")
+    def _batch_needs_openai(self) -> TeacherConfig:
+        if self.batch is not None and self.backend != "openai":
+            raise ValueError(f"batch applies to backend 'openai' only; '{self.backend}' answers in-process, "
+                             "where batching is what it does already")
+        return self
 
     @model_validator(mode="after")
     def _chat_only_needs_http(self) -> TeacherConfig:
@@ -89,7 +140,8 @@ def build_backend(cfg: TeacherConfig) -> Backend:
         tpm=cfg.tpm,
         timeout=cfg.timeout,
         max_retries=cfg.max_retries,
-        raw_prompts=not cfg.chat_only,
+        # batch files for vLLM's run_batch hold chat requests only: steps needing raw prompts refuse to start
+        raw_prompts=not cfg.chat_only and not (cfg.batch is not None and cfg.batch.folder),
     )
     if cfg.base_url:
         kwargs["base_url"] = cfg.base_url
@@ -97,9 +149,18 @@ def build_backend(cfg: TeacherConfig) -> Backend:
 
 
 def build_llm(cfg: TeacherConfig, cache_path: str | Path | None, show_progress: bool = True) -> LLM:
-    return LLM(
-        backend=build_backend(cfg),
-        cache=ResponseCache(cache_path) if cache_path else None,
-        price=Price(cfg.price.input_per_mtok, cfg.price.output_per_mtok),
-        show_progress=show_progress,
-    )
+    """The LLM a recipe's steps call. With `batch`, its requests go through the batch route, which
+    keeps the batches in flight in the response cache, and are priced at the batch rate."""
+    from curate.pricing import teacher_price
+
+    price = teacher_price(cfg, batch=cfg.batch_api)
+    if not price.known:
+        log.warning("teacher %s: %s", cfg.model, price.source)
+    backend = build_backend(cfg)
+    cache = ResponseCache(cache_path) if cache_path else None
+    route = None
+    if cfg.batch is not None:
+        from curate.llm.batch import build_batch_route
+
+        route = build_batch_route(cfg, backend, cache, show_progress)
+    return LLM(backend=backend, cache=cache, price=price, show_progress=show_progress, batch=route)
