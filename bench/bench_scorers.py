@@ -1,11 +1,12 @@
 """The three token-log-prob scorers (llama.cpp, transformers, vLLM): agreement and speed, one process.
 
-    python bench/bench_scorers.py [--rows 50 --anchors 3 --speed-rows 20 --rounds 3 --threads 1]
-                                  [--only llama_cpp,transformers,vllm] [--nuggets 4x8]   (0 skips it)
+    python bench/bench_scorers.py [--rows 50 --data FILE --anchor-rows 7,11,22 --speed-rows 20 --rounds 3]
+                                  [--threads 1 --only llama_cpp,transformers,vllm --nuggets 4x8]  (0 skips)
 
-Rows (CC BY-NC, read, never copied): the first --rows rows of ../shared/data/quality_cherry_alpaca_ifd
-(Alpaca, the IFD-selected 5%); NUGGETS' anchors are the first --anchors rows of
-../shared/data/nuggets_alpaca_gpt4's anchor file.
+Rows (CC BY-NC, read, never copied): the first --rows rows of --data, by default the 100
+Alpaca-GPT4 rows of ../shared/data/nuggets_alpaca_gpt4's anchor file (tests/test_vllm.py scores 5
+of the first 50); NUGGETS' anchors are the --anchor-rows rows of that anchor file (the test's).
+The speed rounds use the first --speed-rows rows of Cherry Alpaca (../shared/data/quality_cherry_alpaca_ifd).
 
 Agreement: each likelihood filter at its call site (`Perplexity`, `IFD` Cherry and Superfiltering,
 `Nuggets` with the anchor file) on every scorer, against llama.cpp's scores: the largest and the
@@ -90,6 +91,14 @@ def likelihood_filters(kind: str, anchors: str, scorer_options: dict) -> dict:
     }
 
 
+def write_anchor_file(rows: list[int], folder: Path) -> Path:
+    """These rows of the NUGGETS anchor file as a JSONL file in `folder` (a scratch copy)."""
+    raw = json.loads(ANCHORS.read_text())
+    path = folder / "anchors.jsonl"
+    path.write_text("".join(json.dumps(raw[i]) + "\n" for i in rows))
+    return path
+
+
 def differences(got: dict, ref: dict) -> dict[str, np.ndarray]:
     """Per row, each filter's scores against llama.cpp's, as tests/test_vllm.py measures them:
     perplexities and the Superfiltering ratio (a ratio of two perplexities) relatively, mean NLLs,
@@ -138,7 +147,8 @@ def token_agreement(name: str, ref: list[np.ndarray], got: list[np.ndarray]) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=50, help="rows for the agreement (0 skips it)")
-    ap.add_argument("--anchors", type=int, default=3, help="NUGGETS anchors in the agreement")
+    ap.add_argument("--data", default=str(ANCHORS), help="rows for the agreement (any format curate reads)")
+    ap.add_argument("--anchor-rows", default="7,11,22", help="rows of the anchor file that NUGGETS scores against")
     ap.add_argument("--speed-rows", type=int, default=20, help="rows for the speed rounds (0 skips them)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -171,9 +181,9 @@ def main() -> None:
 
     # Agreement ----------------------------------------------------------------------------------
     if args.rows:
-        df = read_records(ROWS, source="cherry-alpaca").head(args.rows)
-        anchor_file = Path(tempfile.mkdtemp()) / "anchors.jsonl"
-        anchor_file.write_text("".join(json.dumps(row) + "\n" for row in json.loads(ANCHORS.read_text())[: args.anchors]))
+        df = read_records(args.data, source="agreement").head(args.rows)
+        anchor_rows = [int(i) for i in args.anchor_rows.split(",")]
+        anchor_file = write_anchor_file(anchor_rows, Path(tempfile.mkdtemp()))
         pairs = perplexity_pairs(ref_scorer, df)
         ids = [(ref_scorer.tokenize(c), ref_scorer.tokenize(t)) for c, t in pairs]
         texts = {part: message_text(df, part).to_list() for part in ("prompt", "response", "text")}
@@ -186,13 +196,13 @@ def main() -> None:
             seconds[kind] = time.perf_counter() - started
             print(f"  {kind}: the four filters in {seconds[kind]:.0f}s; {same}/{3 * len(df)} prompt, response "
                   f"and text strings tokenized as by llama.cpp ({load_avg()})", flush=True)
-        print(f"\nAgreement with llama.cpp, {len(df)} rows of Cherry Alpaca, NUGGETS on {args.anchors} anchors:")
+        print(f"\nAgreement with llama.cpp, {len(df)} rows of {Path(args.data).name}, NUGGETS on {len(anchor_rows)} anchors:")
+        ref = ref_scorer.score_ids_after_prefix([], ids)
         for kind in kinds[1:]:
             print(f"{kind}: {'largest':>8s} {'p95':>8s}")
             for what, d in differences(scores[kind], scores["llama_cpp"]).items():
                 print(f"  {what:42s} {np.nanmax(d):8.4f} {np.nanpercentile(d, 95):8.4f}")
             got = scorers[kind].score_ids_after_prefix([], ids)
-            ref = ref_scorer.score_ids_after_prefix([], ids)
             token_agreement("responses", ref[: len(df)], got[: len(df)])
             token_agreement("texts", ref[len(df):], got[len(df):])
 
@@ -226,7 +236,7 @@ def main() -> None:
     # Speed: NUGGETS golden scores -------------------------------------------------------------------
     if args.nuggets != "0":
         c, k = (int(x) for x in args.nuggets.split("x"))
-        parts = record_parts(read_records(ANCHORS, source="nuggets-anchors").slice(args.anchors, c + k))
+        parts = record_parts(read_records(ROWS, source="cherry-alpaca").slice(args.speed_rows, c + k))
         cand_parts, anchor_parts = parts[:c], parts[c:]
         res, secs = {}, {}
         for kind, s in scorers.items():
