@@ -311,27 +311,36 @@ def novel_mask(candidates: Sequence[str], pool: Sequence[str] = (), threshold: f
     return NoveltyFilter(pool, threshold).filter(candidates)
 
 
-def novel_mask_naive(candidates: Sequence[str], pool: Sequence[str] = (), threshold: float = 0.7) -> list[bool]:
-    """The reference: every pair, rouge_score's DP LCS. Quadratic; for tests and benchmarks."""
+def novel_mask_naive(candidates: Sequence[str], pool: Sequence[str] = (), threshold: float = 0.7,
+                     rouge=None) -> list[bool]:
+    """The reference: every pair, rouge_score's DP LCS (or `rouge(tokens_a, tokens_b)`). Quadratic;
+    for tests and benchmarks."""
+    rouge = rouge or _rouge_dp
     kept = [tokenize(p) for p in pool]
     out = []
     for c in candidates:
         tc = tokenize(c)
-        ok = all(_rouge_dp(tc, tp) < threshold for tp in kept)
+        ok = all(rouge(tc, tp) < threshold for tp in kept)
         out.append(ok)
         if ok:
             kept.append(tc)
     return out
 
 
-def _rouge_dp(a: list[str], b: list[str]) -> float:
-    """rouge_score's _score_lcs: DP table, then P, R, F."""
-    if not a or not b:
-        return 0.0
+def lcs_length_dp(a: Sequence, b: Sequence) -> int:
+    """The textbook O(len(a) * len(b)) LCS table, as rouge_score's _score_lcs fills it: the
+    reference the bit-parallel `lcs_length` is checked against."""
     prev = [0] * (len(b) + 1)
     for x in a:
         cur = [0]
         for j, y in enumerate(b):
             cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
         prev = cur
-    return _fmeasure(prev[-1], len(a), len(b))
+    return prev[-1]
+
+
+def _rouge_dp(a: list[str], b: list[str]) -> float:
+    """rouge_score's _score_lcs: DP table, then P, R, F."""
+    if not a or not b:
+        return 0.0
+    return _fmeasure(lcs_length_dp(a, b), len(a), len(b))

@@ -31,6 +31,30 @@ def run_recipe_cli(recipe: str, out: Path, timeout: int = 1700, overrides: list[
     return json.loads((out / "report.json").read_text())
 
 
+def run_catalogue_on_embedded(name: str, out: Path, kinds: list[str], rows_in: int, timeout: int = 3600) -> tuple[dict, dict]:
+    """Run recipes/<name>.yaml on the embedded model through the CLI; check its steps are `kinds`,
+    that it read `rows_in` rows and that its funnel adds up. Returns the report and the marker of
+    the step after the inputs (the generator: its `generation` figures)."""
+    pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
+    report = run_recipe_cli(f"recipes/{name}.yaml", out, timeout=timeout)
+    steps = report["steps"]
+    assert [s["kind"] for s in steps] == kinds and steps[0]["rows_out"] == rows_in, steps
+    assert_funnel_adds_up(steps)
+    marker = json.loads((out / "steps" / f"01-{kinds[1]}" / "_DONE.json").read_text())
+    return report, marker
+
+
+def load_train(out: Path):
+    """The written train split through `datasets` (which refuses a file with no rows: then polars)."""
+    import datasets
+    import polars as pl
+
+    path = out / "data" / "train.parquet"
+    if pl.read_parquet(path).height == 0:
+        return []
+    return datasets.load_dataset("parquet", data_files=str(path), split="train")
+
+
 def assert_funnel_adds_up(steps: list[dict], filters_from: int = 2) -> None:
     """Each step starts from the rows the one before it kept, and each filter (from index
     `filters_from` of report["steps"]) keeps or drops, with a reason, every row it got."""

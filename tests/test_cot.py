@@ -25,7 +25,7 @@ from synth.cot import (
     split_solution,
 )
 
-from tests.conftest import run_recipe_cli
+from tests.conftest import run_catalogue_on_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -306,12 +306,9 @@ def test_recipe_validates_and_maps_gold():
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two minutes idle; far longer on a loaded shared machine
 def test_recipe_on_embedded_model(tmp_path):
-    pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     out = tmp_path / "out"
-    report = run_recipe_cli("recipes/math-cot.yaml", out, timeout=3600)
+    report, marker = run_catalogue_on_embedded("math-cot", out, ["inputs", "verified_cot"], rows_in=8)
     steps = report["steps"]
-    assert [s["kind"] for s in steps] == ["inputs", "verified_cot"] and steps[0]["rows_out"] == 8
-    marker = json.loads((out / "steps" / "01-verified_cot" / "_DONE.json").read_text())
     cot = marker["cot"]
     assert cot["questions"] == 8 and len(cot["per_question"]) == 8
     assert sum(cot["pass_rate"]["histogram"].values()) == 8

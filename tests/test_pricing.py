@@ -39,7 +39,7 @@ def test_known_providers_are_priced_from_the_table(model, base_url, provider, mo
     """Used to be $0 unless the recipe typed teacher.price."""
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     price = teacher_price(TeacherConfig(backend="openai", model=model, base_url=base_url))
-    assert price.known and price.source.startswith(f"genai-prices ") and f"({provider} " in price.source
+    assert price.known and price.source.startswith("genai-prices ") and f"({provider} " in price.source
     assert table(model, provider) == rates(price)
     assert price.input_per_mtok > 0 and price.output_per_mtok > 0
 

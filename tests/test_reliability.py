@@ -37,7 +37,7 @@ from curate.errors import CurateError
 from curate.folder import INCOMPLETE, MANIFEST, incomplete, locked
 from curate.hub import publish
 from curate.recipe import build_recipe, load_recipe, redact_url
-from curate.steps import Step, StepResult
+from curate.steps import Step
 from tests.servers.fault_server import fault_server
 
 ROOT = Path(__file__).resolve().parents[1]

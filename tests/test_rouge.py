@@ -11,6 +11,7 @@ import pytest
 from synth.rouge import (
     NoveltyFilter,
     _rouge_dp,
+    lcs_length_dp,
     lcs_length,
     novel_mask,
     novel_mask_naive,
@@ -66,19 +67,9 @@ def test_lcs_bit_parallel_matches_dp():
         a = [rng.randrange(k) for _ in range(rng.randint(0, 90))]  # > 64 symbols: big ints
         b = [rng.randrange(k) for _ in range(rng.randint(0, 90))]
         lcs = lcs_length(a, b)
-        assert rouge_l_dp_lcs(a, b) == lcs
+        assert lcs_length_dp(a, b) == lcs
         if a and b and i < 50:  # the module's DP reference scores the same
             assert _rouge_dp(a, b) == pytest.approx(f_exact(lcs, len(a), len(b)), abs=1e-15)
-
-
-def rouge_l_dp_lcs(a, b):
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
 
 
 # ---- novelty filter: identical decisions -------------------------------------------------------
@@ -89,15 +80,7 @@ WORDS = ["a", "b", "c", "d", "the", "of", "to", "x", "y", "z"]
 def naive_bitparallel(cands, pool, threshold):
     """The naive all-pairs loop with the bit-parallel LCS (checked against the DP above): the same
     decisions as novel_mask_naive, fast enough for fuzzing the pruning logic."""
-    kept = [tokenize(p) for p in pool]
-    out = []
-    for c in cands:
-        tc = tokenize(c)
-        ok = all(rouge_l_tokens(tc, tp) < threshold for tp in kept)
-        out.append(ok)
-        if ok:
-            kept.append(tc)
-    return out
+    return novel_mask_naive(cands, pool, threshold, rouge=rouge_l_tokens)
 
 
 def _random_text(rng):

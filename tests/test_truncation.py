@@ -8,7 +8,6 @@ cannot be chosen; it cuts exactly as a backend does (text up to max_tokens, fini
 
 import asyncio
 
-import polars as pl
 import pytest
 
 from curate.llm import LLM, Request, Response

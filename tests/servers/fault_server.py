@@ -50,7 +50,6 @@ import argparse
 import asyncio
 import contextlib
 import email.utils
-import importlib.util
 import json
 import os
 import re
