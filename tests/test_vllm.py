@@ -239,19 +239,24 @@ def test_a_sequence_of_n_ctx_tokens_scores(backend):
 # otherwise), and the bench's three anchors.
 ROWS, ANCHOR_ROWS = [0, 2, 6, 10, 44], [7, 11, 22]
 # Tolerances against llama.cpp, which runs the Q4_1 weights (transformers and vLLM run the dequantized
-# float32 folder and agree with each other to 1e-4): about twice the largest difference
-# `python bench/bench_scorers.py --rows 50` measured over the first 50 of these rows (the same for
-# transformers and vLLM; figures in bench/README.md), measured as `differences` does.
+# float32 folder and agree with each other to 1e-4): about twice the largest difference over the
+# first 50 of these rows, measured as `differences` does by `python bench/bench_scorers.py --rows 50`
+# (vLLM, 2026-11-30; the figures are in bench/README.md). Measured largest, then p95: perplexity
+# ratio 0.066 / 0.049 (response), 0.046 / 0.024 (text); mean NLL 0.080 / 0.044 (Cherry, given the
+# instruction), 0.056 / 0.043 (Cherry, without), 0.062 / 0.043 and 0.095 / 0.071 (Superfiltering);
+# Cherry IFD 0.017 / 0.014; Superfiltering IFD ratio 0.120 / 0.071. NUGGETS' GS (a count of wins
+# over 3 anchors) differed by one anchor in more than 5% of the rows, where the two likelihoods
+# nearly tie, and never by two: its tolerance is that one anchor, with no room beyond it.
 TOLERANCES = {
-    "perplexity response: |ratio - 1|": 0.03,
-    "perplexity text: |ratio - 1|": 0.03,
-    "IFD cherry nll_cond: |difference|": 0.12,
+    "perplexity response: |ratio - 1|": 0.15,
+    "perplexity text: |ratio - 1|": 0.1,
+    "IFD cherry nll_cond: |difference|": 0.16,
     "IFD cherry nll_direct: |difference|": 0.12,
-    "IFD superfiltering nll_cond: |difference|": 0.12,
-    "IFD superfiltering nll_direct: |difference|": 0.12,
-    "IFD cherry: |difference|": 0.04,
-    "IFD superfiltering: |ratio - 1|": 0.12,
-    "NUGGETS GS: |difference|": 1 / 3,  # one anchor in three may flip where the two likelihoods nearly tie
+    "IFD superfiltering nll_cond: |difference|": 0.13,
+    "IFD superfiltering nll_direct: |difference|": 0.2,
+    "IFD cherry: |difference|": 0.035,
+    "IFD superfiltering: |ratio - 1|": 0.25,
+    "NUGGETS GS: |difference|": 1 / 3,
 }
 
 
