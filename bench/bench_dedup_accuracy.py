@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_minhash import ShingleSets  # noqa: E402
 from curate import text as T  # noqa: E402
 from curate.records import make_frame, message_text  # noqa: E402
-from filters import dedup as D  # noqa: E402
+from filters import minhash as D  # noqa: E402
 
 GPTEACHER = Path("/work/shared/data/dedup_gpteacher_toolformer/toolformer_labeled.jsonl")
 T0 = Path("/work/shared/data/dedup_t0_templates/t0_train_50k_per_template.jsonl.gz")

@@ -51,11 +51,19 @@ def run(
                                        "or -o steps.minhash_dedup.threshold=0.9 (repeatable)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/<recipe name>)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="local (default) or ray: the same recipe on a Ray "
+                                         "cluster (the recipe's engine.name otherwise)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster to join, e.g. "
+                                          "10.0.0.1:6379 (default RAY_ADDRESS, else a Ray started for the run)."),
 ):
     """Run a recipe. A rerun into the same --out resumes: unchanged finished steps are skipped and cached LLM responses are not sent again."""
     from curate.engine import run_recipe
     from curate.recipe import load_recipe
 
+    if engine is not None:
+        override = [*override, f"engine.name={engine}"]
+    if address is not None:
+        override = [*override, f"engine.address={address}"]
     rec = load_recipe(recipe, override)
     target = out_dir or Path("runs") / rec.config.name  # the recipe name is one plain folder name
     report = run_recipe(rec, target, show_progress=not quiet)

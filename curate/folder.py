@@ -125,7 +125,8 @@ class RunFolder:
         write_json({"recipe": recipe, "pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
                     "about": "the run writing this folder has not finished; its files may come from two runs"},
                    self.path / INCOMPLETE)
-        for folder in [self.path, self.path / "data", self.path / "gx", *sorted((self.path / "steps").glob("*"))]:
+        steps = sorted(p for p in (self.path / "steps").rglob("*") if p.is_dir())  # step folders, their parts
+        for folder in [self.path, self.path / "data", self.path / "gx", *steps]:
             if not folder.is_dir():
                 continue
             for f in folder.iterdir():

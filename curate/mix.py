@@ -20,14 +20,15 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from curate.errors import CurateError
-from curate.steps import Context, RecipePath, Step, StepResult
+from curate.steps import STATE, Context, RecipePath, Resolved, Step, StepResult
 from curate.tokens import message_tokens, token_counter, tokenizer_file
 
 
 class Mix(Step):
     kind: ClassVar[str] = "mix"
     code_version: ClassVar[int] = 2  # 2: a row's tokens are its turns' tokens, without the newlines that joined them
-    is_global: ClassVar[bool] = True
+    # Global through its state: each row's source and size; `resolve` draws the mixture from them.
+    execution: ClassVar[str] = STATE
     weights: dict[str, float] | None = None
     quotas: dict[str, float] | None = None
     unit: Literal["rows", "tokens"] = "rows"
@@ -64,18 +65,25 @@ class Mix(Step):
         own = [f for f in super().files() if f != self.tokenizer]
         return own + ([str(token_counter(self.tokenizer).path)] if self.unit == "tokens" else [])
 
-    def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
+    def state(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Each row's source and size (1, or its tokens)."""
+        counter = token_counter(self.tokenizer) if self.unit == "tokens" else None
+        size = message_tokens(batch, counter)["text"].cast(pl.Int64) if counter else pl.repeat(1, batch.height, dtype=pl.Int64, eager=True)
+        return pl.DataFrame({"source": batch["source"], "size": size})
+
+    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch) -> Resolved:
+        """The rows left out (with their reason), from every row's source and size."""
+        df = state.select("source", "size").collect()
         spec = self.weights or self.quotas
         have = set(df["source"].unique().to_list())
         missing = sorted(set(spec) - have)
         if missing:
             raise CurateError(f"mix: no rows from source(s) {missing}; the data has {sorted(have, key=str)}")
         seed = ctx.seed if self.seed is None else self.seed
+        # the permutation depends on the number of rows and the seed only, not on the columns
         df = df.with_row_index("_row").sample(fraction=1.0, shuffle=True, seed=seed)
-        counter = token_counter(self.tokenizer) if self.unit == "tokens" else None
-        size = message_tokens(df, counter)["text"].to_numpy() if counter else np.ones(df.height, dtype=np.int64)
-        df = df.with_columns(pl.Series("_size", size))
-        available = {s: int(df.filter(pl.col("source") == s)["_size"].sum()) for s in spec}
+        size = df["size"].to_numpy()
+        available = {s: int(df.filter(pl.col("source") == s)["size"].sum()) for s in spec}
         if self.quotas is not None:
             target = {s: float(q) for s, q in self.quotas.items()}
         else:
@@ -101,9 +109,16 @@ class Mix(Step):
                    "realized": realized[s], "realized_share": round(realized[s] / grand, 6),
                    "available": available[s], "shortfall": round(max(target[s] - available[s], 0), 3)}
                for s in target}
-        kept = df.filter(pl.Series(take)).sort("_row").drop("_row", "_size")
-        rejected = df.filter(~pl.Series(take)).sort("_row").drop("_row", "_size").with_columns(
+        left_out = df.filter(~pl.Series(take)).sort("_row").select(
+            pl.col("_row").cast(pl.Int64).alias("row"),
             pl.when(pl.col("source").is_in(list(target))).then(pl.lit("over mixture quota"))
             .otherwise(pl.lit("source not in the mixture")).alias("reason"))
-        stats = {"unit": self.unit, "sources": mix, **({"tokenizer": counter.name} if counter else {})}
-        return StepResult(kept=kept, rejected=rejected, stats={"mix": stats})
+        stats = {"unit": self.unit, "sources": mix, **({"tokenizer": token_counter(self.tokenizer).name}
+                                                        if self.unit == "tokens" else {})}
+        return Resolved(left_out, stats={"mix": stats})
+
+    def apply(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> StepResult:
+        reason = resolved.aligned(rows, {"reason": pl.String})["reason"]
+        out = reason.is_not_null()
+        return StepResult(kept=batch.filter(~out), rejected=batch.filter(out).with_columns(reason.filter(out)),
+                          stats=resolved.stats)

@@ -32,11 +32,11 @@ import copy
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curate.errors import CurateError
 from curate.io import read_text
@@ -67,6 +67,37 @@ class InputConfig(BaseModel):
     license: str | None = None  # of this input, listed in the dataset card
 
 
+class EngineConfig(BaseModel):
+    """`engine:` in a recipe: which engine runs it and how the run is cut into parts. Outputs do not
+    depend on it (a run in one part and a run in many, local or on Ray, give the same rows), but
+    memory does: the local engine holds about one part of rows at a time, plus the compact state of
+    global steps. `engine: ray` is short for `engine: {name: ray}` (curate.engines.ray)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["local", "ray"] = "local"
+    part_rows: int = Field(100_000, ge=1)  # rows per part (and per output shard, when the data is larger)
+    # ray: the cluster to join (`ray start --head` prints it; else RAY_ADDRESS, else a Ray started for the run)
+    address: str | None = None
+    # ray: teacher actors (each loads the model once): default one per `actor_gpus` GPUs, or per
+    # `actor_cpus` CPUs without GPUs; 1 for backend openai (each actor keeps max_concurrency requests in flight)
+    actors: int | None = Field(None, ge=1)
+    actor_cpus: float = Field(1.0, ge=0)
+    actor_gpus: float = Field(0.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _ray_settings_need_ray(self) -> "EngineConfig":
+        """Ray's settings on the local engine would silently mean nothing."""
+        given = [k for k in ("address", "actors", "actor_cpus", "actor_gpus") if k in self.model_fields_set]
+        if self.name == "local" and given:
+            raise ValueError(f"engine.{given[0]} applies to the ray engine only (engine.name: ray, or --engine ray)")
+        return self
+
+
 class RecipeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -78,6 +109,7 @@ class RecipeConfig(BaseModel):
     steps: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: str | None = None  # response cache file; default <out>/cache/llm.sqlite
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     # `validate:` (curate.report.validate); not named `validate`, which is a BaseModel method
     checks: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
 
@@ -154,6 +186,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise CurateError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise CurateError(f"{path}: a recipe must be a YAML mapping")
+    if isinstance(raw.get("engine"), str):  # `engine: ray`, so that -o engine.part_rows=... adds to it
+        raw["engine"] = {"name": raw["engine"]}
     for item in overrides:
         apply_override(raw, item)
     return build_recipe(raw, base_dir=path.parent, origin=str(path), path=path)

@@ -11,6 +11,7 @@ import hashlib
 import json
 from typing import Any, Iterable
 
+import numpy as np
 import polars as pl
 
 from curate.text import char_class
@@ -105,10 +106,35 @@ def frame_digest(df: pl.DataFrame) -> str:
     """Content hash of a frame: its column names and types and every value, in row order. Stable
     within one polars version (polars' row hash may change between versions; a new version then
     only makes a rerun redo its steps)."""
-    h = hashlib.sha256(json.dumps([[c, str(t)] for c, t in df.schema.items()]).encode())
-    if df.width and df.height:
-        h.update(df.hash_rows().to_numpy().tobytes())
-    return h.hexdigest()[:16]
+    return FrameDigest(df.schema).update(df).hexdigest()
+
+
+class FrameDigest:
+    """`frame_digest` of a frame given in pieces, in order (the parts of a run, or the per-row hashes
+    a global step kept in its state): the same value as for the whole frame, since polars hashes
+    each row on its own (checked in tests/test_parts.py)."""
+
+    def __init__(self, schema: pl.Schema | dict):
+        self._h = hashlib.sha256(json.dumps([[c, str(t)] for c, t in schema.items()]).encode())
+        self._width = len(schema)
+
+    def update(self, df: pl.DataFrame) -> "FrameDigest":
+        if self._width and df.height:
+            self.update_hashes(row_hashes(df))
+        return self
+
+    def update_hashes(self, hashes: np.ndarray) -> "FrameDigest":
+        """Add rows by their `row_hashes`."""
+        self._h.update(np.ascontiguousarray(hashes, dtype=np.uint64).tobytes())
+        return self
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()[:16]
+
+
+def row_hashes(df: pl.DataFrame) -> np.ndarray:
+    """Each row's 64-bit content hash, as `frame_digest` sees it."""
+    return df.hash_rows().to_numpy()
 
 
 def concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -239,15 +265,15 @@ def invalid_reasons(messages: pl.Series) -> pl.DataFrame:
     return pl.DataFrame([out["reason"], details])
 
 
-def split_invalid(df: pl.DataFrame, origin: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def split_invalid(df: pl.DataFrame, origin: str, first_row: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(valid rows, invalid rows with `reason` and a `detail` naming `origin` and the row,
-    counted from 1 in the order read)."""
+    counted from 1 in the order read; `df` starts at row `first_row` of `origin`, counted from 0)."""
     found = invalid_reasons(df["messages"]).with_row_index("i")
     bad = found["reason"].is_not_null()
     problems = found.filter(bad)
     rejected = df.filter(bad).with_columns(
         problems["reason"],
-        problems.select(pl.format("{} row {}: {}", pl.lit(origin), pl.col("i") + 1, pl.col("detail"))).to_series().alias("detail"),
+        problems.select(pl.format("{} row {}: {}", pl.lit(origin), pl.col("i") + first_row + 1, pl.col("detail"))).to_series().alias("detail"),
     )
     return df.filter(~bad), rejected
 

@@ -12,6 +12,18 @@ the rest. Settings that only change `decide` (thresholds) are not in the fingerp
 
 Steps are pydantic models: their typed fields are the constructor arguments and exactly the keys
 a recipe may give, so a misspelt key is an error instead of a silently ignored setting.
+
+How a step runs is the engine's business; the step only declares what it needs (`execution`):
+- BATCHES: row-local. `run` maps a batch of rows to a batch, and no state crosses rows, so an
+  engine may cut the data into any batches (the local engine's parts, Ray's blocks).
+- STATE: global, through compact per-row state. `state(batch)` gives each row's state (hashes,
+  keys, lengths: never the texts); `resolve(all state)` answers for the whole dataset, per row
+  number; `apply(batch, its row numbers, the answer)` is then row-local again. The engine holds
+  only the state, never every row. Exact and MinHash dedup and `mix` work this way.
+- FRAME: needs every row at once (multi-round generators, selections over embeddings, LLM steps on
+  small data); the engine gathers the rows, which the step declares by saying so.
+A step never knows which engine runs it. In Python, `run(df)` takes the whole frame whatever the
+execution (a STATE step runs as one batch), and filters keep `score`, `keep` and `split`.
 """
 
 from __future__ import annotations
@@ -20,12 +32,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, get_args
+from typing import Annotated, Any, Callable, ClassVar, Iterator, get_args
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from curate.records import concat, frame_digest
+from curate.records import FrameDigest, concat, frame_digest, row_hashes
 
 
 class _RecipePathMarker:
@@ -115,6 +128,49 @@ class StepResult:
     stats: dict[str, Any] = field(default_factory=dict)  # tokens, requests, cost, ...
 
 
+# How an engine runs a step (`Step.execution`; see the module docstring).
+BATCHES = "batches"
+STATE = "state"
+FRAME = "frame"
+
+# Rows read back by number, for a STATE step's `resolve`: fetch(rows, columns) yields frames holding
+# a `row` column (the row numbers, ascending) and those of `columns` the data has, for the given
+# rows (sorted numbers); for no rows it yields one empty frame, so the columns' types are known.
+Fetch = Callable[[np.ndarray, list[str]], Iterator[pl.DataFrame]]
+
+
+@dataclass
+class Resolved:
+    """A STATE step's answer for the whole dataset, from `resolve`: results per row, keyed by the
+    row's number (its position in the step's input, from 0) in column `row`, for the rows that need
+    one (the others get the step's defaults in `apply`); JSON values every batch needs (a
+    fingerprint); the step's stats. Small enough to hand to every batch."""
+
+    rows: pl.DataFrame
+    shared: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def between(self, lo: int, hi: int) -> "Resolved":
+        """The results for rows lo..hi-1 (`rows` is sorted by row)."""
+        at = np.searchsorted(self.rows["row"].to_numpy(), [lo, hi]) if self.rows.height else [0, 0]
+        return Resolved(self.rows.slice(int(at[0]), int(at[1] - at[0])), self.shared, self.stats)
+
+    def aligned(self, rows: np.ndarray, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+        """`columns` of the results for `rows`, in that order; null where a row has none."""
+        have = self.rows.select("row", *[pl.col(c) for c in columns if c in self.rows.columns])
+        out = pl.DataFrame({"row": np.asarray(rows, np.int64)}).join(have, on="row", how="left", maintain_order="left")
+        return out.select([(pl.col(c) if c in have.columns else pl.lit(None)).cast(t).alias(c) for c, t in columns.items()])
+
+
+def frame_fetch(df: pl.DataFrame) -> Fetch:
+    """A `Fetch` over an in-memory frame (a STATE step run as one batch)."""
+    def fetch(rows: np.ndarray, columns: list[str]) -> Iterator[pl.DataFrame]:
+        rows = np.asarray(rows, np.int64)
+        have = [c for c in columns if c in df.columns]
+        yield df.select(have)[rows].with_columns(pl.Series("row", rows)).select("row", *have)
+    return fetch
+
+
 @dataclass
 class Context:
     """What the engine gives a step: where to keep state, which teacher to use, the run seed."""
@@ -135,8 +191,9 @@ class Step(BaseModel):
     # unchanged, after the step's own (e.g. answer one input's instructions, then mix with the rest).
     # Routing is the engine's (curate.engine.run_step): score/split/run in Python take the frame given.
     sources: list[str] | None = Field(None, min_length=1)
-    # Global steps need the whole dataset at once (dedup, percentile thresholds, anchors).
-    is_global: ClassVar[bool] = False
+    # How an engine runs it (BATCHES, STATE or FRAME; see the module docstring). FRAME, the default,
+    # is right for any step; BATCHES and STATE let an engine stream or distribute the step.
+    execution: ClassVar[str] = FRAME
     # Steps that call an LLM need a Context with one.
     needs_llm: ClassVar[bool] = False
     # Source steps make rows from nothing (Magpie): a recipe may start with one and have no inputs.
@@ -162,7 +219,34 @@ class Step(BaseModel):
                     raise ValueError(f"{low} ({lo}) must not exceed {high} ({hi})")
         return self
 
+    @property
+    def is_global(self) -> bool:
+        """Does the step need more than one row at a time (dedup, percentile thresholds, anchors)?"""
+        return self.execution != BATCHES
+
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
+        """The step on `df`. A STATE step runs it as one batch (`state`, `resolve`, `apply`)."""
+        if self.execution != STATE:
+            raise NotImplementedError
+        return self.apply(df, np.arange(df.height), self.resolve_frame(df, ctx))
+
+    def resolve_frame(self, df: pl.DataFrame, ctx: Context | None = None) -> Resolved:
+        """`resolve` over an in-memory frame, as one batch."""
+        return self.resolve(self.state(df).lazy(), ctx or Context(), frame_fetch(df))
+
+    # STATE steps ------------------------------------------------------------------------------
+    def state(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Each row's compact state (same rows, same order): what `resolve` needs of it, never its texts."""
+        raise NotImplementedError
+
+    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch: Fetch) -> Resolved:
+        """The answer for the whole dataset from every row's state (a row's number is its position
+        in `state`; read the columns you need). `fetch` reads rows back by number, for what the
+        state alone cannot answer (MinHash verifies its candidate pairs on their texts)."""
+        raise NotImplementedError
+
+    def apply(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> StepResult:
+        """A batch's output from its rows, their numbers and `resolved` (at least their results)."""
         raise NotImplementedError
 
     def files(self) -> list[str]:
@@ -223,6 +307,12 @@ class Filter(Step):
     # this filter's own are rescored. False (dedup, diversity): the scores belong to the whole
     # frame scored, and any change of rows rescores them all.
     row_local: ClassVar[bool] = False
+
+    @property
+    def execution(self) -> str:  # type: ignore[override]
+        """Row-local scores and decisions run batch by batch; a filter whose scores relate rows
+        says how it runs (STATE for dedup, FRAME for the others)."""
+        return BATCHES if self.row_local else FRAME
 
     @property
     def column(self) -> str:
@@ -304,11 +394,14 @@ class Filter(Step):
         fp = self.fingerprint()
         content = df.select(self.reads(df))
         if self.row_local and content.width:
-            values = content.hash_rows(seed=int(fp, 16))
+            values = content.hash_rows(seed=int(fp, 16)).cast(pl.String)
         else:
-            whole = int(digest(fp, frame_digest(content)), 16)
-            values = pl.repeat(whole, df.height, dtype=pl.UInt64, eager=True)
-        return values.cast(pl.String).alias(self.fingerprint_column)
+            values = pl.repeat(self._whole_mark(frame_digest(content)), df.height, dtype=pl.String, eager=True)
+        return values.alias(self.fingerprint_column)
+
+    def _whole_mark(self, content_digest: str) -> str:
+        """The fingerprint value of scores that relate rows: of this filter and of every row scored together."""
+        return str(int(digest(self.fingerprint(), content_digest), 16))
 
     def owned(self, df) -> pl.Series:
         """For each row: are its stored scores this filter's own (made with these scoring
@@ -348,6 +441,37 @@ class Filter(Step):
         # that concat + sort leave
         merged = pl.concat([rows.filter(own), fresh], how="diagonal_relaxed").sort("_curate_row")
         return merged.drop("_curate_row").rechunk(), False
+
+    # STATE filters (dedup) -------------------------------------------------------------------
+    # They implement `state`, `resolve` (per row: the scores that differ from the defaults, a
+    # `reason` for the rows dropped and their `detail` unless `explain` gives it from their own
+    # scores; in `shared`, the fingerprint from `resolved_fingerprint`) and `resolved_scores`.
+    def content_hashes(self, batch: pl.DataFrame) -> np.ndarray:
+        """Each row's hash of the columns the scores are computed from, for `resolved_fingerprint`."""
+        return row_hashes(batch.select(self.reads(batch)))
+
+    def resolved_fingerprint(self, hashes: np.ndarray, fetch: Fetch) -> str:
+        """The fingerprint `marks` writes on the whole frame, from each row's `content_hashes`."""
+        wanted = ("id", *CONTENT_COLUMNS)
+        schema = next(fetch(np.zeros(0, np.int64), list(wanted))).drop("row").schema
+        return self._whole_mark(FrameDigest(schema).update_hashes(hashes).hexdigest())
+
+    def resolved_scores(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> pl.DataFrame:
+        """STATE filters: `batch` (rows numbered `rows`) with its score columns, from `resolved`."""
+        raise NotImplementedError
+
+    def apply(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> StepResult:
+        """What `run` (split) gives for these rows of the whole frame: the scores and decisions of
+        `resolved`, and the whole-frame fingerprint."""
+        frame = batch.drop([*self.score_columns(), self.fingerprint_column], strict=False)
+        scored = self.resolved_scores(frame, rows, resolved).with_columns(
+            pl.repeat(resolved.shared["fingerprint"], frame.height, dtype=pl.String, eager=True).alias(self.fingerprint_column))
+        why = resolved.aligned(rows, {"reason": pl.String, "detail": pl.String})
+        mask = why["reason"].is_null()
+        rejected = scored.filter(~mask)
+        detail = why["detail"].filter(~mask) if "detail" in resolved.rows.columns else self.explain(rejected)
+        return StepResult(kept=scored.filter(mask), rejected=rejected.with_columns(
+            why["reason"].filter(~mask), detail.alias("detail")))
 
     # What subclasses implement -------------------------------------------------------------
     def score_columns(self) -> list[str]:
@@ -405,5 +529,5 @@ def _as_polars(df):
     raise TypeError(f"expected a polars DataFrame or a datasets.Dataset, got {type(df).__name__}")
 
 
-__all__ = ["Step", "Filter", "SEED_LIMIT", "check_seed", "StaleScores", "StepResult", "Context", "RecipePath", "reasons", "concat", "digest",
+__all__ = ["Step", "Filter", "BATCHES", "STATE", "FRAME", "Resolved", "Fetch", "frame_fetch", "SEED_LIMIT", "check_seed", "StaleScores", "StepResult", "Context", "RecipePath", "reasons", "concat", "digest",
            "file_digest", "files_digest", "embedded_model_file"]

@@ -3,529 +3,41 @@
 Both are global filters (they must see the whole dataset) and both keep the *first* row in input
 order of each duplicate group, so the result does not depend on hashing details.
 
-Near-duplicates are found with MinHash (Broder 1997) + LSH banding (Indyk & Motwani 1998), fully
-vectorised so that text -> clusters runs at numpy speed with no per-document Python loop:
-
-1. Tokenise (`curate.text`, numpy on the Arrow string buffer): NFKC, lowercase, split on whitespace and
-   punctuation; hash each word from its bytes, 8 bytes at a time.
-2. Shingle: word n-grams, hashed by combining the n word hashes. A document shorter than n words
-   is one shingle (the empty document included).
-3. Sign with *one-permutation hashing* (Li, Owen & Zhang 2012) + optimal densification
-   (Shrivastava 2017): each shingle hash falls in one of `num_perm` bins and each bin keeps its
-   minimum; empty bins borrow from other bins. Pr[sig_A[i] == sig_B[i]] = J(A, B), as with
-   `num_perm` independent permutations, but it costs O(shingles + num_perm) per document instead
-   of O(shingles * num_perm). Measured on 2 cores: textbook k-permutation hashing in numpy costs
-   ~1.4 s per million shingles at 128 permutations (~13 s for the 9M shingles of the 55k-prompt
-   T0 sample); binning plus densification costs ~0.05 s per million.
-4. LSH: `bands` bands of `rows` values each. Two documents with Jaccard s share at least one band
-   with probability 1 - (1 - s^rows)^bands.
-5. Candidates are linked to the first document of their bucket, optionally verified
-   (`pair_similarity`), and clustered by connected components.
-
-Short texts. A text with fewer shingles than `num_perm` leaves most bins empty, and the
-densified signature's plain estimate is noisy there (RMSE 0.04-0.05 against exact Jaccard on the
-LSH candidates of GPTeacher prompts and of T0 prompts cut to 10-40 words; 0.025 above 128). So
-`minhash_signatures(..., details=True)` also keeps which bins were filled and, for texts with at
-most `num_perm` shingles, the few shingles that lost their bin to a smaller one: signature plus
-those is the whole shingle set. Verification uses the estimate over the filled bins (Li, Owen &
-Zhang 2012) and, for pairs of such texts near the threshold, the exact Jaccard computed from
-them (`exact_jaccard`). Measured on GPTeacher prompts and texts and on T0 prompts cut to 10-40
-words at thresholds 0.7 and 0.8: pair precision 0.999-1.000 against the exact all-pairs join
-(0.50-0.90 before), recall 0.96-0.98 (datasketch's LSH: 0.46-0.84), bench/bench_dedup_accuracy.py.
-
-The signatures are not interchangeable with datasketch's (different hash functions); the
-parameters (`num_perm`, `threshold`, `bands` x `rows`, `seed`) mean the same thing. Memory:
-~0.5 KB of signature per text (plus 16 bytes of filled bins, and 12 bytes per hidden shingle
-of a short text, while scoring)
-and ~40 bytes per byte of the text batch being hashed.
+Near-duplicates are found with MinHash + LSH banding (`filters.minhash`, where the method, its
+sources and its measured accuracy are described).
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, NamedTuple, Sequence
+import hashlib
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
 from pydantic import Field as Setting
 
-from curate.records import message_text
-from curate.steps import Filter, reasons
-from curate.text import (  # noqa: F401  words, shingles, shingle_hashes: still importable from here
-    GOLDEN64,
-    TextPart,
-    arrow_strings,
-    batches,
-    fmix64,
-    hashed_words,
-    ngram_hashes,
-    shingle_hashes,
-    shingles,
-    tokenize,
-    words,
+from curate.records import frame_digest, message_text
+from curate.steps import STATE, Context, Fetch, Filter, Resolved, reasons
+from curate.text import GOLDEN64, TextPart, fmix64, hashed_words, shingles, words  # noqa: F401  words, shingles: importable from here
+from filters.minhash import (  # noqa: F401  the MinHash functions stay importable from here (bench/bench_dedup_revisions.py)
+    MinHashes,
+    band_keys,
+    candidate_edges,
+    candidate_pairs,
+    cluster,
+    edges_from_band_keys,
+    collision_probability,
+    concat_minhashes,
+    connected_components,
+    estimate_jaccard,
+    exact_jaccard,
+    lsh_params,
+    minhash_signatures,
+    pair_similarity,
+    resolve_bands,
 )
 
 _U = np.uint64
-_EMPTY = np.uint32(0xFFFFFFFF)  # marks an empty OPH bin (a real minimum equal to it is a 2^-32 event)
-_LOW_HALF = 0 if sys.byteorder == "little" else 1  # which uint32 of a uint64 holds its low bits
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)  # set bits of each byte value
-
-
-# ------------------------------------------------------------------------------------------------
-# Signatures
-
-
-@functools.lru_cache(maxsize=8)
-def _probe_table(num_perm: int, seed: int) -> np.ndarray:
-    """probes[t, j] = the t-th bin probed for empty bin j: j itself, then the other bins in a
-    seeded random order (the densification probe order)."""
-    rng = np.random.default_rng([seed, num_perm, 0xD5])
-    table = np.empty((num_perm, num_perm), np.int64)
-    for j in range(num_perm):
-        others = np.delete(np.arange(num_perm), j)
-        table[j, 0] = j
-        table[j, 1:] = rng.permutation(others)
-    probes = np.ascontiguousarray(table.T)
-    probes.setflags(write=False)
-    return probes
-
-
-def _densify(sig: np.ndarray, seed: int) -> None:
-    """Fill empty bins in place (optimal densification, Shrivastava 2017).
-
-    An empty bin j copies the value of the first non-empty bin in probe order j, P[j,1], P[j,2], ...
-    The order depends only on (j, seed), so for two sets the first bin non-empty for their union
-    decides: both copy the same value iff that bin's minimum lies in the intersection, which keeps
-    Pr[sig_A[j] == sig_B[j]] = J(A, B). Expected probes per empty bin: k / (non-empty bins + 1).
-    """
-    n, k = sig.shape
-    flat = sig.reshape(-1)
-    empty = flat == _EMPTY
-    todo = np.flatnonzero(empty)  # flat cell indices still empty
-    if not len(todo):
-        return
-    probes = _probe_table(k, seed)
-    mask = k - 1 if (k & (k - 1)) == 0 else 0  # k a power of two: col = todo & (k-1)
-    for step in range(1, k):
-        col = todo & mask if mask else todo % k
-        src = todo - col
-        src += probes[step][col]
-        miss = empty[src]
-        hit = np.flatnonzero(~miss)
-        flat[todo[hit]] = flat[src[hit]]
-        if len(hit) == len(todo):
-            return
-        todo = todo[miss]
-
-
-class MinHashes(NamedTuple):
-    """Signatures plus what exact verification of short texts needs (`minhash_signatures` with
-    details=True; see `pair_similarity`).
-
-    A text with at most num_perm shingles ("small") leaves most bins holding one shingle each;
-    the signature keeps each bin's minimum, and `hidden_*` lists the shingles that lost their
-    bin to a smaller one (about shingles^2 / (2 num_perm) of them), so signature + hidden list
-    is the text's whole shingle set (32-bit values within their bins).
-    """
-
-    signatures: np.ndarray  # (n, num_perm) uint32, densified
-    filled: np.ndarray  # (n, ceil(num_perm / 8)) uint8, np.packbits of "a shingle fell in this bin"
-    small: np.ndarray  # (n,) bool: the text has at most num_perm shingles, its hidden list is kept
-    hidden_offsets: np.ndarray  # (n + 1,) int64: text i's hidden shingles are hidden_*[o[i]:o[i+1]]
-    hidden_bins: np.ndarray  # int64 bin of each distinct hidden shingle (sorted by bin, value)
-    hidden_values: np.ndarray  # uint32 value of each hidden shingle
-
-
-def _sign_batch(data, offs, num_perm, ngram, seed, normalize):
-    """Signatures of one batch: one-permutation hashing (Li, Owen & Zhang 2012), then densify.
-    Also returns the filled bins (packed), the small texts and their hidden shingles (MinHashes)."""
-    h, word_offs = tokenize(data, offs, normalize)
-    sh, doc = ngram_hashes(h, word_offs, ngram, seed)
-    n = len(offs) - 1
-    sig = np.full((n, num_perm), _EMPTY, np.uint32)
-    # Bin from the top 32 bits (Lemire's multiply-shift range reduction), value = the low 32 bits.
-    bins = (((sh >> _U(32)) * _U(num_perm)) >> _U(32)).view(np.int64)
-    bins += doc * num_perm
-    values = sh.view(np.uint32)[_LOW_HALF::2]
-    flat = sig.reshape(-1)
-    np.minimum.at(flat, bins, values)
-    filled = np.packbits(sig != _EMPTY, axis=1)
-    n_long = np.maximum(np.diff(word_offs) - ngram + 1, 0)  # texts of >= ngram words come first, in order
-    small = n_long <= num_perm
-    start = np.cumsum(n_long) - n_long
-    reps = np.where(small & (n_long > 1), n_long, 0)  # a text of one shingle hides none
-    mine = np.repeat(start - np.cumsum(reps) + reps, reps) + np.arange(reps.sum())
-    lost = mine[flat[bins[mine]] != values[mine]]
-    # One entry per distinct hidden shingle, sorted by text, bin and value.
-    cell, value = bins[lost], values[lost]
-    if n * num_perm < 1 << 31:  # (text * num_perm + bin) << 32 | value fits: one plain sort
-        key = _unique(cell << 32 | value)
-        cell, value = key >> 32, (key & 0xFFFFFFFF).astype(np.uint32)
-    else:
-        order = np.lexsort((value, cell))
-        cell, value = cell[order], value[order]
-        new = np.r_[True, (cell[1:] != cell[:-1]) | (value[1:] != value[:-1])]
-        cell, value = cell[new], value[new]
-    hidden_doc = cell // num_perm
-    hidden = (np.bincount(hidden_doc, minlength=n), cell - hidden_doc * num_perm, value)
-    _densify(sig, seed)
-    return sig, filled, small, hidden
-
-
-def _n_jobs(n_jobs: int | None) -> int:
-    return max(1, n_jobs or os.cpu_count() or 1)
-
-
-def minhash_signatures(
-    texts: Sequence[str] | pl.Series,
-    num_perm: int = 128,
-    ngram: int = 5,
-    seed: int = 1,
-    normalize: bool = True,
-    n_jobs: int | None = None,
-    details: bool = False,
-) -> np.ndarray | MinHashes:
-    """MinHash signatures, shape (len(texts), num_perm), dtype uint32.
-
-    The fraction of equal positions between two rows estimates the Jaccard similarity of the two
-    texts' word-`ngram` shingle sets (see `estimate_jaccard`). Batches run on `n_jobs` threads
-    (numpy releases the GIL); the result does not depend on n_jobs. details=True returns
-    `MinHashes`: the signatures plus the filled bins and the hidden shingles of small texts,
-    which `pair_similarity` needs.
-    """
-    if num_perm < 1 or ngram < 1:
-        raise ValueError("num_perm and ngram must be >= 1")
-    data, offs = arrow_strings(texts)
-    n = len(offs) - 1
-    sig = np.empty((n, num_perm), np.uint32)
-    filled = np.empty((n, (num_perm + 7) // 8), np.uint8)
-    small = np.empty(n, bool)
-    hidden: dict[int, tuple] = {}
-
-    def run(span):
-        lo, hi = span
-        batch = data[offs[lo] : offs[hi]]
-        sig[lo:hi], filled[lo:hi], small[lo:hi], hidden[lo] = _sign_batch(
-            batch, offs[lo : hi + 1] - offs[lo], num_perm, ngram, seed, normalize
-        )
-
-    spans = batches(offs)
-    jobs = min(_n_jobs(n_jobs), len(spans))
-    if jobs > 1:
-        with ThreadPoolExecutor(jobs) as pool:
-            list(pool.map(run, spans))
-    else:
-        for span in spans:
-            run(span)
-    if not details:
-        return sig
-    parts = [hidden[lo] for lo, _ in spans]
-    hidden_offsets = np.zeros(n + 1, np.int64)
-    if parts:
-        np.cumsum(np.concatenate([p[0] for p in parts]), out=hidden_offsets[1:])
-    hidden_bins = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    hidden_values = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.uint32)
-    return MinHashes(sig, filled, small, hidden_offsets, hidden_bins, hidden_values)
-
-
-def estimate_jaccard(signatures: np.ndarray, a, b, filled: np.ndarray | None = None) -> np.ndarray:
-    """Estimated Jaccard of row pairs (a[i], b[i]).
-
-    Without `filled`: the fraction of equal signature positions. Each position matches with
-    probability J (Broder 1997), so the estimate has standard deviation sqrt(J(1-J)/num_perm);
-    but for texts with fewer shingles than bins most positions are copies made by densification,
-    and there the error is larger (bench/bench_dedup_accuracy.py). With `filled`
-    (`MinHashes.filled`, from `minhash_signatures(..., details=True)`): equal minima among the
-    bins that either text filled, N_match / (num_perm - N_both_empty), the one-permutation
-    estimator of Li, Owen & Zhang (2012). For texts with fewer shingles than bins its only error
-    is shingles sharing a bin, so it is less noisy than the plain fraction; for texts that fill
-    every bin the two are equal.
-    """
-    matches, bins = _bin_matches(signatures, a, b, filled)
-    return (matches / np.maximum(bins, 1)).astype(np.float32)
-
-
-def _bin_matches(signatures: np.ndarray, a, b, filled: np.ndarray | None = None, chunk: int = 1 << 15):
-    """(equal positions, positions compared) of row pairs: all positions, or with `filled` the
-    bins either text filled (equal minima counted where both filled them)."""
-    a = np.asarray(a, np.int64).reshape(-1)
-    b = np.asarray(b, np.int64).reshape(-1)
-    k = signatures.shape[1]
-    matches = np.empty(len(a), np.int64)
-    bins = np.full(len(a), k, np.int64)
-    for i in range(0, len(a), chunk):
-        ia, ib = a[i : i + chunk], b[i : i + chunk]
-        eq = signatures[ia] == signatures[ib]
-        if filled is None:
-            matches[i : i + chunk] = eq.sum(axis=1)
-            continue
-        fa, fb = filled[ia], filled[ib]
-        eq &= np.unpackbits(fa & fb, axis=1, count=k).view(bool)
-        matches[i : i + chunk] = eq.sum(axis=1)
-        bins[i : i + chunk] = _POPCOUNT[fa | fb].sum(axis=1, dtype=np.int64)
-    return matches, bins
-
-
-def _hidden(m: MinHashes, docs: np.ndarray):
-    """The hidden shingles of texts `docs`: (index into docs, bin, value) of each."""
-    start = m.hidden_offsets[docs]
-    reps = m.hidden_offsets[docs + 1] - start
-    idx = np.repeat(start - np.cumsum(reps) + reps, reps) + np.arange(reps.sum())
-    return np.repeat(np.arange(len(docs)), reps), m.hidden_bins[idx], m.hidden_values[idx]
-
-
-def exact_jaccard(m: MinHashes, a, b, matches: np.ndarray | None = None) -> np.ndarray:
-    """Exact Jaccard of the shingle sets of pairs of small texts (both m.small), from their
-    signatures and hidden shingles; no text is read again. `matches`: the pairs' equal filled
-    bins, if already counted (`_bin_matches`).
-
-    Each filled bin holds one shingle that is not hidden; so |A| = filled bins + hidden
-    shingles, and a shared shingle is either the minimum of its bin in both texts (equal
-    signature values), hidden in one text and the minimum in the other, or hidden in both.
-    Shingles are compared by their 32-bit value within their bin: two different shingles pass
-    for one with probability 2^-32 per pair of shingles in one bin.
-    """
-    a = np.asarray(a, np.int64).reshape(-1)
-    b = np.asarray(b, np.int64).reshape(-1)
-    sig = m.signatures
-    k = sig.shape[1]
-    inter = _bin_matches(sig, a, b, m.filled)[0] if matches is None else np.array(matches, np.int64)
-    hidden = np.diff(m.hidden_offsets)
-    size_a = _POPCOUNT[m.filled[a]].sum(axis=1, dtype=np.int64) + hidden[a]
-    size_b = _POPCOUNT[m.filled[b]].sum(axis=1, dtype=np.int64) + hidden[b]
-    pa, bin_a, val_a = _hidden(m, a)
-    pb, bin_b, val_b = _hidden(m, b)
-    flat = sig.reshape(-1)
-    # Hidden in one text, the bin's minimum in the other.
-    inter += np.bincount(pa[flat[b[pa] * k + bin_a] == val_a], minlength=len(a))
-    inter += np.bincount(pb[flat[a[pb] * k + bin_b] == val_b], minlength=len(a))
-    # Hidden in both. Each side's (pair, bin, value) keys are sorted (hidden lists are sorted by
-    # bin and value within a text), so one binary search per key finds the common ones.
-    key_a = (pa * k + bin_a) << 32 | val_a
-    key_b = (pb * k + bin_b) << 32 | val_b
-    if len(key_a) and len(key_b):
-        pos = np.minimum(np.searchsorted(key_b, key_a), len(key_b) - 1)
-        inter += np.bincount(pa[key_b[pos] == key_a], minlength=len(a))
-    return inter / (size_a + size_b - inter)
-
-
-def pair_similarity(m: MinHashes, a, b, threshold: float, margin: float = 0.1) -> np.ndarray:
-    """Jaccard of candidate pairs as verification needs it: the filled-bin estimate
-    (`estimate_jaccard` with `filled`), replaced by the exact Jaccard (`exact_jaccard`) for
-    pairs of small texts whose estimate is within `margin` of threshold.
-
-    For small texts the estimate's error comes only from shingles sharing a bin (RMSE ~0.03 on
-    GPTeacher prompts, rarely above 0.1), but pairs of templated prompts crowd the threshold, so
-    even small errors flip many: on GPTeacher prompts at 0.8 the estimate alone gives pair
-    precision 0.66, with the exact Jaccard near the threshold 1.000 (bench/bench_dedup_accuracy.py).
-    Texts with more shingles than bins keep the estimate (std sqrt(J(1-J)/num_perm)): an exact
-    answer would cost memory and time in proportion to their length.
-    """
-    a = np.asarray(a, np.int64).reshape(-1)
-    b = np.asarray(b, np.int64).reshape(-1)
-    matches, bins = _bin_matches(m.signatures, a, b, m.filled)
-    sim = matches / np.maximum(bins, 1)
-    near = np.flatnonzero((np.abs(sim - threshold) < margin) & m.small[a] & m.small[b])
-    step = max(1, (1 << 31) // m.signatures.shape[1])  # (pair * num_perm + bin) stays below 2^31
-    for i in range(0, len(near), step):
-        chunk = near[i : i + step]
-        sim[chunk] = exact_jaccard(m, a[chunk], b[chunk], matches[chunk])
-    return sim
-
-
-# ------------------------------------------------------------------------------------------------
-# LSH banding and clustering
-
-
-@functools.lru_cache(maxsize=64)
-def lsh_params(threshold: float, num_perm: int, fn_weight: float = 0.95) -> tuple[int, int]:
-    """(bands, rows) with bands*rows <= num_perm minimising (1-w)*FP + w*FN, where
-    FP = integral_0^t P(s) ds, FN = integral_t^1 (1 - P(s)) ds and P(s) = 1 - (1 - s^rows)^bands.
-
-    datasketch weighs both 0.5, which at t=0.8 / 128 permutations gives (9, 13): pairs at true
-    Jaccard 0.84 then collide only 63% of the time. A missed duplicate is lost for good while a
-    false candidate costs one signature comparison (and is dropped by verification), so the
-    default favours recall: w=0.95 gives (16, 8), which catches 95% of pairs at 0.8 and 99% at 0.84.
-    """
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), not {threshold}")
-    s_lo = np.linspace(0.0, threshold, 400)
-    s_hi = np.linspace(threshold, 1.0, 400)
-    best, best_cost = (1, 1), np.inf
-    for bands in range(1, num_perm + 1):
-        for rows in range(1, num_perm // bands + 1):
-            fp = np.trapezoid(1 - (1 - s_lo**rows) ** bands, s_lo)
-            fn = np.trapezoid((1 - s_hi**rows) ** bands, s_hi)
-            cost = (1 - fn_weight) * fp + fn_weight * fn
-            if cost < best_cost:
-                best, best_cost = (bands, rows), cost
-    return best
-
-
-def collision_probability(s, bands: int, rows: int):
-    """Pr[two sets with Jaccard s share at least one LSH band] = 1 - (1 - s^rows)^bands."""
-    return 1 - (1 - np.asarray(s, float) ** rows) ** bands
-
-
-def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """One 64-bit key per (document, band): a hash of the band's `rows` signature values."""
-    n, k = signatures.shape
-    if bands * rows > k:
-        raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {k}")
-    sig = signatures[:, : bands * rows]
-    if rows % 2 == 0 and sig.dtype == np.uint32 and sig.flags.c_contiguous:
-        block = sig.view(_U).reshape(n, bands, rows // 2)  # two 32-bit values per word, no copy
-    else:
-        block = sig.reshape(n, bands, rows).astype(_U)
-    mult = fmix64(np.arange(1, block.shape[2] + 1, dtype=_U) * GOLDEN64) | _U(1)
-    keys = block[:, :, 0] * mult[0]
-    for i in range(1, block.shape[2]):  # explicit adds: numpy's sum over a short axis is slow
-        keys += block[:, :, i] * mult[i]  # wraps mod 2^64
-    keys ^= np.arange(bands, dtype=_U) * GOLDEN64  # keys of different bands never meet
-    return fmix64(keys)
-
-
-def _unique(codes: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (a plain sort: faster here than np.unique's hash table)."""
-    codes = np.sort(codes)
-    return codes[np.r_[True, codes[1:] != codes[:-1]]] if len(codes) else codes
-
-
-def _band_buckets(signatures: np.ndarray, bands: int, rows: int):
-    """For each band: (docs sorted by key, flags marking each bucket's first slot, the smallest
-    doc of the slot's bucket). One band at a time: the extra memory is O(n), not O(n * bands)."""
-    keys = band_keys(np.ascontiguousarray(signatures), bands, rows).T.copy()
-    for band_key in keys:
-        order = np.argsort(band_key)
-        ks = band_key[order]
-        first = np.empty(len(ks), bool)
-        first[:1] = True
-        first[1:] = ks[1:] != ks[:-1]
-        starts = np.flatnonzero(first)
-        head = np.minimum.reduceat(order, starts)[np.cumsum(first) - 1] if len(order) else order
-        yield order, first, head
-
-
-def candidate_edges(signatures: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """LSH candidates as star edges: each document to the first document of every bucket it is in.
-
-    Returns unique (later, earlier) index pairs. A bucket is a clique of candidates, so linking
-    each member to the bucket's first member gives the same connected components with O(n*bands)
-    edges, however large a bucket grows (a thousand copies of one prompt stay a thousand edges).
-    """
-    n = len(signatures)
-    found = [np.zeros(0, np.int64)]
-    for docs, _, head in _band_buckets(signatures, bands, rows):
-        member = docs != head
-        found.append(docs[member] * n + head[member])
-    pair = _unique(np.concatenate(found))
-    return pair // n, pair % n
-
-
-def candidate_pairs(signatures: np.ndarray, bands: int, rows: int, max_pairs: int = 50_000_000) -> np.ndarray:
-    """All pairs (i < j) sharing at least one band, shape (m, 2): what MinHashLSH.query reports.
-
-    For analysis and benchmarks; clustering needs only `candidate_edges`. Quadratic in bucket size.
-    """
-    n = len(signatures)
-    out, total = [np.zeros(0, np.int64)], 0
-    for docs, first, _ in _band_buckets(signatures, bands, rows):
-        starts = np.flatnonzero(first)
-        sizes = np.diff(np.append(starts, len(docs)))
-        starts, sizes = starts[sizes > 1], sizes[sizes > 1]
-        total += int((sizes * (sizes - 1) // 2).sum())
-        if total > max_pairs:
-            raise ValueError("too many candidate pairs; use candidate_edges")
-        for offset in range(1, int(sizes.max(initial=1))):  # slot i with slot i+offset, same bucket
-            sel = sizes > offset
-            s, reps = starts[sel], sizes[sel] - offset
-            i = np.repeat(s, reps) + (np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps))
-            a, b = docs[i], docs[i + offset]
-            out.append(np.minimum(a, b) * n + np.maximum(a, b))
-    pair = _unique(np.concatenate(out))
-    return np.stack([pair // n, pair % n], axis=1)
-
-
-def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Label of each of n nodes = the smallest node index in its component (edges a[i]-b[i]).
-
-    Vectorised union-find: hook every root to the smallest root it is linked to, then shortcut
-    pointers to roots (pointer jumping); each round at least halves the number of roots touching
-    an unresolved edge. Pointers only ever decrease, so the root of a component is its minimum.
-    """
-    parent = np.arange(n, dtype=np.int64)
-    a = np.asarray(a, np.int64)
-    b = np.asarray(b, np.int64)
-    while len(a):
-        pa, pb = parent[a], parent[b]
-        diff = pa != pb
-        if not diff.any():
-            break
-        a, b, pa, pb = a[diff], b[diff], pa[diff], pb[diff]
-        np.minimum.at(parent, np.maximum(pa, pb), np.minimum(pa, pb))
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-    return parent
-
-
-def cluster(
-    texts: Sequence[str] | pl.Series | None = None,
-    *,
-    signatures: np.ndarray | None = None,
-    threshold: float = 0.8,
-    num_perm: int = 128,
-    bands: int | None = None,
-    rows: int | None = None,
-    ngram: int = 5,
-    seed: int = 1,
-    normalize: bool = True,
-    verify: bool = True,
-    n_jobs: int | None = None,
-) -> np.ndarray:
-    """Near-duplicate clusters: for each text, the index of the first text of its cluster.
-
-    Rows where label == index are the ones to keep. verify=True keeps a candidate pair when its
-    `pair_similarity` reaches threshold. Pass `signatures` to skip hashing (verification then
-    uses the plain signature estimate, noisier on short texts: see `estimate_jaccard`).
-    """
-    details = None
-    if signatures is None:
-        if texts is None:
-            raise ValueError("pass texts or signatures")
-        details = minhash_signatures(texts, num_perm, ngram, seed, normalize, n_jobs, details=True)
-        signatures = details.signatures
-    bands, rows = _resolve_bands(threshold, signatures.shape[1], bands, rows)
-    later, earlier = candidate_edges(signatures, bands, rows)
-    if verify:
-        if details is None:
-            sim = estimate_jaccard(signatures, later, earlier)
-        else:
-            sim = pair_similarity(details, later, earlier, threshold)
-        later, earlier = later[sim >= threshold], earlier[sim >= threshold]
-    return connected_components(len(signatures), later, earlier)
-
-
-def _resolve_bands(threshold: float, num_perm: int, bands: int | None, rows: int | None) -> tuple[int, int]:
-    if bands is None and rows is None:
-        return lsh_params(threshold, num_perm)
-    if bands is None:
-        bands = num_perm // rows
-    if rows is None:
-        rows = num_perm // bands
-    if bands < 1 or rows < 1 or bands * rows > num_perm:
-        raise ValueError(f"need bands*rows <= num_perm ({num_perm}); got {bands}x{rows}")
-    return bands, rows
-
-
-# ------------------------------------------------------------------------------------------------
-# Filters
-
 
 def _document_keys(texts: pl.Series) -> np.ndarray:
     """64-bit key of each text's normalised word sequence (equal iff the word lists are equal,
@@ -543,10 +55,30 @@ def _document_keys(texts: pl.Series) -> np.ndarray:
     return out
 
 
-def _ids(df: pl.DataFrame) -> pl.Series:
+def _text_keys(texts: pl.Series) -> np.ndarray:
+    """64-bit key of each raw text (blake2b of its UTF-8 bytes; equal iff the texts are, up to
+    64-bit collisions)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+                        for t in texts.fill_null("").to_list()), _U, len(texts))
+
+
+def _ids(df: pl.DataFrame, rows: np.ndarray | None = None) -> pl.Series:
+    """The rows' ids; a frame without ids names its rows by number (`rows`: their numbers)."""
     if "id" in df.columns:
         return df["id"].cast(pl.String)
-    return pl.Series("id", [str(i) for i in range(len(df))], dtype=pl.String)
+    rows = np.arange(len(df)) if rows is None else rows
+    return pl.Series("id", [str(i) for i in rows.tolist()], dtype=pl.String)
+
+
+def _fetch_ids(fetch: Fetch, rows: np.ndarray) -> pl.Series:
+    """The ids of rows `rows` (sorted), read back by number."""
+    got = [(frame["row"].to_numpy(), _ids(frame.drop("row"), frame["row"].to_numpy())) for frame in fetch(rows, ["id"])]
+    return pl.concat([ids for _, ids in got]) if got else pl.Series("id", [], dtype=pl.String)
+
+
+def _keyed(rows: np.ndarray, values: pl.Series, at: np.ndarray) -> pl.Series:
+    """values[i] belongs to rows[i] (sorted): the values of rows `at`."""
+    return values.gather(np.searchsorted(rows, at))
 
 
 class ExactDedup(Filter):
@@ -561,7 +93,8 @@ class ExactDedup(Filter):
 
     kind: ClassVar[str] = "exact_dedup"
     code_version: ClassVar[int] = 1
-    is_global: ClassVar[bool] = True
+    # Global through its state: a 64-bit key of each row's text (and a content hash for the fingerprint).
+    execution: ClassVar[str] = STATE
 
     field: TextPart = "text"
     normalize: bool = True
@@ -570,16 +103,35 @@ class ExactDedup(Filter):
         return [f"{self.column}_dup_of", f"{self.column}_group_size"]
 
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
-        text = message_text(df, self.field)
-        key = pl.Series("key", _document_keys(text)) if self.normalize else text.alias("key")
-        groups = pl.DataFrame({"key": key, "row": pl.int_range(len(df), eager=True)}).select(
-            first=pl.col("row").min().over("key"), size=pl.len().over("key")
-        )
-        first = groups["first"].to_numpy()
-        is_first = pl.Series(first == np.arange(len(df)))
-        dup_of = pl.select(pl.when(is_first).then(None).otherwise(_ids(df).gather(first))).to_series()
+        return self.resolved_scores(df, np.arange(df.height), self.resolve_frame(df))
+
+    def state(self, batch: pl.DataFrame) -> pl.DataFrame:
+        text = message_text(batch, self.field)
+        key = _document_keys(text) if self.normalize else _text_keys(text)
+        return pl.DataFrame({"key": pl.Series(key, dtype=pl.UInt64), "content": self.content_hashes(batch)})
+
+    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch: Fetch) -> Resolved:
+        """Groups of equal keys; every row of a group of two or more gets its size, the later ones
+        also the id of the group's first row (read back for those rows only)."""
+        got = state.select("key", "content").collect()
         dup_col, size_col = self.score_columns()
-        return df.with_columns(dup_of.alias(dup_col), groups["size"].cast(pl.Int64).alias(size_col))
+        groups = got.with_row_index("row").select(pl.col("row").cast(pl.Int64), pl.col("row").min().over("key").cast(pl.Int64)
+                                                  .alias("first"), pl.len().over("key").alias("size"))
+        groups = groups.filter(pl.col("size") > 1)
+        firsts = np.unique(groups["first"].to_numpy())
+        of = _keyed(firsts, _fetch_ids(fetch, firsts), groups["first"].to_numpy())
+        later = groups["row"] != groups["first"]
+        rows = groups.select(
+            "row",
+            pl.when(later).then(of).otherwise(None).alias(dup_col),
+            pl.col("size").cast(pl.Int64).alias(size_col),
+        ).with_columns(pl.when(later).then(pl.lit("exact duplicate")).alias("reason"))  # details: `explain`
+        return Resolved(rows, shared={"fingerprint": self.resolved_fingerprint(got["content"].to_numpy(), fetch)})
+
+    def resolved_scores(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> pl.DataFrame:
+        dup_col, size_col = self.score_columns()
+        got = resolved.aligned(rows, {dup_col: pl.String, size_col: pl.Int64})
+        return batch.with_columns(got[dup_col], got[size_col].fill_null(1))
 
     def decide(self, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
         dup_col, _ = self.score_columns()
@@ -620,7 +172,9 @@ class MinHashDedup(Filter):
 
     kind: ClassVar[str] = "minhash_dedup"
     code_version: ClassVar[int] = 1
-    is_global: ClassVar[bool] = True
+    # Global through its state: each row's LSH band keys (and a content hash for the fingerprint);
+    # the texts of candidate pairs are read back once, to verify them.
+    execution: ClassVar[str] = STATE
     # The threshold decides (keep() re-clusters from the stored links); it shapes the scores only
     # through the banding it implies, which scoring_settings() holds.
     decide_settings: ClassVar[tuple[str, ...]] = ("threshold", "bands", "rows", "verify")
@@ -640,32 +194,80 @@ class MinHashDedup(Filter):
 
     def lsh(self) -> tuple[int, int]:
         """The (bands, rows) this filter uses."""
-        return _resolve_bands(self.threshold, self.num_perm, self.bands, self.rows)
+        return resolve_bands(self.threshold, self.num_perm, self.bands, self.rows)
 
     def scoring_settings(self) -> dict:
         return {**super().scoring_settings(), "lsh": list(self.lsh())}
 
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
-        n = len(df)
-        text = message_text(df, self.field)
-        details = minhash_signatures(text, self.num_perm, self.ngram, self.seed, self.normalize, details=True)
+        return self.resolved_scores(df, np.arange(df.height), self.resolve_frame(df))
+
+    def state(self, batch: pl.DataFrame) -> pl.DataFrame:
+        sig = minhash_signatures(message_text(batch, self.field), self.num_perm, self.ngram, self.seed, self.normalize)
+        keys = band_keys(sig, *self.lsh())
+        return pl.DataFrame({**{f"band_{b}": keys[:, b] for b in range(keys.shape[1])},
+                             "content": self.content_hashes(batch)})
+
+    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch: Fetch) -> Resolved:
+        """Candidate pairs from the band keys, one band at a time; then the candidates' texts are read
+        back and signed again (with what exact verification needs) to verify the pairs."""
+        n = state.select(pl.len()).collect().item()
+        band = lambda b: state.select(f"band_{b}").collect().to_series().to_numpy()  # noqa: E731
+        later, earlier = edges_from_band_keys(n, (band(b) for b in range(self.lsh()[0])))
+
+        def similarity(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+            rows = np.unique(np.concatenate([later, earlier]))
+            parts = [minhash_signatures(message_text(f, self.field), self.num_perm, self.ngram, self.seed,
+                                        self.normalize, details=True) for f in fetch(rows, ["messages"])]
+            at = lambda x: np.searchsorted(rows, x)  # noqa: E731
+            return pair_similarity(concat_minhashes(parts), at(later), at(earlier), self.threshold)
+
+        content = state.select("content").collect().to_series().to_numpy()
+        return self._resolved(later, earlier, similarity, lambda rows: _fetch_ids(fetch, rows),
+                              self.resolved_fingerprint(content, fetch))
+
+    def resolve_frame(self, df: pl.DataFrame, ctx: Context | None = None) -> Resolved:
+        """In memory each text is signed once, with what verification needs."""
+        details = minhash_signatures(message_text(df, self.field), self.num_perm, self.ngram, self.seed,
+                                     self.normalize, details=True)
         later, earlier = candidate_edges(details.signatures, *self.lsh())
-        sim = pair_similarity(details, later, earlier, self.threshold)
-        links = (
-            pl.DataFrame({"later": later, "row": earlier, "sim": sim})
-            .group_by("later")
-            .agg(pl.struct("row", "sim").alias("links"))
+        fingerprint = self._whole_mark(frame_digest(df.select(self.reads(df))))
+        return self._resolved(later, earlier, lambda a, b: pair_similarity(details, a, b, self.threshold),
+                              lambda rows: _ids(df).gather(rows), fingerprint)
+
+    def _resolved(self, later: np.ndarray, earlier: np.ndarray, similarity, ids_of, fingerprint: str) -> Resolved:
+        """The scores of every row in a candidate pair (links, cluster, size) and the decisions:
+        of each cluster of verified pairs, the first row is kept."""
+        c_cluster, c_size, _, c_links = self.score_columns()
+        sim = similarity(later, earlier) if len(later) else np.zeros(0)
+        edges = pl.DataFrame({"later": later, "row": earlier, "sim": pl.Series(sim, dtype=pl.Float32)})
+        # as keep() re-clusters from stored links: their Float32 sims against the threshold
+        verified = edges.filter(pl.col("sim") >= self.threshold) if self.verify else edges
+        rows = np.unique(np.concatenate([later, earlier]))
+        at = lambda x: np.searchsorted(rows, x)  # noqa: E731
+        label = connected_components(len(rows), at(verified["later"].to_numpy()), at(verified["row"].to_numpy()))
+        size = np.bincount(label, minlength=len(rows))[label]
+        rep = rows[label]  # the cluster's first row (rows are sorted, so the smallest rank is the first row)
+        reps = np.unique(rep)
+        links = edges.group_by("later", maintain_order=True).agg(pl.struct("row", "sim").alias(c_links))
+        out = (
+            pl.DataFrame({"row": rows, c_cluster: _keyed(reps, ids_of(reps), rep), c_size: size})
+            .join(links.rename({"later": "row"}), on="row", how="left", maintain_order="left")
+            .with_columns(pl.col(c_links).cast(pl.List(_LINK)))
         )
-        by_row = pl.DataFrame({"later": np.arange(n, dtype=np.int64)}).join(links, on="later", how="left")
+        dropped = pl.Series(rep != rows)
+        out = out.with_columns(pl.when(dropped).then(pl.lit("near duplicate")).alias("reason"),
+                               pl.when(dropped).then(_near_duplicate_of(out[c_cluster], out[c_size])).alias("detail"))
+        return Resolved(out, shared={"fingerprint": fingerprint})
+
+    def resolved_scores(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> pl.DataFrame:
         c_cluster, c_size, c_row, c_links = self.score_columns()
-        out = df.with_columns(
-            pl.Series(c_row, np.arange(n, dtype=np.int64)),
-            by_row["links"].cast(pl.List(_LINK)).alias(c_links),
-        )
-        rep, size = self._clusters(out)
-        ids = _ids(df)
-        return out.with_columns(ids.gather(rep).alias(c_cluster), pl.Series(c_size, size)).select(
-            *df.columns, *self.score_columns()
+        got = resolved.aligned(rows, {c_cluster: pl.String, c_size: pl.Int64, c_links: pl.List(_LINK)})
+        return batch.with_columns(
+            pl.coalesce(got[c_cluster], _ids(batch, rows)).alias(c_cluster),
+            got[c_size].fill_null(1),
+            pl.Series(c_row, np.asarray(rows, np.int64)),
+            got[c_links],
         )
 
     def _clusters(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:

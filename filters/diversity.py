@@ -46,7 +46,7 @@ from pydantic import Field as Setting
 
 from curate.errors import require
 from curate.records import message_text
-from curate.steps import Filter, RecipePath, StaleScores, embedded_model_file, reasons
+from curate.steps import FRAME, Filter, RecipePath, StaleScores, embedded_model_file, reasons
 from curate.text import TextPart, hashing_embeddings
 
 _LLAMA: dict[tuple, Any] = {}
@@ -187,7 +187,7 @@ class Diversity(Filter):
 
     kind: ClassVar[str] = "diversity"
     code_version: ClassVar[int] = 1
-    is_global: ClassVar[bool] = True
+    execution: ClassVar[str] = FRAME  # the greedy walk compares every row with the rows kept before it
     # A new tau is applied from the stored scores when it keeps every row on its side (else
     # decide raises StaleScores and split rescores); max_rows always is.
     decide_settings: ClassVar[tuple[str, ...]] = ("tau", "max_rows")

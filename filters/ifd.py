@@ -27,7 +27,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from curate.records import message_text
-from curate.steps import reasons
+from curate.steps import FRAME, reasons
 from filters.perplexity import LikelihoodFilter, fit_target, mean_nll
 
 ALPACA_NO_INPUT = (
@@ -63,7 +63,7 @@ class IFD(LikelihoodFilter):
 
     kind: ClassVar[str] = "ifd"
     code_version: ClassVar[int] = 1
-    is_global: ClassVar[bool] = True  # the top fraction is of the whole input; the scores are per row
+    execution: ClassVar[str] = FRAME  # the top fraction is of the whole input; the scores are per row
     row_local: ClassVar[bool] = True
     decide_settings: ClassVar[tuple[str, ...]] = ("fraction", "top_k")
     variant: Literal["cherry", "superfiltering"] = "cherry"

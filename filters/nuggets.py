@@ -63,7 +63,7 @@ from pydantic import Field, model_validator
 
 from curate.llm.scorers import scorer_class
 from curate.records import message_text
-from curate.steps import RecipePath, reasons
+from curate.steps import BATCHES, FRAME, RecipePath, reasons
 from curate.text import hashing_embeddings
 from filters.perplexity import LikelihoodFilter
 
@@ -275,7 +275,6 @@ class Nuggets(LikelihoodFilter):
 
     kind: ClassVar[str] = "nuggets"
     code_version: ClassVar[int] = 1
-    is_global: ClassVar[bool] = True
     decide_settings: ClassVar[tuple[str, ...]] = ("threshold", "fraction")
 
     anchors: RecipePath | None = None  # anchor file; None: k-means representatives of the data
@@ -311,6 +310,12 @@ class Nuggets(LikelihoodFilter):
     def row_local(self) -> bool:  # type: ignore[override]
         """With an anchor file each row is scored on its own; without, the anchors come from the rows."""
         return self.anchors is not None
+
+    @property
+    def execution(self) -> str:  # type: ignore[override]
+        """Batch by batch with an anchor file and a threshold; k-means anchors and a top fraction
+        need every row."""
+        return BATCHES if self.row_local and self.fraction is None else FRAME
 
     def scoring_settings(self) -> dict:
         """Early stopping stops each row at `threshold`, so the threshold then shapes the scores."""

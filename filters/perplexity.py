@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from curate.llm.scorers import ScorerKind, check_options, get_scorer
 from curate.records import message_text
-from curate.steps import Filter, RecipePath, embedded_model_file, reasons
+from curate.steps import BATCHES, FRAME, Filter, RecipePath, embedded_model_file, reasons
 
 
 # Shared with filters.ifd and filters.nuggets ---------------------------------------------------
@@ -121,9 +121,9 @@ class Perplexity(LikelihoodFilter):
         return self  # min <= max and min_percentile <= max_percentile: Step checks every min/max pair
 
     @property
-    def is_global(self) -> bool:  # type: ignore[override]
+    def execution(self) -> str:  # type: ignore[override]
         """Percentile thresholds need the whole dataset's scores."""
-        return self.max_percentile is not None or self.min_percentile is not None
+        return FRAME if self.max_percentile is not None or self.min_percentile is not None else BATCHES
 
     def score_columns(self) -> list[str]:
         p = self.column

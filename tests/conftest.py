@@ -21,6 +21,20 @@ def shared(*parts: str) -> Path:
     return path
 
 
+# Environment for CLI subprocesses against the test servers: a key that is no secret, and this tree.
+CLI_ENV = {**os.environ, "OPENAI_API_KEY": "test-key-not-secret", "PYTHONPATH": str(ROOT)}
+
+
+def cli_cmd(recipe: Path, out: Path, *extra: str) -> list[str]:
+    """`curate run RECIPE --out OUT --quiet ...` as a subprocess command line."""
+    return [sys.executable, "-m", "curate.cli", "run", str(recipe), "--out", str(out), "--quiet", *extra]
+
+
+def write_jsonl(path: Path, rows: list[dict], encoding: str = "utf-8") -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding=encoding)
+    return path
+
+
 def run_recipe_cli(recipe: str, out: Path, timeout: int = 1700, overrides: list[str] = ()) -> dict:
     """Run a recipe (a path from the repo root, e.g. "recipes/magpie.yaml") through the real CLI in
     a subprocess, as a user would, with `-o` overrides, and return its report.json."""

@@ -18,6 +18,7 @@ from curate.errors import CurateError
 from curate.io import read_records
 from curate.recipe import apply_override, load_recipe
 from curate.registry import step_class
+from tests.conftest import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,11 +32,6 @@ steps:
   - heuristics: {min_response_words: 1}
 output: {validation: 0.25}
 """
-
-
-def write_jsonl(path: Path, rows: list[dict], encoding: str = "utf-8") -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding=encoding)
-    return path
 
 
 def recipe(tmp_path: Path, text: str = BASE, rows: list[dict] = GOOD) -> Path:

@@ -30,7 +30,7 @@ from curate.llm.batch import FolderBatches
 from curate.llm.openai_backend import OpenAIBackend
 from curate.llm.teacher import TeacherConfig, build_llm
 from curate.recipe import build_recipe, load_recipe
-from tests.conftest import ROOT, needs
+from tests.conftest import CLI_ENV, ROOT, needs
 from tests.servers.batch_server import answer_folder_batch, batch_server
 from tests.servers.fault_server import fault_server
 
@@ -439,7 +439,6 @@ def test_expired_requests_land_in_rejects_and_a_rerun_retries_only_them(tmp_path
     assert set(stats["runs"].values()) == {1}  # the expired ones had not run
 
 
-CLI_ENV = {**os.environ, "OPENAI_API_KEY": "test-key-not-secret", "PYTHONPATH": str(ROOT)}
 
 
 @pytest.mark.slow

@@ -7,12 +7,12 @@ import json
 import logging
 
 import datasets
-import polars as pl
 import pytest
 from huggingface_hub import DatasetCard
 
 from curate.engine import run_recipe
 from curate.licenses import LICENSES, check_licenses
+from curate.parts import Part
 from curate.recipe import build_recipe, load_recipe
 from curate.report.compute import build_report, hub_dataset_id
 from curate.report.language import detect, language_shares
@@ -116,7 +116,8 @@ def test_a_teacher_that_wrote_rows_brings_its_terms_and_the_machine_generated_ta
 
 def _report(recipe, final, out) -> dict:
     steps = [{"step": "inputs", "rows_in": final.height, "rows_out": final.height}]
-    return build_report(recipe, steps, final, pl.DataFrame(), _data(final, out), 0.0, out, {})
+    in_hand = [Part(out / "records.parquet", "", final.height, final)]  # the final rows as the engine hands them
+    return build_report(recipe, steps, in_hand, [], _data(final, out), 0.0, out, {})
 
 
 def _data(final, out) -> dict:

@@ -12,8 +12,9 @@ import pytest
 
 from curate import text as T
 from curate.records import make_frame
-from filters import dedup as D
+from filters import minhash as D
 from filters.dedup import ExactDedup, MinHashDedup
+from curate.steps import STATE
 
 GPTEACHER = Path("/work/shared/data/dedup_gpteacher_toolformer/toolformer_labeled.jsonl")
 
@@ -297,7 +298,7 @@ def test_filter_config():
     assert f.lsh() == (16, 8)
     assert MinHashDedup(bands=20, rows=6).lsh() == (20, 6)
     assert MinHashDedup(rows=4).lsh() == (32, 4)
-    assert MinHashDedup.is_global and ExactDedup.is_global
+    assert MinHashDedup.execution == ExactDedup.execution == STATE and MinHashDedup().is_global
     with pytest.raises(Exception):
         MinHashDedup(threshhold=0.7)  # a misspelt key is an error
     with pytest.raises(ValueError):

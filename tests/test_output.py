@@ -128,7 +128,7 @@ def test_conversion_writes_the_files_the_row_by_row_converter_wrote(tmp_path):
         pytest.skip(f"the reference revision {ROW_BY_ROW[:7]} is not in this clone's history (a shallow clone?)")
     reference = load(ROW_BY_ROW, "curate.formats")["curate.formats"]
     run_recipe(load_recipe(ROOT / "recipes" / "curate-existing.yaml"), tmp_path / "run", show_progress=False)
-    recipe_rows = pl.read_parquet(sorted((tmp_path / "run" / "steps").glob("*/data.parquet"))[-1])
+    recipe_rows = pl.read_parquet(tmp_path / "run" / "records.parquet")  # the last step's kept rows
     rng = random.Random(0)
     gsm = [json.loads(line) for line in open(shared("gsm8k_train", "train.jsonl"), encoding="utf-8")][:400]
     thought = make_frame([{

@@ -9,19 +9,14 @@ needed, the fault-injecting OpenAI-compatible server on 127.0.0.1 (tests/servers
 - damaged state files (cache, cache rows, markers, step files) are named and recovered from;
 - output files readable by others, no temporary files left behind, the card's Markdown escaped;
 - credentials in a URL never reach a written file;
-and the soak: a recipe killed with SIGKILL at random points of generation, filtering and output
-writing, then rerun, ends byte-identical to an uninterrupted run.
+and the soak (tests/test_soak.py).
 """
 
 import json
 import os
-import random
-import signal
 import sqlite3
 import stat
 import subprocess
-import sys
-import time
 from contextlib import closing
 from pathlib import Path
 from typing import ClassVar
@@ -34,10 +29,11 @@ from typer.testing import CliRunner
 from curate.cli import app
 from curate.engine import rebuild_report, run_recipe
 from curate.errors import CurateError
-from curate.folder import INCOMPLETE, MANIFEST, incomplete, locked
+from curate.folder import MANIFEST, incomplete, locked
 from curate.hub import publish
 from curate.recipe import build_recipe, load_recipe, redact_url
 from curate.steps import Step
+from tests.conftest import CLI_ENV, cli_cmd, write_jsonl
 from tests.servers.fault_server import fault_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +47,6 @@ steps:
   - exact_dedup: {}
 output: {validation: 3}
 """
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture
@@ -191,13 +182,6 @@ def test_a_held_folder_is_refused_naming_its_holder(folder):
     assert run(folder, out)["rows"]["out"] == 12  # released: the next run goes ahead
 
 
-def cli_cmd(recipe: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "curate.cli", "run", str(recipe), "--out", str(out), "--quiet", *extra]
-
-
-CLI_ENV = {**os.environ, "OPENAI_API_KEY": "test-key-not-secret", "PYTHONPATH": str(ROOT)}
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_runs_into_one_folder_one_wins_the_other_refuses(tmp_path):
@@ -286,15 +270,19 @@ def test_a_run_that_died_after_changing_settings_marks_the_folder_incomplete(fol
 
 # 6. damaged state files ------------------------------------------------------------------------------
 def test_an_unreadable_marker_reruns_its_step(folder, caplog):
+    """A step's marker or a part's: the step (or the part) runs again. It writes the same part,
+    so the next step, whose input is unchanged, is reused."""
     out = folder / "out"
     first = run(folder, out)
-    marker = out / "steps" / "01-heuristics" / "_DONE.json"
-    for garbage in (b"\x00\xff garbage", b"[1, 2]", b'{"hash": 7}'):
-        marker.write_bytes(garbage)
-        again = run(folder, out)
-        assert [s["skipped"] for s in again["steps"][1:]] == [False, False]
-        assert f"{marker}: unreadable" in caplog.text
-        assert again["rows"] == first["rows"]
+    for marker in (out / "steps" / "01-heuristics" / "_DONE.json", out / "steps" / "01-heuristics" / "parts" / "00000.json"):
+        for garbage in (b"\x00\xff garbage", b"[1, 2]", b'{"hash": 7}'):
+            written = (out / "steps" / "01-heuristics" / "parts" / "00000.parquet").stat().st_mtime_ns
+            marker.write_bytes(garbage)
+            again = run(folder, out)
+            assert [s["skipped"] for s in again["steps"][1:]] == [False, True]
+            assert f"{marker}: unreadable" in caplog.text
+            assert again["rows"] == first["rows"]
+            assert (out / "steps" / "01-heuristics" / "parts" / "00000.parquet").stat().st_mtime_ns > written
 
 
 def test_report_names_an_unreadable_state_file(folder):
@@ -312,7 +300,7 @@ def test_report_names_an_unreadable_state_file(folder):
 def test_a_missing_damaged_or_replaced_step_file_reruns_its_step(folder, caplog, damage):
     out = folder / "out"
     first = run(folder, out)
-    data = out / "steps" / "01-heuristics" / "data.parquet"
+    data = out / "steps" / "01-heuristics" / "parts" / "00000.parquet"
     if damage == "missing":
         data.unlink()
     elif damage == "garbage":
@@ -320,7 +308,7 @@ def test_a_missing_damaged_or_replaced_step_file_reruns_its_step(folder, caplog,
     else:  # a valid parquet file, but not the step's output (another run's, an edited one)
         pl.read_parquet(data).head(2).write_parquet(data)
     again = run(folder, out)
-    assert [s["skipped"] for s in again["steps"][1:]] == [False, False]
+    assert [s["skipped"] for s in again["steps"][1:]] == [False, True]  # the same part again: the next step's input
     assert str(data) in caplog.text and "running the step again" in caplog.text
     assert again["rows"] == first["rows"] and pl.read_parquet(data).height == 13
 
@@ -409,14 +397,14 @@ def test_outputs_are_readable_by_others_under_umask_022(folder):
         os.umask(old)
     modes = {p.relative_to(folder / "out").as_posix(): stat.S_IMODE(p.stat().st_mode)
              for p in (folder / "out").rglob("*") if p.is_file()}
-    assert {"data/train.parquet", "README.md", "report.html", "steps/01-heuristics/data.parquet"} <= set(modes)
+    assert {"data/train.parquet", "README.md", "report.html", "steps/01-heuristics/parts/00000.parquet"} <= set(modes)
     assert {m for m in modes.values()} == {0o644}, modes
 
 
 def test_temporary_files_of_a_killed_run_are_cleared_and_no_others(folder):
     out = folder / "out"
     run(folder, out)
-    left = [out / ".records.parquet.k1ll3d_x.tmp", out / "steps" / "02-exact_dedup" / ".data.parquet.abcd1234.tmp",
+    left = [out / ".records.parquet.k1ll3d_x.tmp", out / "steps" / "02-exact_dedup" / "parts" / ".00000.parquet.abcd1234.tmp",
             out / "data" / ".train.jsonl.zzzzzzzz.tmp"]
     for p in left:
         p.write_bytes(b"half a file")
@@ -453,151 +441,3 @@ def test_redaction_leaves_other_values_alone():
            "description": "mail me at a@b.c"}
     assert build_recipe(raw).raw == {"name": "x", "teacher": {"base_url": "https://***@host/v1"},
                                      "inputs": [{"path": "a://***@c/d.jsonl"}], "description": "mail me at a@b.c"}
-
-
-# The soak: SIGKILL at random points, then rerun ------------------------------------------------
-SOAK_RECIPE = """name: soak
-inputs: [{{path: seeds.jsonl, source: soak}}]
-teacher: {{backend: openai, model: fault, base_url: '{url}', max_concurrency: 4, max_retries: 2, timeout: 20}}
-steps:
-  - responses: {{max_tokens: 64}}
-  - heuristics: {{min_response_words: 9, max_prompt_copy: 1.0}}
-  - exact_dedup: {{}}
-  - minhash_dedup: {{threshold: 0.8}}
-output: {{validation: 0.25, files: [parquet, jsonl]}}
-"""
-# A finished folder's files that must match an uninterrupted run byte for byte (report.json too,
-# less its timings and cache counters).
-SAME_BYTES = ("recipe.yaml", "records.parquet", "rejects.parquet", "README.md", "data/train.parquet",
-              "data/train.jsonl", "data/validation.parquet", "data/validation.jsonl",
-              *(f"steps/{s}/{f}" for s in ("01-responses", "02-heuristics", "03-exact_dedup", "04-minhash_dedup")
-                for f in ("data.parquet", "rejects.parquet")))
-VARIES = {"finished", "seconds", "sent", "cache_hits", "skipped"}  # how this run got there
-
-
-def strip(obj):
-    if isinstance(obj, dict):
-        return {k: strip(v) for k, v in obj.items() if k not in VARIES}
-    return [strip(v) for v in obj] if isinstance(obj, list) else obj
-
-
-def cached_prompts(out: Path) -> set[str]:
-    """The prompts whose answers are in the run's cache (the fault server echoes the prompt)."""
-    cache = out / "cache" / "llm.sqlite"
-    if not cache.exists():
-        return set()
-    with closing(sqlite3.connect(f"file:{cache}?mode=ro", uri=True)) as db:
-        try:
-            texts = [json.loads(r)["text"] for (r,) in db.execute("SELECT response FROM responses")]
-        except sqlite3.OperationalError:  # killed before the table was made
-            return set()
-    return {t.removeprefix("echo: ") for t in texts}
-
-
-def folder_phase(out: Path) -> str:
-    """Where a run was when it died: the first unfinished part."""
-    if not (out / INCOMPLETE).exists():
-        return "finished" if (out / MANIFEST).exists() else "starting"
-    steps = ("01-responses", "02-heuristics", "03-exact_dedup", "04-minhash_dedup")
-    done = [(out / "steps" / s / "_DONE.json").exists() for s in steps]
-    return "generation" if not done[0] else "filtering" if not all(done) else "output writing"
-
-
-def fresh(path: Path, since_ns: int) -> bool:
-    try:
-        return path.stat().st_mtime_ns >= since_ns
-    except FileNotFoundError:
-        return False
-
-
-def run_and_maybe_kill(cmd, out, server, target, rng, uncached):
-    """Start the CLI; SIGKILL it at a random point of the `target` phase (None: let it finish).
-    Returns the exit code (-9 when killed)."""
-    started_ns = time.time_ns()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = server.stats(per_prompt=False)["completed"]
-    answers = rng.randint(1, max(1, uncached - 1))
-    pause = {"filtering": rng.uniform(0, 0.04), "output writing": rng.uniform(0, 0.6)}.get(target, 0.0)
-    deadline = time.time() + 240
-    while proc.poll() is None and target is not None:
-        assert time.time() < deadline, "the run made no progress"
-        if target == "generation":
-            hit = server.stats(per_prompt=False)["completed"] - base >= answers
-        elif target == "filtering":
-            hit = fresh(out / "steps" / "01-responses" / "_DONE.json", started_ns) or (
-                (out / INCOMPLETE).exists() and fresh(out / INCOMPLETE, started_ns)
-                and (out / "steps" / "01-responses" / "_DONE.json").exists())
-        else:
-            hit = fresh(out / "records.parquet", started_ns)
-        if hit:
-            time.sleep(pause)
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    code = proc.wait(240)
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    assert code in (0, -signal.SIGKILL), err
-    return code
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_soak_random_sigkills_end_byte_identical(tmp_path):
-    """At least 20 SIGKILLs at random points of generation, filtering and output writing of one
-    recipe against the fault-injecting server (answers after 0.1 s, some prompts fail once with a
-    500), each followed by a rerun. Checked: every killed folder is marked incomplete and its lock
-    is free; no run sends a request whose answer was in the cache when it started; every finished
-    folder equals an uninterrupted run's byte for byte; no file outside the run's own is touched."""
-    rng = random.Random(int(os.environ.get("SOAK_SEED", "10")))
-    prompts = [f"Soak prompt {i} asks about topic {i % 7}" + " and more" * (i % 3)
-               + (" FAULT:500:times=1" if i % 12 == 5 else "") for i in range(48)]
-    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": p} for p in prompts + prompts[:2]])
-    (tmp_path / "notes.txt").write_text("the user's file beside the runs")
-    kills: dict[str, int] = {}
-    resent_checks = 0
-    with fault_server(delay=0.1, subprocess=True) as server:
-        (tmp_path / "r.yaml").write_text(SOAK_RECIPE.format(url=server.base_url))
-        ref = tmp_path / "reference"
-        assert run_and_maybe_kill(cli_cmd(tmp_path / "r.yaml", ref), ref, server, None, rng, 0) == 0
-        outside = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(("reference", "chain"))}
-        chain = 0
-        while sum(kills.values()) < 20 or chain < 3:
-            chain += 1
-            out = tmp_path / f"chain{chain}"
-            server.reset()
-            plan = ["generation", "generation", "filtering", "filtering", "output writing", "output writing",
-                    "output writing", None]
-            for target in plan:
-                cached = cached_prompts(out)
-                uncached = len(set(prompts)) - len(cached)
-                if target == "generation" and uncached < 2:
-                    target = "filtering"
-                before = server.stats()["by_prompt"]
-                code = run_and_maybe_kill(cli_cmd(tmp_path / "r.yaml", out), out, server, target, rng, uncached)
-                time.sleep(0.3)  # requests sent just before the kill reach the server's counters
-                after = server.stats()["by_prompt"]
-                # every request whose answer had arrived (was cached) is not sent again
-                assert [p for p in cached if after.get(p, 0) != before.get(p, 0)] == []
-                resent_checks += len(cached)
-                if code == 0:
-                    continue
-                phase = folder_phase(out)
-                kills[phase] = kills.get(phase, 0) + 1
-                if phase != "finished":
-                    assert "did not finish" in (incomplete(out) or ""), phase  # and the lock died with it
-            # the last run of the chain finished: the same folder an uninterrupted run makes
-            assert incomplete(out) is None
-            for rel in SAME_BYTES:
-                assert (out / rel).read_bytes() == (ref / rel).read_bytes(), (chain, rel)
-            got, want = (strip(json.loads((d / "report.json").read_text())) for d in (out, ref))
-            assert got == want, [(a, b) for a, b in zip(got["steps"], want["steps"]) if a != b] or got
-            listed = set(json.loads((out / MANIFEST).read_text())["files"]) | {MANIFEST, ".curate.lock"}
-            listed |= {"cache/llm.sqlite-wal", "cache/llm.sqlite-shm"}  # SQLite's, beside the cache a kill left open
-            present = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-            assert present <= listed, present - listed  # no leftovers: every file is one the run wrote
-        assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(("reference", "chain"))} == outside
-    print(f"\nsoak: {sum(kills.values())} kills over {chain} chains, by phase {kills}; "
-          f"{resent_checks} cached answers checked not re-sent")
-    assert sum(kills.values()) >= 20
-    assert {"generation", "filtering", "output writing"} <= set(kills), kills

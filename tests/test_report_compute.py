@@ -60,7 +60,7 @@ def test_the_run_report_reads_no_step_file_and_tokenises_each_turn_once(tmp_path
     reads, batches = watch(monkeypatch)
     report = run_recipe(load_recipe(tmp_path / "r.yaml"), out, show_progress=False)
 
-    assert not [p for _, p in reads if "/steps/" in p], reads  # the sections came from the frames in hand
+    assert not [p for _, p in reads if "/steps/" in p], reads  # one part: the sections came from the frames in hand
     assert sum(Path(p).name == "train.parquet" for _, p in reads) == 1  # rows and bytes from one read
     final = pl.read_parquet(out / "records.parquet")
     assert batches == [final["messages"].list.len().sum()]  # every turn of every final row, once
@@ -72,10 +72,11 @@ def test_the_run_report_reads_no_step_file_and_tokenises_each_turn_once(tmp_path
         table = pq.read_table(out / "data" / f"{split}.parquet")
         assert table.num_rows == n and f"num_bytes: {table.nbytes}" in card
 
-    # `curate report` reads each step's two files once (and their schemas, to pick the columns to read)
+    # `curate report` reads each step's output parts once (and their schemas, to pick the columns to read)
     reads.clear()
     again = rebuild_report(out)
     step_reads = sorted(p for fn, p in reads if "/steps/" in p and fn != "read_parquet_schema")
-    assert step_reads == sorted(str(f) for f in (out / "steps").glob("*/*.parquet")) and len(step_reads) == 6
+    outputs = [f for f in (out / "steps").glob("0[1-9]-*/parts/*.parquet")]
+    assert step_reads == sorted(map(str, outputs)) and len(step_reads) == 6
     for key in ("rows", "filters", "lengths", "sources", "split_bytes", "length_tokenizer"):
         assert again[key] == report[key], key

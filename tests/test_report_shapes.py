@@ -60,7 +60,7 @@ def test_score_columns_of_every_shape_reach_report_card_and_validation(case, tmp
     assert report["rows"]["out"] == kept and report["rows"]["in"] == n
 
     scores = {col: sc for sec in report["filters"].values() for col, sc in sec["scores"].items()}
-    shapes = {col: pl.concat([pl.read_parquet(f)[col] for f in (out / "steps").glob("*/data.parquet")
+    shapes = {col: pl.concat([pl.read_parquet(f)[col] for f in (out / "steps").glob("0[1-9]-*/parts/[0-9][0-9][0-9][0-9][0-9].parquet")
                               if col in pl.read_parquet_schema(f)]) for col in scores}
     card = (out / "README.md").read_text()
     table = card_rows(card)

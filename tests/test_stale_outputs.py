@@ -25,16 +25,12 @@ from filters.decontaminate import Decontaminate
 from filters.dedup import ExactDedup, MinHashDedup
 from filters.heuristics import Heuristics
 from filters.judge import Judge
+from tests.conftest import write_jsonl
 
 
 def pairs(*rows):
     return make_frame([{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
                        for q, a in rows])
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def run(recipe_text, folder, out="out", overrides=()):

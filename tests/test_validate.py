@@ -316,3 +316,37 @@ def test_without_great_expectations_declared_expectations_name_the_extra(folder,
 def test_a_recipe_dict_builds_with_validate(folder):
     rec = build_recipe({"name": "x", "validate": {"fail_on_error": True}}, base_dir=folder)
     assert rec.config.checks.fail_on_error and rec.config.checks.expectations == []
+
+
+# Validation over parts ------------------------------------------------------------------------------
+def test_final_data_in_parts_is_validated_row_by_row_as_one_frame(monkeypatch, tmp_path):
+    """Above SAMPLE_ROWS final rows (lowered to 1,000 here) the built-in expectations run a part at
+    a time: the same results, counts and example values as validating the whole frame at once,
+    every broken row counted (a repeated id across two parts too); declared expectations run in
+    great-expectations on a sample, and the gx/ files are written."""
+    import curate.report.compute as compute
+    from curate.parts import Part
+    from curate.report.validate import validate_parts
+
+    rows = [row(f"Question number {i}?", f"Answer number {i} here.") for i in range(3000)]
+    rows[10] = row("Name a planet.", "  ")  # empty response
+    rows[1500] = {"messages": [turn("user", "a"), turn("user", "b"), turn("assistant", "c")]}
+    rows[2999] = row("List three tips.", "1. **Prioritize Tasks", finish="length")
+    rows[2500] = rows[20]  # the same row, so the same id, in another part
+    df = scored(rows, bad_score=True)
+    parts = [Part(tmp_path / f"{i}.parquet", "", chunk.height, chunk) for i, chunk in enumerate(df.iter_slices(700))]
+    monkeypatch.setattr(compute, "SAMPLE_ROWS", 1000)
+    whole = validate(df, [Heuristics()], engine="polars")
+    in_parts = validate_parts(parts, [Heuristics()], engine="polars")
+    assert in_parts["engine"].startswith("polars (built-in expectations on every row, a part at a time")
+    assert in_parts["results"] == whole["results"] and in_parts["passed"] == whole["passed"] == 9 - 6
+    assert failed(in_parts)["id values are unique"] == "2 rows fail, e.g. ['%s', '%s']" % (df["id"][20], df["id"][20])
+
+    pytest.importorskip("great_expectations")
+    checks = ValidateConfig(expectations=[{"expect_column_values_to_not_be_null": {"column": "prompt"}},
+                                          {"expect_column_values_to_match_regex": {"column": "prompt", "regex": "^Question number 1"}}])
+    declared_too = validate_parts(parts, [Heuristics()], checks, save_to=tmp_path / "gx")
+    assert declared_too["results"][:len(whole["results"])] == whole["results"]
+    assert [r["success"] for r in declared_too["results"][len(whole["results"]):]] == [True, False]
+    assert "great-expectations on a sample of 1000 rows" in declared_too["engine"]
+    assert pl.read_parquet(tmp_path / "gx" / "validated.parquet").height == 1000

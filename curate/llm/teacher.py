@@ -148,15 +148,17 @@ def build_backend(cfg: TeacherConfig) -> Backend:
     return OpenAIBackend(**kwargs)
 
 
-def build_llm(cfg: TeacherConfig, cache_path: str | Path | None, show_progress: bool = True) -> LLM:
+def build_llm(cfg: TeacherConfig, cache_path: str | Path | None, show_progress: bool = True,
+              backend: Backend | None = None) -> LLM:
     """The LLM a recipe's steps call. With `batch`, its requests go through the batch route, which
-    keeps the batches in flight in the response cache, and are priced at the batch rate."""
+    keeps the batches in flight in the response cache, and are priced at the batch rate. `backend`
+    replaces the one `cfg` builds (the Ray engine's actors)."""
     from curate.pricing import teacher_price
 
     price = teacher_price(cfg, batch=cfg.batch_api)
     if not price.known:
         log.warning("teacher %s: %s", cfg.model, price.source)
-    backend = build_backend(cfg)
+    backend = backend or build_backend(cfg)
     cache = ResponseCache(cache_path) if cache_path else None
     route = None
     if cfg.batch is not None:

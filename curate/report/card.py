@@ -57,7 +57,7 @@ def write_card(recipe: Recipe, report: dict, path: Path) -> None:
         f"- Seed: {cfg.seed}",
         f"- Tokens: {llm['prompt_tokens']} prompt, {llm['completion_tokens']} completion"
         + (f"; cost ${llm['cost']:.4f} ({price_text(price)})" if llm["prompt_tokens"] + llm["completion_tokens"] else ""),
-        f"- Sources: " + (", ".join(f"{md_literal(s)} ({v['rows']} rows)" for s, v in report["sources"].items()) or "-"),
+        "- Sources: " + (", ".join(f"{md_literal(s)} ({v['rows']} rows)" for s, v in report["sources"].items()) or "-"),
     ]
     if languages:
         lang = report["language"]

@@ -1,32 +1,43 @@
 """The numbers of a run report, computed once into the dict that report.json holds; render.py and
 card.py only format them.
 
-During a run nothing is read back: each step's section (its score distributions and examples) is
-computed by `StepSections.add` while the engine holds the step's rows, and the final rows and the
-rejects come from memory. `curate report OUT` rebuilds the same numbers from a finished folder,
-reading each file once (`read_sections`). Lengths are in tokens (curate/tokens.py), each turn of
-each final row tokenised once.
+Each step's section (its score distributions and examples) is computed by `StepSections` from the
+step's parts, reading only the columns a section shows; `curate report OUT` rebuilds the same
+numbers from a finished folder (`read_sections`). Lengths are in tokens (curate/tokens.py), each
+turn of each final row tokenised once.
+
+At scale the report reads a sample: a step that saw more than SAMPLE_ROWS rows shows the score
+distributions and examples of a deterministic sample of its rows, and above TOKEN_ROWS final rows
+the lengths and each source's tokens come from a sample of them (the report says so: `sampled`,
+`lengths_sampled`). Counts are exact: rows per step, reason and source; the validation of the
+final data checks every row. Smaller runs read every row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
 from curate.licenses import recipe_licenses, teacher_wrote_rows
 from curate.pricing import teacher_price
 from curate.mix import Mix
+from curate.parts import DONE, Part, union_schema
+from curate.records import concat
 from curate.recipe import Recipe
-from curate.report.language import language_shares
+from curate.report.language import SAMPLE as LANGUAGE_ROWS, language_shares
 from curate.report.plots import histogram_data
 from curate.steps import Filter
 from curate.tokens import TokenCounter, message_tokens, teacher_tokenizer, token_counter
 
+SAMPLE_ROWS = 20_000  # above this many rows, score distributions and examples come from a sample
+TOKEN_ROWS = 5_000  # and above this many final rows, lengths in tokens (~250,000 tokens a second here)
 LLM_FIELDS = ("requests", "sent", "cache_hits", "failures", "prompt_tokens", "completion_tokens", "cost")
 EXAMPLES = 3  # kept and dropped examples shown per filter
 SNIPPET = 400
@@ -58,6 +69,29 @@ def _example(row: dict[str, Any]) -> dict[str, Any]:
         if row.get(key):
             out[key] = str(row[key])[:SNIPPET]
     return out
+
+
+def sample_positions(total: int, want: int, salt: int = 0) -> np.ndarray | None:
+    """Sorted positions of a deterministic sample of `want` of `total` rows; None for all of them."""
+    if total <= want:
+        return None
+    return np.sort(np.random.default_rng([0x5A3, salt, total]).choice(total, want, replace=False))
+
+
+def read_rows(parts: list[Part], columns: list[str] | None, positions: np.ndarray | None) -> pl.DataFrame:
+    """The rows of `parts` at `positions` (all of them for None), in order, with those of `columns` each has."""
+    frames, lo = [], 0
+    for part in parts:
+        have = part.schema()
+        wanted = None if columns is None else [c for c in columns if c in have]
+        if positions is None:
+            frames.append(part.read(wanted))
+        else:
+            mine = positions[(positions >= lo) & (positions < lo + part.rows)] - lo
+            if len(mine):
+                frames.append(part.read(wanted)[mine])
+        lo += part.rows
+    return concat(frames)
 
 
 def step_section(step, kept: pl.DataFrame, rejected: pl.DataFrame, before: set[str]) -> dict[str, Any]:
@@ -112,25 +146,50 @@ class StepSections:
         self.sections[name] = step_section(step, kept, rejected, self.before)
         self.before = set(kept.columns if columns is None else columns)
 
+    def add_parts(self, name: str, step, kept: list[Part], rejected: list[Part]) -> None:
+        """The section of a step from its parts: the columns a section shows (scores, the examples'
+        text) of every row, or of a sample of SAMPLE_ROWS rows (in proportion, kept and dropped)."""
+        columns = list(union_schema(kept)) if kept else []
+        n_kept, n_rejected = sum(p.rows for p in kept), sum(p.rows for p in rejected)
+        total = n_kept + n_rejected
+        share = min(1.0, SAMPLE_ROWS / total) if total else 1.0
+        shown = lambda have: [c for c in have if c in EXAMPLE_COLUMNS or c.startswith("score_")]  # noqa: E731
+        frames = [read_rows(parts, shown(union_schema(parts)) if parts else [],
+                            sample_positions(n, round(n * share), salt))
+                  for salt, (parts, n) in enumerate(((kept, n_kept), (rejected, n_rejected)))]
+        self.add(name, step, *frames, columns=columns)
+        if share < 1:
+            self.sections[name]["sampled"] = {"rows": sum(f.height for f in frames), "of": total}
+
 
 def read_sections(recipe: Recipe, steps: list[dict], out: Path) -> dict[str, dict]:
-    """The step sections of a finished run, from its step folders: each file read once, and only the
-    columns a section shows (its scores and the examples' text)."""
+    """The step sections of a finished run, from its step folders, reading only the columns a
+    section shows (its scores and the examples' text)."""
     sections = StepSections()
     for step, info in zip(recipe.steps, steps[1:]):
         folder = out / "steps" / info["step"]
-        if not (folder / "data.parquet").exists():
+        marker = folder / DONE
+        if not marker.exists():
             continue
-        (kept, columns), (rejected, _) = (_shown_columns(folder / name) for name in ("data.parquet", "rejects.parquet"))
-        sections.add(info["step"], step, kept, rejected, columns=columns)
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        made = lambda rel: Part(folder / rel, done["files"][rel], done["rows"][rel])  # noqa: E731
+        if "outputs" in done:  # a FRAME step: its marker lists its parts
+            kept, rejected = [made(r) for r in done["outputs"]["kept"]], [made(r) for r in done["outputs"]["rejects"]]
+        else:
+            kept, rejected = step_parts(folder, done)
+        sections.add_parts(info["step"], step, kept, rejected)
     return sections.sections
 
 
-def _shown_columns(path: Path) -> tuple[pl.DataFrame, list[str]]:
-    """The columns of a step file that a section shows (scores, the examples' text), and all its column names."""
-    columns = list(pl.read_parquet_schema(path))
-    shown = [c for c in columns if c in EXAMPLE_COLUMNS or c.startswith("score_")]
-    return pl.read_parquet(path, columns=shown), columns
+def step_parts(folder: Path, done: dict) -> tuple[list[Part], list[Part]]:
+    """A row-local or STATE step's parts, in order, from its units' markers."""
+    units = sorted(folder.glob("parts/[0-9][0-9][0-9][0-9][0-9].json"))[: done.get("parts", 0)]
+    infos = [json.loads(u.read_text(encoding="utf-8")) for u in units]
+    slots = max((len(i["outputs"]["kept"]) for i in infos), default=0)
+    made = lambda info, rel: Part(folder / rel, info["files"][rel], info["rows"][rel])  # noqa: E731
+    kept = [made(i, i["outputs"]["kept"][s]) for s in range(slots) for i in infos]
+    rejected = [made(i, rel) for i in infos for rel in i["outputs"]["rejects"]]
+    return kept, rejected
 
 
 def length_counter(recipe: Recipe) -> TokenCounter:
@@ -140,8 +199,23 @@ def length_counter(recipe: Recipe) -> TokenCounter:
     return token_counter(mix.tokenizer if mix else teacher_tokenizer(recipe.config.teacher))
 
 
-def _lengths_and_sources(final: pl.DataFrame, counter: TokenCounter) -> tuple[dict, dict]:
-    """Length histograms of prompts, responses (and reasoning) and each source's rows and tokens."""
+def _lengths_and_sources(parts: list[Part], counter: TokenCounter) -> tuple[dict, dict, dict | None]:
+    """Length histograms of prompts, responses (and reasoning) and each source's rows and tokens;
+    above TOKEN_ROWS final rows, lengths and tokens from a sample (tokens per source scaled up to
+    its rows, which are counted exactly), and what was sampled."""
+    total = sum(p.rows for p in parts)
+    positions = sample_positions(total, TOKEN_ROWS, salt=7)
+    final = read_rows(parts, ["messages", "reasoning", "source"], positions)
+    lengths, sources = _lengths_and_sources_of(final, counter)
+    if positions is None:
+        return lengths, sources, None
+    rows = dict(read_rows(parts, ["source"], None).group_by("source").len().iter_rows())
+    sources = {s: {"rows": rows[s], "tokens": round(v["tokens"] * rows[s] / v["rows"])} for s, v in sources.items()}
+    sources.update({s: {"rows": n, "tokens": None} for s, n in sorted(rows.items()) if s not in sources})
+    return lengths, dict(sorted(sources.items())), {"rows": final.height, "of": total}
+
+
+def _lengths_and_sources_of(final: pl.DataFrame, counter: TokenCounter) -> tuple[dict, dict]:
     counts = message_tokens(final, counter)
     lengths = {part: {"summary": _summary(counts[part]), "histogram": histogram_data(counts[part].to_list())}
                for part in ("prompt", "response")}
@@ -154,18 +228,36 @@ def _lengths_and_sources(final: pl.DataFrame, counter: TokenCounter) -> tuple[di
     return lengths, sources
 
 
+def _language(parts: list[Part]) -> dict:
+    """`language_shares` of the final rows: all of them read up to SAMPLE_ROWS (it samples them as
+    it would a frame), beyond that only the rows of a deterministic sample of LANGUAGE_ROWS."""
+    total = sum(p.rows for p in parts)
+    positions = None if total <= SAMPLE_ROWS else sample_positions(total, LANGUAGE_ROWS, salt=11)
+    return language_shares(read_rows(parts, ["messages"], positions))
+
+
 def _splits(out: Path, data_files: dict) -> tuple[dict[str, int], dict[str, int] | None]:
     """Rows per split, and bytes as Arrow holds them (the card's split sizes; None when some split
-    has no parquet file), each data file read once."""
+    has no parquet file), each data file (or shard) read once."""
     rows, nbytes = {}, {}
     for name, files in data_files.items():
         if "parquet" in files:
-            table = pq.read_table(out / files["parquet"])
-            rows[name], nbytes[name] = table.num_rows, int(table.nbytes)
+            rows[name] = nbytes[name] = 0
+            for path in data_paths(files["parquet"]):
+                table = pq.read_table(out / path)
+                rows[name] += table.num_rows
+                nbytes[name] += int(table.nbytes)
         else:
-            with open(out / files["jsonl"], encoding="utf-8") as f:
-                rows[name] = sum(1 for _ in f)
+            rows[name] = 0
+            for path in data_paths(files["jsonl"]):
+                with open(out / path, encoding="utf-8") as f:
+                    rows[name] += sum(1 for _ in f)
     return rows, (nbytes if len(nbytes) == len(rows) else None)
+
+
+def data_paths(entry: str | list[str]) -> list[str]:
+    """The files of one split and type in `data_files`: one path, or a list of shards."""
+    return [entry] if isinstance(entry, str) else list(entry)
 
 
 # A Hub dataset as fsspec, polars and datasets name it: hf://datasets/<owner>/<name>[@rev][/file]
@@ -189,14 +281,15 @@ def card_features(out: Path, data_files: dict) -> list | None:
     from huggingface_hub import DatasetCardData
 
     card = DatasetCardData()
-    features = Features.from_arrow_schema(pq.read_schema(out / parquet[0]))
+    features = Features.from_arrow_schema(pq.read_schema(out / data_paths(parquet[0])[0]))
     DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(card)
     return card.to_dict()["dataset_info"]["features"]
 
 
-def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects: pl.DataFrame, data_files: dict,
+def build_report(recipe: Recipe, steps: list[dict], final: list[Part], rejects: list[Part], data_files: dict,
                  seconds: float, out: Path, sections: dict[str, dict], validation: dict | None = None) -> dict:
-    """All the numbers of a run (what report.json holds); `sections` from StepSections or read_sections."""
+    """All the numbers of a run (what report.json holds), from the parts of the final rows and of
+    the rejects; `sections` from StepSections or read_sections."""
     totals = {k: 0 for k in LLM_FIELDS}
     for s in steps:
         for k in LLM_FIELDS:
@@ -206,7 +299,7 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
                                      "failed_requests", "retried")}
               for s in steps]
     counter = length_counter(recipe)
-    lengths, sources = _lengths_and_sources(final, counter)
+    lengths, sources, sampled = _lengths_and_sources(final, counter)
     split_rows, split_bytes = _splits(out, data_files)
     return {
         "recipe": recipe.config.name,
@@ -214,22 +307,24 @@ def build_report(recipe: Recipe, steps: list[dict], final: pl.DataFrame, rejects
         "seconds": round(seconds, 3),
         "seed": recipe.config.seed,
         "teacher": {"backend": recipe.config.teacher.backend, "model": recipe.config.teacher.model,
-                    "price": teacher_price(recipe.config.teacher, batch=recipe.config.teacher.batch_api).as_dict(), "license": recipe.config.teacher.license,
-                    "wrote_rows": teacher_wrote_rows(recipe)},
-        "rows": {"in": steps[0]["rows_in"] or steps[0]["rows_out"], "out": final.height, "rejected": rejects.height, "splits": split_rows},
+                    "price": teacher_price(recipe.config.teacher, batch=recipe.config.teacher.batch_api).as_dict(),
+                    "license": recipe.config.teacher.license, "wrote_rows": teacher_wrote_rows(recipe)},
+        "rows": {"in": steps[0]["rows_in"] or steps[0]["rows_out"], "out": sum(p.rows for p in final),
+                 "rejected": sum(p.rows for p in rejects), "splits": split_rows},
         "steps": funnel,
         "llm": totals,
         "sources": sources,
         "length_unit": "tokens",
         "length_tokenizer": counter.name,
         "lengths": lengths,
+        **({"lengths_sampled": sampled} if sampled else {}),
         "filters": sections,
         "mix": next((s["mix"] for s in steps if s.get("mix")), None),
         "validation": validation,
         "data_files": data_files,
         "split_bytes": split_bytes,
         "license": recipe_licenses(recipe).as_dict(),
-        "language": language_shares(final),
+        "language": _language(final),
         "features": card_features(out, data_files),
         "source_datasets": sorted({d for inp in recipe.config.inputs if (d := hub_dataset_id(inp.path))}),
     }

@@ -166,13 +166,14 @@ def _facts(df: pl.DataFrame) -> pl.DataFrame:
         contents.list.eval((pl.element().str.len_chars() == 0).cast(pl.Int64)).list.sum().alias("empty_turns"),
         roles.alias("_roles"),
     )
-
-    def alternate(rs: list[str]) -> bool:
-        turns = rs[1:] if rs and rs[0] == "system" else rs
-        return bool(turns) and turns[-1] == "assistant" and all(r == ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(turns))
+    # roles alternate: after one optional system turn, user / assistant / user ..., ending with the assistant
+    turns = pl.col("_roles").list.slice((pl.col("_roles").list.first() == "system").fill_null(False).cast(pl.Int64))
+    expected = pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.lit("user")).otherwise(pl.lit("assistant"))
+    alternate = ((turns.list.len() > 0) & (turns.list.last() == "assistant")
+                 & turns.list.eval(pl.element() == expected).list.all()).fill_null(False)
 
     return facts.with_columns(
-        pl.Series("roles_alternate", [alternate(r) for r in facts["_roles"].to_list()], dtype=pl.Boolean),
+        alternate.alias("roles_alternate"),
         message_text(df, "prompt").str.count_matches(r"\S+").cast(pl.Int64).alias("prompt_words"),
         message_text(df, "response").str.count_matches(r"\S+").cast(pl.Int64).alias("response_words"),
         # null finish reason (rows not made by a teacher, e.g. an existing dataset) counts as not cut
@@ -296,6 +297,85 @@ def validate(df: pl.DataFrame, steps: list, checks: ValidateConfig | None = None
             "results": results}
 
 
+def validate_parts(parts: list, steps: list, checks: ValidateConfig | None = None, output: OutputConfig | None = None,
+                   save_to: Path | None = None, engine: str | None = None) -> dict[str, Any]:
+    """`validate` on the final rows, given as parts (curate.parts.Part). Up to SAMPLE_ROWS rows they
+    are validated together, as `validate` does. Beyond, the built-in expectations check every row
+    in polars, a part at a time (each part's facts dropped once counted; ids kept as 64-bit hashes,
+    the repeated ones read back to count exact repeats), and the recipe's declared expectations run
+    in great-expectations on a deterministic sample of SAMPLE_ROWS rows (the gx/ files then hold
+    that sample's table): GX's pandas table of every row would hold the whole data in memory."""
+    from curate.report.compute import SAMPLE_ROWS, read_rows, sample_positions
+
+    total = sum(p.rows for p in parts)
+    if total <= SAMPLE_ROWS:
+        return validate(read_rows(parts, None, None), steps, checks, output, save_to, engine)
+    suite: list[Check] | None = None
+    failing: dict[int, tuple[int, list]] = {}  # check -> (rows failing, first values)
+    hashes = []
+    for part in parts:
+        df = part.read()
+        table = _facts(df).with_columns(df.select("id", *(c for c in _flat(df) if c.startswith("score_"))))
+        suite = suite if suite is not None else builtin_checks(steps, table.columns)
+        hashes.append(table["id"].hash(seed=0))
+        for k, check in enumerate(suite):
+            column = check.kwargs.get("column")
+            if check.type not in ("expect_column_values_to_be_in_set", "expect_column_values_to_be_between") \
+                    or column not in table.columns:
+                continue
+            bad = _failing_rows(table[column], check)
+            n, values = failing.get(k, (0, []))
+            failing[k] = (n + int(bad.sum()), values + table[column].filter(bad).head(20 - len(values)).to_list())
+    results = []
+    for k, check in enumerate(suite or []):
+        if check.type == "expect_table_row_count_to_be_between":
+            results.append(_result(check, total >= check.kwargs["min_value"], f"{total} rows"))
+        elif check.type == "expect_column_values_to_be_unique":
+            n, values = _repeated_ids(parts, pl.concat(hashes))
+            results.append(_result(check, n == 0, _failing(n, values)))
+        else:
+            n, values = failing.get(k, (0, []))
+            results.append(_result(check, n == 0, _failing(n, values)))
+    label = f"{POLARS_ENGINE} (built-in expectations on every row, a part at a time)"
+    files: list[str] = []
+    if declared_checks(checks):
+        sample = read_rows(parts, None, sample_positions(total, SAMPLE_ROWS, salt=13))
+        on_sample = validate(sample, steps, checks, output, save_to, engine)
+        results += [r for r in on_sample["results"] if r["declared"]]
+        label += f"; declared expectations: {on_sample['engine']} on a sample of {sample.height} rows"
+        files = on_sample["files"]
+    fail_on_error = bool(checks and checks.fail_on_error)
+    critical = sum(not r["success"] and r["severity"] == "critical" for r in results)
+    return {"engine": label, "passed": sum(r["success"] for r in results), "total": len(results),
+            "fail_on_error": fail_on_error, "fails_run": fail_on_error and critical > 0, "files": files,
+            "results": results}
+
+
+def _repeated_ids(parts: list, hashes: pl.Series) -> tuple[int, list]:
+    """(rows whose id another row has, some of those ids), from the ids' hashes: the ids whose hash
+    repeats are read back, so a hash collision is not counted."""
+    repeated = hashes.is_duplicated()
+    if not repeated.any():
+        return 0, []
+    wanted = hashes.filter(repeated).unique()
+    ids = pl.concat([col.filter(col.hash(seed=0).is_in(wanted)) for col in (p.read(["id"])["id"] for p in parts)])
+    dup = ids.is_duplicated()
+    return int(dup.sum()), ids.filter(dup).head(20).to_list()
+
+
+def _failing_rows(col: pl.Series, check: Check) -> pl.Series:
+    """Which values of `col` fail an in_set or between expectation (as GX counts them: nulls pass)."""
+    kw = check.kwargs
+    if check.type == "expect_column_values_to_be_in_set":
+        return ~col.is_in(kw["value_set"])
+    bad = pl.Series([False] * len(col), dtype=pl.Boolean)
+    if kw.get("min_value") is not None:
+        bad = bad | (col < kw["min_value"]).fill_null(False)
+    if kw.get("max_value") is not None:
+        bad = bad | (col > kw["max_value"]).fill_null(False)
+    return bad
+
+
 def raise_if_failed(report: dict) -> None:
     """ValidationFailed (exit code 3) if the run's validation failed with `validate.fail_on_error`;
     called after everything is written, so the report says what failed."""
@@ -372,14 +452,8 @@ def _with_polars(table: pl.DataFrame, suite: list[Check]) -> list[dict[str, Any]
         col = table[kw["column"]]
         if check.type == "expect_column_values_to_be_unique":
             bad = col.is_duplicated()
-        elif check.type == "expect_column_values_to_be_in_set":
-            bad = ~col.is_in(kw["value_set"])
-        elif check.type == "expect_column_values_to_be_between":
-            bad = pl.Series([False] * len(col), dtype=pl.Boolean)
-            if kw.get("min_value") is not None:
-                bad = bad | (col < kw["min_value"]).fill_null(False)
-            if kw.get("max_value") is not None:
-                bad = bad | (col > kw["max_value"]).fill_null(False)
+        elif check.type in ("expect_column_values_to_be_in_set", "expect_column_values_to_be_between"):
+            bad = _failing_rows(col, check)
         else:
             raise ValueError(f"the polars engine runs the built-in expectations only, not {check.type}")
         n = int(bad.sum())
