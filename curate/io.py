@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from curate.errors import CurateError
-from curate.records import MESSAGES, conform, content_id, turn_lists
+from curate.records import MESSAGES, SCHEMA, conform, content_id, turn_lists
 from curate.text import python_chars
 
 log = logging.getLogger(__name__)
@@ -337,11 +337,13 @@ def read_records(
     response: str | None = None,
     system: str | None = None,
     gold: str | None = None,
+    source_column: str | None = None,
     limit: int | None = None,
 ) -> pl.DataFrame:
     """Read a dataset and map it onto the record schema.
 
-    `prompt` / `response` / `system` / `gold` name columns explicitly; otherwise the shape is
+    `prompt` / `response` / `system` / `gold` / `source_column` name columns explicitly (see
+    `to_records`); otherwise the shape is
     detected from the column names (see the module docstring). Rows are mapped as they are:
     `curate.records.split_invalid` tells the valid SFT rows from the rest.
     """
@@ -349,7 +351,7 @@ def read_records(
     if limit is not None:
         df = df.head(limit)
     return to_records(df, origin=str(path), source=source or Path(path).name.split(".")[0],
-                      prompt=prompt, response=response, system=system, gold=gold)
+                      prompt=prompt, response=response, system=system, gold=gold, source_column=source_column)
 
 
 def to_records(
@@ -361,24 +363,33 @@ def to_records(
     response: str | None = None,
     system: str | None = None,
     gold: str | None = None,
+    source_column: str | None = None,
     first_row: int = 0,
 ) -> pl.DataFrame:
     """Map a frame of any supported shape onto records (`origin` names it in error messages, where
     `df` starts at row `first_row`, counted from 0). Numbers in a text column are read as text,
     with a warning naming the column.
 
+    Every input column the mapping does not use is kept, as it is, after the record columns
+    (`category`, `difficulty`, ...; see `input_columns`). Each row's `source` is the value of
+    `source_column` (default: a column named `source`), or `source` where it is empty.
+
     Column-wise polars expressions, no Python per row (a million Alpaca rows map in about a
     second: bench/bench_hotpaths.py); a cell becomes the text Python's str() gives it, as the
     row-by-row reader this replaced did."""
-    for key, col in (("prompt", prompt), ("response", response), ("system", system), ("gold", gold)):
+    for key, col in (("prompt", prompt), ("response", response), ("system", system), ("gold", gold),
+                     ("source_column", source_column)):
         if col is not None and col not in df.columns:
             raise CurateError(f"{origin}: column {col!r} (given as {key}) not found; columns are {df.columns}")
+    used = {"source", "meta", gold or "gold"}
     if prompt is None and "messages" in df.columns:
         _warn_non_text(df, "messages", "content", origin)
         messages = _chat_turns(df["messages"], origin, first_row)
+        used.add("messages")
     elif prompt is None and "conversations" in df.columns:
         _warn_non_text(df, "conversations", "value", origin)
         messages = _sharegpt_turns(df["conversations"], origin, first_row)
+        used.add("conversations")
     else:
         p_col = prompt or next((c for c in PROMPT_COLUMNS if c in df.columns), None)
         if p_col is None:
@@ -393,22 +404,51 @@ def to_records(
             if col:
                 _warn_non_text(df, col, None, origin)
         messages = _column_turns(df, p_col, r_col, extra_input, system)
+        used.update(c for c in (p_col, r_col, extra_input, system) if c)
     frame = pl.DataFrame({"messages": messages})
     frame = frame.with_columns(pl.Series("id", [content_id(m) for m in frame["messages"].to_list()], dtype=pl.String))
-    if "source" in df.columns:
-        frame = frame.with_columns(_row_source(df["source"], source))
+    src = source_column or ("source" if "source" in df.columns else None)
+    if src:
+        frame = frame.with_columns(_row_source(df[src], source))
     else:
         frame = frame.with_columns(pl.lit(source, dtype=pl.String).alias("source"))
     for col in ("reasoning", "answer"):
         if col in df.columns and df.schema[col] == pl.String:
             frame = frame.with_columns(df[col])
+            used.add(col)
     if gold or "gold" in df.columns:
         frame = frame.with_columns(_as_text(df[gold or "gold"]).alias("gold"))
     scores = [c for c in df.columns if c.startswith("score_")]
     frame = frame.with_columns(df.select(scores)) if scores else frame
     if "meta" in df.columns:
         frame = frame.with_columns(df["meta"])
+    kept = input_columns(df.columns, used | set(scores), origin)
+    if kept:
+        frame = frame.with_columns(df.select(list(kept)).rename(kept))
     return conform(frame)
+
+
+# An input's own `id` (not the record's content hash) is kept under this name, to trace a row back.
+SOURCE_ID = "source_id"
+
+
+def input_columns(columns: list[str], used: set[str], origin: str) -> dict[str, str]:
+    """The input columns the mapping left unused, kept beside the records: {input name: column
+    name}. An input `id` becomes `source_id` (the record's `id` is its content hash); a column
+    named like another record column (a `reasoning` that is not text, say) cannot be kept as it
+    is and is left out, with a warning naming it."""
+    kept: dict[str, str] = {}
+    for col in columns:
+        if col in used:
+            continue
+        if col == "id" and SOURCE_ID not in columns:
+            kept[col] = SOURCE_ID
+        elif col in SCHEMA:
+            log.warning("%s: column %r is left out: its name is a record column (%s) and its values do not fit "
+                        "it; rename it to keep it", origin, col, SCHEMA[col])
+        else:
+            kept[col] = col
+    return kept
 
 
 # Python's whitespace (str.strip), which is not polars' (U+001C-U+001F).

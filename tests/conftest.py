@@ -85,6 +85,19 @@ def needs(*modules: tuple[str, str]) -> None:
             pytest.skip(f"needs {module}: pip install 'curate-sft[{extra}]'")
 
 
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """tests/servers/hub_server.py, the Hub's stand-in on 127.0.0.1, with this process's
+    huggingface_hub and datasets pointed at it and their caches in tmp_path; at the end, no
+    request may have gone to an endpoint the stand-in lacks."""
+    from tests.servers.hub_server import hub_server, use_in_process
+
+    with hub_server(tmp_path / "hub") as server:
+        use_in_process(monkeypatch, server.url, tmp_path / "hf-home")
+        yield server
+    assert not server.unknown, f"endpoints the stand-in lacks: {server.unknown}"
+
+
 # Real OpenAI-compatible servers on the embedded model, one of each per test session: vLLM takes
 # ~30-60 s to start on an idle 2-core machine. Stopped, with every process they started, at the end.
 @pytest.fixture(scope="session")
