@@ -329,13 +329,13 @@ class Filter(Step):
 
     def score(self, df):
         """Add this filter's score columns and their fingerprint (replacing any stored ones); drop nothing."""
-        frame, back = _as_polars(df)
+        frame, back = as_polars(df)
         return back(self._score(frame))
 
     def keep(self, df) -> tuple[pl.Series, pl.Series]:
         """A boolean mask and, for each dropped row, a reason (null where kept), from stored scores
         (a frame of the score columns alone will do)."""
-        frame, _ = _as_polars(df, need_records=False)
+        frame, _ = as_polars(df, need_records=False)
         missing = [c for c in self.score_columns() if c not in frame.columns]
         if missing:
             raise ValueError(f"{self.kind}: keep() needs score columns {missing}; call score() first")
@@ -350,7 +350,7 @@ class Filter(Step):
     def split(self, df):
         """(kept, rejected): rescore what is not this filter's own, then split; rejected rows carry
         `filter`, `reason` and `detail`."""
-        frame, back = _as_polars(df)
+        frame, back = as_polars(df)
         own = self.owned(frame)
         just_scored = False
         if not own.all() or not self._has_scores(frame):
@@ -412,7 +412,7 @@ class Filter(Step):
     def owned(self, df) -> pl.Series:
         """For each row: are its stored scores this filter's own (made with these scoring
         settings, code and files, on this content)?"""
-        frame, _ = _as_polars(df, need_records=False)
+        frame, _ = as_polars(df, need_records=False)
         if not self._has_scores(frame) or self.fingerprint_column not in frame.columns:
             return pl.Series("owned", [False] * frame.height, dtype=pl.Boolean)
         return (frame[self.fingerprint_column] == self.marks(frame)).fill_null(False).alias("owned")
@@ -421,7 +421,7 @@ class Filter(Step):
         """Write this filter's fingerprint beside score columns already in `df`, declaring them
         made by this filter with these settings: for scores computed elsewhere (another tool, a
         test) that should be re-thresholded rather than rescored."""
-        frame, back = _as_polars(df, need_records=False)
+        frame, back = as_polars(df, need_records=False)
         missing = [c for c in self.score_columns() if c not in frame.columns]
         if missing:
             raise ValueError(f"{self.kind}: stamp() needs score columns {missing}")
@@ -522,7 +522,7 @@ def reasons(mask: pl.Series, reason: pl.Series | str) -> tuple[pl.Series, pl.Ser
     return mask.alias("keep"), pl.select(pl.when(mask).then(None).otherwise(reason)).to_series().alias("reason")
 
 
-def _as_polars(df, need_records: bool = True):
+def as_polars(df, need_records: bool = True):
     """Accept a polars DataFrame or a datasets.Dataset, of records or of a shape curate reads
     (Alpaca, ShareGPT, prompt/response: `as_records`); return the record frame and a function
     giving a result back in the caller's type and shape. Without `need_records` (deciding from

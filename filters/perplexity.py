@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from curate.llm.scorers import ScorerKind, check_options, get_scorer
 from curate.records import message_text
-from curate.steps import BATCHES, FRAME, Filter, RecipePath, embedded_model_file, reasons
+from curate.steps import BATCHES, FRAME, Filter, RecipePath, as_polars, embedded_model_file, reasons
 
 
 # Shared with filters.ifd and filters.nuggets ---------------------------------------------------
@@ -202,16 +202,12 @@ class Perplexity(LikelihoodFilter):
 
     def buckets(self, df, head: float = 30, tail: float = 60) -> pl.Series:
         """CCNet-style head/middle/tail label per row (percentiles of this dataset) for the report."""
-        from curate.steps import _as_polars
-
-        frame, _ = _as_polars(df)
+        frame, _ = as_polars(df)
         return ccnet_buckets(frame[self.score_columns()[0 if self.on == "response" else 1]], head, tail)
 
     def report(self, df) -> dict:
         """Distribution summary for a run report: percentiles, CCNet cutoffs and bucket counts."""
-        from curate.steps import _as_polars
-
-        frame, _ = _as_polars(df)
+        frame, _ = as_polars(df)
         out = {}
         for name, col in zip(("response", "text"), self.score_columns()[:2]):
             values = frame[col]
