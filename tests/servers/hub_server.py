@@ -46,7 +46,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.servers.fault_server import HOST, app_in_thread
+from tests.servers.processes import HOST, app_in_thread
 
 LFS_SUFFIXES = (".parquet", ".arrow")
 LFS_SIZE = 10 * 1024 * 1024
