@@ -166,12 +166,7 @@ def _jsonl_rows(path: Path, rows: int, limit: int | None) -> Iterator[tuple[list
             else:
                 lines = _utf8_lines(path, f, head)
             batch, numbers, total = [], [], 0
-            for lineno, line in lines:
-                if not line.strip():
-                    continue
-                row = _parse_json(line, path, lineno)
-                if not isinstance(row, dict):
-                    raise CurateError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            for lineno, row in _json_objects(lines, path):
                 batch.append(row)
                 numbers.append(lineno)
                 total += 1
@@ -215,18 +210,25 @@ def _parse_json(text: str, path: Path, lineno: int | None = None) -> Any:
         raise CurateError(f"{path}{f':{lineno}' if lineno else ''}: malformed JSON (nested too deeply)") from None
 
 
+def _json_objects(lines: Iterator[tuple[int, str]], path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank JSONL line; anything but an object names the line."""
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        row = _parse_json(line, path, lineno)
+        if not isinstance(row, dict):
+            raise CurateError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+        yield lineno, row
+
+
 def read_jsonl(path: Path) -> pl.DataFrame:
     data = file_bytes(path)
     table = arrow_jsonl(data)
     if table is not None:
         return nonempty(table, path)
     rows, lines = [], []
-    for lineno, line in enumerate(decode_text(data, str(path)).split("\n"), 1):  # not splitlines: JSON text may hold U+2028
-        if not line.strip():
-            continue
-        row = _parse_json(line, path, lineno)
-        if not isinstance(row, dict):
-            raise CurateError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+    text_lines = enumerate(decode_text(data, str(path)).split("\n"), 1)  # not splitlines: JSON text may hold U+2028
+    for lineno, row in _json_objects(text_lines, path):
         rows.append(row)
         lines.append(lineno)
     return nonempty(_frame_from_rows(rows, path, lines), path)
