@@ -153,7 +153,7 @@ def plain_eval_loop(llm, ids: list[list[int]]) -> int:
 
 def bench_scorer(rounds: int, n_rows: int) -> None:
     from filters import Perplexity
-    from curate.llm.scorers import chat_prompt, get_scorer
+    from curate.llm.scorers import get_scorer
 
     df = read_records(ANCHORS, source="nuggets-anchors").head(n_rows)
     flt = Perplexity()
@@ -165,7 +165,7 @@ def bench_scorer(rounds: int, n_rows: int) -> None:
     # What the filter evaluates: chat template + prompt + response, then the whole text.
     prompts = message_text(df, "prompt").to_list()
     responses = message_text(df, "response").to_list()
-    ctx_tokens = [len(scorer.tokenize(chat_prompt(scorer, [{"role": "user", "content": p}]))) for p in prompts]
+    ctx_tokens = [len(scorer.tokenize(scorer.chat_prompt([{"role": "user", "content": p}]))) for p in prompts]
     resp_tokens = [len(scorer.tokenize(r)) for r in responses]
     evaluated = sum(min(c + r, flt.max_length) for c, r in zip(ctx_tokens, resp_tokens)) + text_tokens
     run_on_llama_thread(plain_eval_loop, llm, ids[:2])  # warm-up

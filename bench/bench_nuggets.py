@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate.llm.scoring import LlamaCppScorer
+from curate.llm.scoring_llama import LlamaCppScorer
 from filters.nuggets import (
     golden_scores,
     golden_scores_naive,

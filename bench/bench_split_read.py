@@ -116,7 +116,8 @@ def main() -> None:
     show("read_records, 55k T0 rows", read)
     df = io["here"].read_records(T0)
     messages = df["messages"].to_list()  # the Python lists the reader hashes row by row
-    ids = alternate({"base": lambda: [io["here"].content_id(m) for m in messages],
+    content_id = revisions.load(None, "curate.records")["curate.records"].content_id
+    ids = alternate({"base": lambda: [content_id(m) for m in messages],
                      "here": lambda: vectorised_ids(df["messages"])}, args.repeat)
     show("ids of the 55k T0 rows ('base' = content_id per row, 'working tree' = vectorised_ids)", ids)
     cpu = {k: float(np.median(v["cpu"])) for k, v in ids.items()}

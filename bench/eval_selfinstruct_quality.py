@@ -156,14 +156,14 @@ def score_in_chunks(df: pl.DataFrame, steps, chunk: int) -> tuple[pl.DataFrame, 
 
 def compare_scorers(n: int, seed: int) -> dict:
     """Speed and agreement of llama.cpp vs transformers on the same (chat prompt, response) pairs."""
-    from curate.llm.scorers import chat_prompt, get_scorer
+    from curate.llm.scorers import get_scorer
     from filters.perplexity import fit_target
 
     df = load(None, seed).filter(pl.col("model") != "davinci").sample(n, seed=seed)
     lc, hf = get_scorer("llama_cpp"), get_scorer("transformers")
     pairs = []
     for msgs in df["messages"].to_list():
-        ctx = chat_prompt(lc, msgs[:1])
+        ctx = lc.chat_prompt(msgs[:1])
         pairs.append((ctx, fit_target(lc, ctx, msgs[1]["content"], 512)[0]))
     n_tok = sum(len(lc.tokenize(c)) + len(lc.tokenize(t)) for c, t in pairs)
     out = {"pairs": n, "tokens": n_tok, "threads": os.cpu_count()}

@@ -106,11 +106,12 @@ def merge_stats(stats: list[dict]) -> dict:
     return out
 
 
-def inputs_hash(recipe: Recipe) -> str:
-    """Start of the step hash chain: the input settings and the run seed. The inputs' content
-    counts part by part: a part is known by its digest (every value of every input column)."""
+def inputs_hash(recipe: Recipe, hub_identities: list[dict] = ()) -> str:
+    """Start of the step hash chain: the input settings, the run seed and each Hub input's identity
+    (repo, commit sha, config, split: a new commit reruns the work). The inputs' content counts
+    part by part: a part is known by its digest (every value of every input column)."""
     settings = [inp.model_dump(exclude={"license"}) for inp in recipe.config.inputs]
-    return digest("inputs", settings, recipe.config.seed)
+    return digest("inputs", settings, recipe.config.seed, *hub_identities)
 
 
 def teacher_hash(recipe: Recipe) -> str:
@@ -137,10 +138,10 @@ class PlannedStep:
     hash: str
 
 
-def plan_steps(recipe: Recipe) -> list[PlannedStep]:
+def plan_steps(recipe: Recipe, hub_identities: list[dict] = ()) -> list[PlannedStep]:
     """Each step's folder and hash, chained from the inputs' settings (`inputs_hash`)."""
     teacher_key = teacher_hash(recipe) if any(s.needs_llm for s in recipe.steps) else None
-    chain = inputs_hash(recipe)
+    chain = inputs_hash(recipe, hub_identities)
     plan = []
     for i, step in enumerate(recipe.steps, 1):
         chain = digest(chain, step.config_hash(), teacher_key if step.needs_llm else None)
@@ -527,7 +528,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
         raise
     try:
         with locked(out) as folder:
-            plan = plan_steps(recipe)
+            plan = plan_steps(recipe, inputs.identities)
             folder.claim(planned_files(recipe, plan, out))
             folder.start(cfg.name)
             write_text(yaml.safe_dump(recipe.raw, sort_keys=False), out / "recipe.yaml")  # overrides applied
@@ -544,7 +545,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
             sections = StepSections()
             try:
                 with PROFILE.stage("write input parts", inputs.rows):
-                    first = run.inputs(inputs, inputs_hash(recipe))
+                    first = run.inputs(inputs, inputs_hash(recipe, inputs.identities))
                 inputs.close()
                 steps, rejects, final = [first.info], list(first.rejects), first.kept
                 for p in plan:

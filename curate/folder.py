@@ -31,6 +31,7 @@ from typing import Iterable, Iterator
 
 from curate.errors import CurateError
 from curate.io import temp_file_target, write_json
+from curate.recipe import redact_command
 
 LOCK = ".curate.lock"
 MANIFEST = "_MANIFEST.json"
@@ -110,7 +111,7 @@ class RunFolder:
                               "or give this run another --out") from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
-                                 "doing": purpose, "command": " ".join(sys.argv)}).encode())
+                                 "doing": purpose, "command": redact_command(sys.argv)}).encode())
         self._fd = fd
 
     def _release(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import polars as pl
 
 from curate.errors import CurateError
+from curate.hub_inputs import hub_source, read_hub
 from curate.io import scan_table, to_records
 from curate.records import concat, split_invalid
 from curate.recipe import Recipe, check_output_columns
@@ -93,6 +94,8 @@ class Inputs:
     valid: _Frames
     rejected: _Frames
     info: dict[str, Any] = field(default_factory=dict)  # the funnel's "inputs" row
+    # what identifies each Hub input beyond its rows (curate.hub_inputs.HubSource.identity), for the step hashes
+    identities: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -137,17 +140,27 @@ def read_inputs(recipe: Recipe, part_rows: int) -> Inputs:
     rows_in = 0
     try:
         for i, inp in enumerate(recipe.config.inputs):
+            where = f"{recipe.path or 'recipe'}: inputs[{i}]"
             path = recipe.resolve(inp.path)
-            if not path.exists():
-                raise CurateError(f"{recipe.path or 'recipe'}: inputs[{i}].path {inp.path!r}: no such file or folder "
-                                  f"(looked in the recipe's folder {recipe.base_dir} and the working directory)")
+            hub = hub_source(inp.path, path, f"{where}.path")
+            if hub is not None:
+                tables, origin, source = read_hub(hub, inp, where, part_rows), hub.origin, hub.name
+                inputs.identities.append(hub.identity)
+            else:
+                if not path.exists():
+                    raise CurateError(f"{where}.path {inp.path!r}: no such file or folder "
+                                      f"(looked in the recipe's folder {recipe.base_dir} and the working directory)")
+                for key in ("split", "config", "revision"):
+                    if getattr(inp, key) is not None:
+                        raise CurateError(f"{where}.{key}: only Hub datasets take it; {inp.path!r} is a local file or folder")
+                tables, origin, source = scan_table(path, part_rows, inp.limit), str(path), path.name.split(".")[0]
             read = valid = 0
             reasons: Counter = Counter()
-            for raw in scan_table(path, part_rows, inp.limit):
-                records = to_records(raw, origin=str(path), source=inp.source or path.name.split(".")[0],
-                                     prompt=inp.prompt, response=inp.response, system=inp.system, gold=inp.gold,
-                                     first_row=read)
-                good, bad = split_invalid(records, str(path), read)
+            for raw in tables:
+                records = to_records(raw, origin=origin, source=inp.source or source, prompt=inp.prompt,
+                                     response=inp.response, system=inp.system, gold=inp.gold,
+                                     source_column=inp.source_column, first_row=read)
+                good, bad = split_invalid(records, origin, read)
                 inputs.valid.add(good)
                 inputs.rejected.add(as_rejects(bad, "inputs"))
                 read, valid = read + raw.height, valid + good.height
@@ -155,10 +168,10 @@ def read_inputs(recipe: Recipe, part_rows: int) -> Inputs:
             if reasons:
                 listed = ", ".join(f"{r} {n}" for r, n in reason_counts(dict(reasons)).items())
                 if not valid:
-                    raise CurateError(f"{path}: none of its {read} rows is a valid SFT row ({listed}); see "
+                    raise CurateError(f"{origin}: none of its {read} rows is a valid SFT row ({listed}); see "
                                       "`curate inspect` for its columns, or name them with inputs[].prompt/response")
                 log.warning("%s: %d of %d rows rejected (%s); they are in rejects.parquet with step 'inputs'",
-                            path, read - valid, read, listed)
+                            origin, read - valid, read, listed)
             rows_in += read
             dropped.update(reasons)
         if not recipe.config.inputs and not (recipe.steps and recipe.steps[0].is_source):

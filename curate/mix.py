@@ -1,6 +1,8 @@
 """`mix`: sample a mixture of sources to requested weights or quotas, in rows or tokens.
 
 Give either `weights` (shares of the total, normalised) or `quotas` (absolute amounts per source).
+`by` names the column whose values the weights name: `source` by default, or any input column
+kept beside the records (`by: category` mixes an Alpaca file's categories to the weights).
 With weights and no `total`, the total is the largest one every source can fill. Each source is
 shuffled with the recipe seed and cut at its target (rows: exactly; tokens: the row prefix whose
 token sum comes closest to the target). A source that cannot fill its target gives everything it
@@ -31,6 +33,7 @@ class Mix(Step):
     execution: ClassVar[str] = STATE
     weights: dict[str, float] | None = None
     quotas: dict[str, float] | None = None
+    by: str = "source"  # the column whose values `weights` / `quotas` name
     unit: Literal["rows", "tokens"] = "rows"
     total: float | None = Field(None, gt=0)
     seed: int | None = None  # default: the recipe's seed
@@ -65,25 +68,31 @@ class Mix(Step):
         own = [f for f in super().files() if f != self.tokenizer]
         return own + ([str(token_counter(self.tokenizer).path)] if self.unit == "tokens" else [])
 
+    def columns_named(self) -> list[str]:
+        return [self.by]
+
     def state(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """Each row's source and size (1, or its tokens)."""
+        """Each row's value of `by` (as text: the recipe names the values as text) and size (1, or its tokens)."""
+        if self.by not in batch.columns:
+            raise CurateError(f"mix.by: no column {self.by!r} in the data; its columns are {', '.join(batch.columns)}")
         counter = token_counter(self.tokenizer) if self.unit == "tokens" else None
         size = message_tokens(batch, counter)["text"].cast(pl.Int64) if counter else pl.repeat(1, batch.height, dtype=pl.Int64, eager=True)
-        return pl.DataFrame({"source": batch["source"], "size": size})
+        return pl.DataFrame({"key": batch[self.by].cast(pl.String), "size": size})
 
     def resolve(self, state: pl.LazyFrame, ctx: Context, fetch) -> Resolved:
-        """The rows left out (with their reason), from every row's source and size."""
-        df = state.select("source", "size").collect()
+        """The rows left out (with their reason), from every row's value of `by` and size."""
+        df = state.select("key", "size").collect()
         spec = self.weights or self.quotas
-        have = set(df["source"].unique().to_list())
+        have = set(df["key"].unique().to_list())
         missing = sorted(set(spec) - have)
         if missing:
-            raise CurateError(f"mix: no rows from source(s) {missing}; the data has {sorted(have, key=str)}")
+            what = "source(s)" if self.by == "source" else f"{self.by} value(s)"
+            raise CurateError(f"mix: no rows from {what} {missing}; the data has {sorted(have, key=str)}")
         seed = ctx.seed if self.seed is None else self.seed
         # the permutation depends on the number of rows and the seed only, not on the columns
         df = df.with_row_index("_row").sample(fraction=1.0, shuffle=True, seed=seed)
         size = df["size"].to_numpy()
-        available = {s: int(df.filter(pl.col("source") == s)["size"].sum()) for s in spec}
+        available = {s: int(df.filter(pl.col("key") == s)["size"].sum()) for s in spec}
         if self.quotas is not None:
             target = {s: float(q) for s, q in self.quotas.items()}
         else:
@@ -92,7 +101,7 @@ class Mix(Step):
             total = self.total or min(available[s] / shares[s] for s in shares if shares[s] > 0)
             target = {s: total * shares[s] for s in shares}
         take = np.zeros(df.height, dtype=bool)
-        sources = df["source"].to_numpy()
+        sources = df["key"].to_numpy()
         realized = {}
         for s, want in target.items():
             idx = np.flatnonzero(sources == s)
@@ -111,10 +120,11 @@ class Mix(Step):
                for s in target}
         left_out = df.filter(~pl.Series(take)).sort("_row").select(
             pl.col("_row").cast(pl.Int64).alias("row"),
-            pl.when(pl.col("source").is_in(list(target))).then(pl.lit("over mixture quota"))
-            .otherwise(pl.lit("source not in the mixture")).alias("reason"))
+            pl.when(pl.col("key").is_in(list(target))).then(pl.lit("over mixture quota"))
+            .otherwise(pl.lit(f"{self.by} not in the mixture")).alias("reason"))
         stats = {"unit": self.unit, "sources": mix, **({"tokenizer": token_counter(self.tokenizer).name}
-                                                        if self.unit == "tokens" else {})}
+                                                        if self.unit == "tokens" else {}),
+                 **({"by": self.by} if self.by != "source" else {})}
         return Resolved(left_out, stats={"mix": stats})
 
     def apply(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> StepResult:

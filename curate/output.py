@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from curate.errors import CurateError
 from curate.formats import DEFAULT_WRAPPER, Format, convert
 from curate.io import write_jsonl, write_parquet
 
@@ -35,6 +36,9 @@ class OutputConfig(BaseModel):
     validation: float | int = 0  # a fraction (< 1) or a row count (>= 1) held out
     stratify: str | None = "source"  # keep each source's share the same in both splits (checked against
     # the data's columns once the inputs are read: curate.recipe.check_output_columns)
+    # more columns written beside the format's (id, source): input columns such as `category`, or
+    # `source_id`, an input's own id; checked like `stratify`
+    columns: list[str] = Field(default_factory=list)
     shuffle: bool = True
 
     @model_validator(mode="after")
@@ -80,7 +84,10 @@ def split(df: pl.DataFrame, cfg: OutputConfig, seed: int) -> dict[str, pl.DataFr
         return {"train": df}
     want = cfg.validation if cfg.validation >= 1 else cfg.validation * df.height
     want = min(int(round(want)), df.height - 1)
-    if cfg.stratify and cfg.stratify in df.columns:
+    if cfg.stratify and cfg.stratify not in df.columns:  # checked at the start; a step dropped it since
+        raise CurateError(f"output.stratify: the final data has no column {cfg.stratify!r} (a step left it out); its "
+                          f"columns are {', '.join(df.columns)}")
+    if cfg.stratify:
         # Largest-remainder apportionment: each group's validation rows in proportion to its size.
         sizes = df.group_by(cfg.stratify, maintain_order=True).len()
         exact = sizes["len"] * want / df.height
@@ -114,7 +121,8 @@ def write_splits(final, cfg: OutputConfig, out: Path, seed: int,
         df = final if isinstance(final, pl.DataFrame) else gather(final)
         written = {}
         for name, part in split(df, cfg, seed).items():
-            rows = convert(part, cfg.format, reasoning=cfg.reasoning, wrapper=cfg.reasoning_wrapper)
+            rows = convert(part, cfg.format, reasoning=cfg.reasoning, wrapper=cfg.reasoning_wrapper,
+                           keep=("id", "source", *cfg.columns))
             for ext in cfg.files:
                 path = out / "data" / f"{name}.{ext}"
                 claim([path])
@@ -142,7 +150,7 @@ def _write_shards(parts: list, cfg: OutputConfig, out: Path, seed: int, shard_ro
     from curate.parts import aligned, read_schema
 
     schema = read_schema(parts)
-    columns = pl.Schema({c: t for c, t in schema.items() if c in CONVERTED})
+    columns = pl.Schema({c: t for c, t in schema.items() if c in CONVERTED or c in cfg.columns})
     strat = cfg.stratify if cfg.stratify in schema else None
     n = sum(p.rows for p in parts)
     compact = pl.DataFrame({"_curate_row": np.arange(n, dtype=np.int64)})
@@ -187,7 +195,8 @@ def _write_shards(parts: list, cfg: OutputConfig, out: Path, seed: int, shard_ro
             rows = pl.from_arrow(pa.ipc.open_stream(files[k]).read_all()) if writers[k] is not None else pl.DataFrame(schema=columns)
             files[k].close()
             rows = rows.sort("_curate_place").drop("_curate_place", strict=False)
-            rows = convert(rows, cfg.format, reasoning=cfg.reasoning, wrapper=cfg.reasoning_wrapper)
+            rows = convert(rows, cfg.format, reasoning=cfg.reasoning, wrapper=cfg.reasoning_wrapper,
+                           keep=("id", "source", *cfg.columns))
             if cfg.reasoning == "field" and reasoning and "reasoning" not in rows.columns:  # as in the whole split
                 extra = [c for c in ("id", "source") if c in rows.columns]
                 rows = rows.select(*extra, pl.lit(None, dtype=pl.String).alias("reasoning"), pl.exclude(extra))

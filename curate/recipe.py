@@ -39,9 +39,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curate.errors import CurateError
-from curate.io import read_text
+from curate.textfiles import read_text
 from curate.licenses import recipe_licenses
 from curate.llm.teacher import TeacherConfig
+from curate.formats import FORMAT_COLUMNS
 from curate.output import OutputConfig
 from curate.registry import step_class
 from curate.report.validate import ValidateConfig, check_columns, check_declared, view_columns
@@ -54,15 +55,21 @@ MAX_ALIAS_NODES = 100_000
 
 
 class InputConfig(BaseModel):
-    """One input dataset; column names map it onto records when its shape is not detected."""
+    """One input dataset; column names map it onto records when its shape is not detected. `path`
+    is a local file or folder, or a Hub dataset (`owner/name`, `hf://datasets/owner/name[@rev][/files]`)
+    whose `split`, `config` and `revision` may be given (curate.hub_inputs)."""
 
     model_config = ConfigDict(extra="forbid")
     path: str
+    split: str | None = None  # Hub datasets: default "train", or the only split
+    config: str | None = None  # Hub datasets: the dataset's configuration (subset)
+    revision: str | None = None  # Hub datasets: a branch, tag or commit sha; default the main branch
     source: str | None = None
     prompt: str | None = None
     response: str | None = None
     system: str | None = None
     gold: str | None = None
+    source_column: str | None = None  # each row's source is this column's value (`source` where it is empty)
     limit: int | None = Field(None, ge=1)
     license: str | None = None  # of this input, listed in the dataset card
 
@@ -324,6 +331,20 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def redact_command(argv: list[str]) -> str:
+    """A command line fit to write down (the output folder's lock): URLs in it, including those of
+    `-o key=URL` overrides, without credentials, and the value of a secret-looking key as ***."""
+    words = []
+    for word in argv:
+        key, eq, value = word.partition("=")
+        if eq and _SECRET_PARAM.search(key.rsplit(".", 1)[-1]):
+            word = f"{key}=***"
+        elif eq:
+            word = f"{key}={redact_url(value)}"
+        words.append(redact_url(word))
+    return " ".join(words)
+
+
 def redact_secrets(raw: Any) -> Any:
     """A copy of a raw recipe with every URL's credentials redacted (`redact_url`): `Recipe.raw` is
     what gets written (recipe.yaml, the card), so a key typed into `teacher.base_url` stays out of them."""
@@ -421,12 +442,21 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def check_output_columns(recipe: Recipe, columns: list[str]) -> None:
-    """Output and validation settings that name a column, checked once the inputs are read (their
-    columns and the score columns the recipe's filters add are known then), before any step runs."""
-    check_columns(recipe.config.checks, view_columns(columns, recipe.steps, recipe.config.output),
-                  str(recipe.path or "recipe"))
-    stratify = recipe.config.output.stratify
+    """Settings that name a column (output.stratify, output.columns, validation, mix's `by`),
+    checked once the inputs are read (their columns and the score columns the recipe's filters
+    add are known then), before any step runs: a column the data lacks is an error, never a
+    setting silently ignored."""
+    where = str(recipe.path or "recipe")
+    check_columns(recipe.config.checks, view_columns(columns, recipe.steps, recipe.config.output), where)
+    out = recipe.config.output
     known = [*columns, *(c for s in recipe.steps if isinstance(s, Filter) for c in s.score_columns())]
-    if stratify and stratify not in known:
-        raise CurateError(f"{recipe.path or 'recipe'}: output.stratify: no column {stratify!r} in the data; "
-                          f"its columns are {', '.join(known)} (stratify by source, the default, or leave it out)")
+    named = [("output.stratify", out.stratify, " (stratify by source, the default, or leave it out)")] if out.stratify else []
+    named += [(f"output.columns[{i}]", c, "") for i, c in enumerate(out.columns)]
+    named += [(f"steps[{i}].{s.kind}", c, "") for i, s in enumerate(recipe.steps) for c in s.columns_named()]
+    for key, col, hint in named:
+        if col not in known:
+            raise CurateError(f"{where}: {key}: no column {col!r} in the data; its columns are {', '.join(known)}{hint}")
+    taken = [c for c in out.columns if c in FORMAT_COLUMNS[out.format] or c in ("id", "source")]
+    if taken:
+        raise CurateError(f"{where}: output.columns: {taken} are written by the {out.format!r} format itself; "
+                          "list only other columns")

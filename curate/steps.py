@@ -249,6 +249,11 @@ class Step(BaseModel):
         """A batch's output from its rows, their numbers and `resolved` (at least their results)."""
         raise NotImplementedError
 
+    def columns_named(self) -> list[str]:
+        """The data columns the step's settings name (mix's `by`), checked against the inputs'
+        columns before any step runs (curate.recipe.check_output_columns)."""
+        return []
+
     def files(self) -> list[str]:
         """Every file the step reads (eval sets, anchors, prompt templates, models), so the step's
         hash covers them by content. By default the files its RecipePath settings name, also in
@@ -324,12 +329,13 @@ class Filter(Step):
 
     def score(self, df):
         """Add this filter's score columns and their fingerprint (replacing any stored ones); drop nothing."""
-        frame, back = _as_polars(df)
+        frame, back = as_polars(df)
         return back(self._score(frame))
 
     def keep(self, df) -> tuple[pl.Series, pl.Series]:
-        """A boolean mask and, for each dropped row, a reason (null where kept), from stored scores."""
-        frame, _ = _as_polars(df)
+        """A boolean mask and, for each dropped row, a reason (null where kept), from stored scores
+        (a frame of the score columns alone will do)."""
+        frame, _ = as_polars(df, need_records=False)
         missing = [c for c in self.score_columns() if c not in frame.columns]
         if missing:
             raise ValueError(f"{self.kind}: keep() needs score columns {missing}; call score() first")
@@ -344,7 +350,7 @@ class Filter(Step):
     def split(self, df):
         """(kept, rejected): rescore what is not this filter's own, then split; rejected rows carry
         `filter`, `reason` and `detail`."""
-        frame, back = _as_polars(df)
+        frame, back = as_polars(df)
         own = self.owned(frame)
         just_scored = False
         if not own.all() or not self._has_scores(frame):
@@ -406,7 +412,7 @@ class Filter(Step):
     def owned(self, df) -> pl.Series:
         """For each row: are its stored scores this filter's own (made with these scoring
         settings, code and files, on this content)?"""
-        frame, _ = _as_polars(df)
+        frame, _ = as_polars(df, need_records=False)
         if not self._has_scores(frame) or self.fingerprint_column not in frame.columns:
             return pl.Series("owned", [False] * frame.height, dtype=pl.Boolean)
         return (frame[self.fingerprint_column] == self.marks(frame)).fill_null(False).alias("owned")
@@ -415,7 +421,7 @@ class Filter(Step):
         """Write this filter's fingerprint beside score columns already in `df`, declaring them
         made by this filter with these settings: for scores computed elsewhere (another tool, a
         test) that should be re-thresholded rather than rescored."""
-        frame, back = _as_polars(df)
+        frame, back = as_polars(df, need_records=False)
         missing = [c for c in self.score_columns() if c not in frame.columns]
         if missing:
             raise ValueError(f"{self.kind}: stamp() needs score columns {missing}")
@@ -516,17 +522,61 @@ def reasons(mask: pl.Series, reason: pl.Series | str) -> tuple[pl.Series, pl.Ser
     return mask.alias("keep"), pl.select(pl.when(mask).then(None).otherwise(reason)).to_series().alias("reason")
 
 
-def _as_polars(df):
-    """Accept a polars DataFrame or a datasets.Dataset; return the frame and a function converting back."""
+def as_polars(df, need_records: bool = True):
+    """Accept a polars DataFrame or a datasets.Dataset, of records or of a shape curate reads
+    (Alpaca, ShareGPT, prompt/response: `as_records`); return the record frame and a function
+    giving a result back in the caller's type and shape. Without `need_records` (deciding from
+    stored scores) a frame of no shape curate reads is taken as it is."""
     if isinstance(df, pl.DataFrame):
-        return df, lambda x: x
+        frame, to_type = df, (lambda x: x)
+    else:
+        try:
+            import datasets
+        except ImportError:  # pragma: no cover - datasets is a core dependency
+            datasets = None
+        if datasets is None or not isinstance(df, datasets.Dataset):
+            raise TypeError(f"expected a polars DataFrame or a datasets.Dataset, got {type(df).__name__}")
+        frame, to_type = pl.from_arrow(df.data.table), datasets.Dataset.from_polars
+    if "messages" in frame.columns:
+        return frame, to_type
     try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a core dependency
-        datasets = None
-    if datasets is not None and isinstance(df, datasets.Dataset):
-        return pl.from_arrow(df.data.table), datasets.Dataset.from_polars
-    raise TypeError(f"expected a polars DataFrame or a datasets.Dataset, got {type(df).__name__}")
+        records, back = as_records(frame)
+    except ValueError:
+        if need_records:
+            raise
+        return frame, to_type
+    return records, lambda x: to_type(back(x))
+
+
+# While a filter runs on a frame that is not records, the caller's columns named like record
+# columns (its own `id`, `source`) wait under this prefix, and come back as they were.
+_WAITING = "__curate_input_"
+
+
+def as_records(frame: pl.DataFrame) -> tuple[pl.DataFrame, Any]:
+    """A frame in a shape curate reads (Alpaca instruction/input/output, ShareGPT conversations,
+    prompt/response: curate.io.to_records) as records with every column of the frame beside them,
+    and a function taking a result (the frame, or rows of it with columns added) back to the
+    frame's own columns plus the added ones (scores, reasons). Another shape is a ValueError
+    saying what to call."""
+    from curate.errors import CurateError
+    from curate.io import to_records
+    from curate.records import SCHEMA
+
+    try:
+        records = to_records(frame, origin="the frame given")
+    except CurateError as exc:
+        raise ValueError(f"{exc}. Filters take records (a 'messages' column of {{role, content}} turns) or Alpaca "
+                         "(instruction/input/output), ShareGPT (conversations) or prompt/response columns; map any "
+                         "other frame first with curate.io.to_records(df, prompt=..., response=...)") from None
+    waiting = {c: _WAITING + c for c in frame.columns if c in SCHEMA}
+    work = pl.concat([records.select(list(SCHEMA)), frame.rename(waiting)], how="horizontal")
+
+    def back(result: pl.DataFrame) -> pl.DataFrame:
+        added = [c for c in result.columns if c not in work.columns]
+        return result.select([waiting.get(c, c) for c in frame.columns] + added).rename({w: c for c, w in waiting.items()})
+
+    return work, back
 
 
 __all__ = ["Step", "Filter", "BATCHES", "STATE", "FRAME", "Resolved", "Fetch", "frame_fetch", "SEED_LIMIT", "check_seed", "StaleScores", "StepResult", "Context", "RecipePath", "reasons", "concat", "digest",

@@ -26,10 +26,9 @@ from typing import ClassVar, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
-from curate.llm.scorers import get_scorer
 from curate.records import message_text
-from curate.steps import FRAME, Filter, RecipePath, embedded_model_file, reasons
-from filters.perplexity import fit_target, mean_nll
+from curate.steps import FRAME, reasons
+from filters.perplexity import LikelihoodFilter, fit_target, mean_nll
 
 ALPACA_NO_INPUT = (
     "Below is an instruction that describes a task. "
@@ -56,7 +55,7 @@ def ifd_value(variant: str, nll_cond: float | None, nll_direct: float | None) ->
     return math.exp(nll_cond - nll_direct)
 
 
-class IFD(Filter):
+class IFD(LikelihoodFilter):
     """Scores `score_ifd` (the ratio), `score_ifd_variant`, the conditioned and direct mean NLLs
     (nats/token) and the number of answer tokens; keeps rows with IFD < 1 in the top `fraction` of
     the whole input (or the top `top_k`), highest IFD first. Rows without a score (empty answer, or
@@ -68,8 +67,6 @@ class IFD(Filter):
     row_local: ClassVar[bool] = True
     decide_settings: ClassVar[tuple[str, ...]] = ("fraction", "top_k")
     variant: Literal["cherry", "superfiltering"] = "cherry"
-    scorer: Literal["llama_cpp", "transformers"] = "llama_cpp"
-    model_path: RecipePath | None = None
     max_length: int | None = Field(None, ge=8)  # None: 512 for cherry, 1024 for superfiltering
     fraction: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
@@ -88,11 +85,8 @@ class IFD(Filter):
         p = self.column
         return [p, f"{p}_variant", f"{p}_nll_cond", f"{p}_nll_direct", f"{p}_tokens"]
 
-    def files(self) -> list[str]:
-        return super().files() + ([] if self.model_path else [embedded_model_file()])
-
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
-        scorer = get_scorer(self.scorer, self.model_path)
+        scorer = self.load_scorer()
         pairs = []
         for instruction, answer in zip(message_text(df, "prompt").to_list(), message_text(df, "response").to_list()):
             cond, direct = templates(self.variant, instruction)

@@ -35,13 +35,17 @@ Cost. Scoring is N*K anchor passes; what is left after the tricks below is the a
 themselves, which must be recomputed for every candidate because they attend to it:
 - the candidate is decoded once and its KV cache reused for all K anchors;
 - logits (the vocabulary projection) only at rows that predict anchor-response tokens, none at the
-  candidate, the anchor query or the response's last token (`LlamaCppScorer.score_ids_after_prefix`);
+  candidate, the anchor query or the response's last token (`LlamaCppScorer.target_logprobs`);
 - `parallel` anchors per decode as sequences sharing the candidate's KV cells (measured no faster on
   a 2-core CPU; kept for machines where bigger batches pay);
 - `early_stop`: stop a candidate once its side of the threshold is settled, scoring the shortest
   anchors first. The decision is the one exact scoring gives; the score is then an interval,
   stored as `_low` / `_high`.
-bench/bench_nuggets.py compares this with scoring every pair from scratch.
+bench/bench_nuggets.py compares this with scoring every pair from scratch. The tricks are
+llama.cpp's (`scorer: llama_cpp`, the default); with `transformers` or `vllm` each (candidate,
+anchor) pair is one full sequence in a batch, the candidate recomputed for every anchor, and with
+`early_stop` `parallel` pairs go per batch. `embedding: model` needs a scorer with hidden states
+(llama_cpp, transformers).
 """
 
 from __future__ import annotations
@@ -57,9 +61,11 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
+from curate.llm.scorers import scorer_class
 from curate.records import message_text
-from curate.steps import BATCHES, FRAME, Filter, RecipePath, embedded_model_file, reasons
+from curate.steps import BATCHES, FRAME, RecipePath, reasons
 from curate.text import hashing_embeddings
+from filters.perplexity import LikelihoodFilter
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +265,7 @@ def representatives(x: np.ndarray, k: int, seed: int = 0, eligible: np.ndarray |
 # The filter
 
 
-class Nuggets(Filter):
+class Nuggets(LikelihoodFilter):
     """NUGGETS golden score of each row against K anchors; keep rows with GS > threshold (the
     repo's selection; its best subsets kept roughly 10-30% of Alpaca) or the top `fraction`.
 
@@ -278,11 +284,10 @@ class Nuggets(Filter):
     threshold: float | None = Field(0.5, ge=0, le=1)  # keep GS > threshold
     fraction: float | None = Field(None, gt=0, le=1)  # or keep the top fraction by GS
     early_stop: bool = False  # stop a row once its side of `threshold` is settled
-    parallel: int = Field(1, ge=1)  # anchors per decode
+    parallel: int = Field(1, ge=1)  # anchors per decode (transformers, vllm: per batch when early_stop)
     separator: str = "\n\n"  # between the candidate and the anchor; the repo used ""
     max_anchor_tokens: int = Field(200, ge=2)
     max_candidate_tokens: int = Field(512, ge=1)
-    model_path: RecipePath | None = None  # a GGUF; default: the embedded SmolLM2-135M
 
     @model_validator(mode="after")
     def _one_rule(self):
@@ -292,6 +297,9 @@ class Nuggets(Filter):
             raise ValueError("nuggets: give threshold or fraction")
         if self.early_stop and self.fraction is not None:
             raise ValueError("nuggets: early_stop needs a threshold (a top fraction needs every score)")
+        if self.anchors is None and self.embedding == "model" and not scorer_class(self.scorer).can_embed:
+            raise ValueError(f"nuggets: the {self.scorer} scorer cannot embed rows to choose anchors; "
+                             "set embedding: hashing, or give an anchors file")
         return self
 
     def score_columns(self) -> list[str]:
@@ -313,14 +321,6 @@ class Nuggets(Filter):
         """Early stopping stops each row at `threshold`, so the threshold then shapes the scores."""
         return {**super().scoring_settings(), **({"threshold": self.threshold} if self.early_stop else {})}
 
-    def files(self) -> list[str]:
-        return super().files() + ([] if self.model_path else [embedded_model_file()])
-
-    def scorer(self):
-        from curate.llm.scorers import get_scorer
-
-        return get_scorer("llama_cpp", self.model_path)
-
     def anchor_parts(self, df: pl.DataFrame, scorer=None) -> list[Parts]:
         """The anchors: the file's rows, or k-means representatives of `df`."""
         if self.anchors:
@@ -330,7 +330,7 @@ class Nuggets(Filter):
         parts = record_parts(df)
         log.info("nuggets: choosing %d anchors among %d rows", self.num_anchors, len(parts))
         if self.embedding == "model":
-            scorer = scorer or self.scorer()
+            scorer = scorer or self.load_scorer()
             vectors = scorer.embed([render(*p) for p in parts])
         else:
             vectors = hashing_embeddings([render(*p) for p in parts])
@@ -348,7 +348,7 @@ class Nuggets(Filter):
                 [pl.lit(None, dtype=pl.Float64).alias(c) for c in self.score_columns()[:3]]
                 + [pl.lit(None, dtype=pl.Int64).alias(f"{p}_anchors")]
             )
-        scorer = self.scorer()
+        scorer = self.load_scorer()
         anchors = prepare_anchors(scorer, self.anchor_parts(df, scorer), self.max_anchor_tokens)
         if not anchors:
             raise ValueError(f"nuggets: the anchor file {self.anchors} has no rows")

@@ -14,18 +14,39 @@ the first (nothing predicts it; the embedded model adds no BOS).
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from curate.llm.scorers import chat_prompt, get_scorer
+from curate.llm.scorers import ScorerKind, check_options, get_scorer
 from curate.records import message_text
-from curate.steps import BATCHES, FRAME, Filter, RecipePath, embedded_model_file, reasons
+from curate.steps import BATCHES, FRAME, Filter, RecipePath, as_polars, embedded_model_file, reasons
 
 
-# Shared with filters.ifd -----------------------------------------------------------------------
+# Shared with filters.ifd and filters.nuggets ---------------------------------------------------
+class LikelihoodFilter(Filter):
+    """A filter that scores with token log-probs: which scorer (`curate.llm.scorers`), which model,
+    and the scorer's options (vllm: engine settings such as max_model_len or
+    gpu_memory_utilization; a teacher with the same model and settings shares the engine)."""
+
+    scorer: ScorerKind = "llama_cpp"
+    model_path: RecipePath | None = None  # a GGUF; transformers and vllm also an HF folder or hub id
+    scorer_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_scorer_options(self):
+        check_options(self.scorer, self.scorer_options)
+        return self
+
+    def files(self) -> list[str]:
+        return super().files() + ([] if self.model_path else [embedded_model_file()])
+
+    def load_scorer(self):
+        return get_scorer(self.scorer, self.model_path, **self.scorer_options)
+
+
 def fit_target(scorer, context: str, target: str, max_tokens: int) -> tuple[str, bool]:
     """Cut `target` (at a character boundary) so context + target fit in `max_tokens` tokens, as
     the papers truncate to max_length. Returns (target, truncated); target is "" if the context
@@ -70,7 +91,7 @@ def ccnet_buckets(values: pl.Series, head: float = 30, tail: float = 60) -> pl.S
     ).to_series().alias("bucket")
 
 
-class Perplexity(Filter):
+class Perplexity(LikelihoodFilter):
     """Scores `score_perplexity_response` = PPL(response | prompt) and `score_perplexity_text` =
     PPL(whole text), with token counts; keeps rows inside [min, max] (absolute) and/or
     [min_percentile, max_percentile] (of this dataset's scores) on the column chosen by `on`.
@@ -84,8 +105,6 @@ class Perplexity(Filter):
     code_version: ClassVar[int] = 1
     row_local: ClassVar[bool] = True
     decide_settings: ClassVar[tuple[str, ...]] = ("max", "min", "max_percentile", "min_percentile", "on")
-    scorer: Literal["llama_cpp", "transformers"] = "llama_cpp"
-    model_path: RecipePath | None = None
     template: Literal["chat", "plain"] = "chat"
     max_length: int = Field(1024, ge=8)
     on: Literal["response", "text"] = "response"
@@ -110,18 +129,15 @@ class Perplexity(Filter):
         p = self.column
         return [f"{p}_response", f"{p}_text", f"{p}_response_tokens", f"{p}_text_tokens"]
 
-    def files(self) -> list[str]:
-        return super().files() + ([] if self.model_path else [embedded_model_file()])
-
     def _context(self, scorer, messages: list[dict], prompt: str) -> str:
         if self.template == "plain":
             return prompt + "\n\n" if prompt else ""
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
         turns = [{"role": m["role"], "content": m["content"]} for m in messages[:last]]
-        return chat_prompt(scorer, turns)
+        return scorer.chat_prompt(turns)
 
     def compute_scores(self, df: pl.DataFrame) -> pl.DataFrame:
-        scorer = get_scorer(self.scorer, self.model_path)
+        scorer = self.load_scorer()
         prompts = message_text(df, "prompt").to_list()
         responses = message_text(df, "response").to_list()
         texts = message_text(df, "text").to_list()
@@ -186,16 +202,12 @@ class Perplexity(Filter):
 
     def buckets(self, df, head: float = 30, tail: float = 60) -> pl.Series:
         """CCNet-style head/middle/tail label per row (percentiles of this dataset) for the report."""
-        from curate.steps import _as_polars
-
-        frame, _ = _as_polars(df)
+        frame, _ = as_polars(df)
         return ccnet_buckets(frame[self.score_columns()[0 if self.on == "response" else 1]], head, tail)
 
     def report(self, df) -> dict:
         """Distribution summary for a run report: percentiles, CCNet cutoffs and bucket counts."""
-        from curate.steps import _as_polars
-
-        frame, _ = _as_polars(df)
+        frame, _ = as_polars(df)
         out = {}
         for name, col in zip(("response", "text"), self.score_columns()[:2]):
             values = frame[col]

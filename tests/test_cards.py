@@ -14,7 +14,8 @@ from curate.engine import run_recipe
 from curate.licenses import LICENSES, check_licenses
 from curate.parts import Part
 from curate.recipe import build_recipe, load_recipe
-from curate.report.compute import build_report, hub_dataset_id
+from curate.hub_inputs import hub_dataset_id
+from curate.report.compute import build_report
 from curate.report.language import detect, language_shares
 from curate.records import make_frame
 

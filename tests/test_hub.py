@@ -1,38 +1,22 @@
-"""`curate publish`: the Hub is unreachable here, so this is the one place a stand-in is used: a
-recorder in place of huggingface_hub.HfApi that checks which files and settings the upload gets.
-The folder itself is loaded with datasets.load_dataset to check it is what would be served."""
+"""`curate publish` against tests/servers/hub_server.py, a stand-in for the Hugging Face Hub on
+127.0.0.1 (HF_ENDPOINT): huggingface_hub creates the repo and uploads over HTTP (LFS for the
+parquet files), and what went up is loaded back from the stand-in with datasets.load_dataset."""
 
 import json
-from pathlib import Path
+import subprocess
+import sys
 
 import datasets
 import pytest
 import yaml
+from huggingface_hub import HfApi
 
 from curate.engine import run_recipe
 from curate.errors import CurateError
 from curate.hub import publish
 from curate.recipe import load_recipe
-
-
-class RecordingHfApi:
-    """Stand-in for huggingface_hub.HfApi (no network here): records the calls and the files that
-    upload_folder's allow_patterns would select."""
-
-    def __init__(self):
-        self.calls = []
-
-    def create_repo(self, repo_id, **kw):
-        self.calls.append(("create_repo", repo_id, kw))
-        return f"https://huggingface.co/datasets/{repo_id}"
-
-    def upload_folder(self, *, repo_id, folder_path, allow_patterns, **kw):
-        from fnmatch import fnmatch
-
-        root = Path(folder_path)
-        files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
-                       and any(fnmatch(str(p.relative_to(root)), pat) for pat in allow_patterns))
-        self.calls.append(("upload_folder", repo_id, {"files": files, **kw}))
+from tests.conftest import ROOT, shared
+from tests.servers.hub_server import hub_env, hub_server
 
 
 @pytest.fixture
@@ -45,22 +29,32 @@ def run_dir(tmp_path):
     return tmp_path / "out"
 
 
-def test_publish_sends_data_card_recipe_and_reports(run_dir):
-    api = RecordingHfApi()
-    url = publish(run_dir, "me/my-sft", private=True, api=api)
-    assert url == "https://huggingface.co/datasets/me/my-sft"
-    (c1, repo1, kw1), (c2, repo2, kw2) = api.calls
-    assert (c1, repo1, kw1["repo_type"], kw1["private"], kw1["exist_ok"]) == ("create_repo", "me/my-sft", "dataset", True, True)
-    assert (c2, repo2, kw2["repo_type"]) == ("upload_folder", "me/my-sft", "dataset")
-    assert kw2["files"] == ["README.md", "data/train.jsonl", "data/train.parquet", "data/validation.jsonl",
-                            "data/validation.parquet", "gx/expectation_suite.json", "gx/expectation_suite_results.json",
-                            "recipe.yaml", "rejects.parquet", "report.html", "report.json", "report.md"]
+UPLOADED = ["README.md", "data/train.jsonl", "data/train.parquet", "data/validation.jsonl", "data/validation.parquet",
+            "gx/expectation_suite.json", "gx/expectation_suite_results.json", "recipe.yaml", "rejects.parquet",
+            "report.html", "report.json", "report.md"]
+
+
+def test_publish_sends_data_card_recipe_and_reports(hub, run_dir):
+    url = publish(run_dir, "me/my-sft", private=True)
+    assert url == f"{hub.url}/datasets/me/my-sft"
+    assert hub.store.refs("me/my-sft")["private"] is True
+    info = HfApi().dataset_info("me/my-sft")
+    assert sorted(s.rfilename for s in info.siblings) == [".gitattributes", *UPLOADED]  # no steps/, cache/, records
+    assert hub.calls("PUT", "^/lfs/") == 3  # the parquet files went up through LFS, the rest inline
     card = (run_dir / "README.md").read_text()
     assert "license: cc-by-4.0" in card and "size_categories" in card and "train: 8, validation: 2" in card
     assert "| d.jsonl | - | not stated |" in card  # every input with its license (none given here)
     assert "Teacher: none (no step calls a model)" in card
     meta = yaml.safe_load(card.split("---")[1])  # the YAML header the Hub reads
     assert [(s["name"], s["num_examples"]) for s in meta["dataset_info"]["splits"]] == [("train", 8), ("validation", 2)]
+    assert info.card_data["license"] == "cc-by-4.0"  # the stand-in read the uploaded card's header
+    # what went up loads back from the Hub, with its splits
+    loaded = datasets.load_dataset("me/my-sft")
+    local = datasets.load_dataset(str(run_dir))
+    assert (len(loaded["train"]), len(loaded["validation"])) == (8, 2)
+    assert sorted(loaded["train"]["id"]) == sorted(local["train"]["id"])
+    # a second publish into the same repo is a new commit, and exist_ok keeps the repo
+    assert publish(run_dir, "me/my-sft") == url and len(hub.store.refs("me/my-sft")["history"]) == 3
 
 
 def test_the_published_folder_loads_to_the_same_rows(run_dir):
@@ -70,9 +64,36 @@ def test_the_published_folder_loads_to_the_same_rows(run_dir):
     assert sorted(ds["train"]["id"]) == sorted(local["id"])
 
 
-def test_publish_refuses_an_unfinished_folder(tmp_path):
+def test_publish_refuses_an_unfinished_folder(hub, tmp_path):
     with pytest.raises(CurateError, match="not a finished run folder"):
-        publish(tmp_path, "me/x", api=RecordingHfApi())
+        publish(tmp_path, "me/x")
     with pytest.raises(CurateError, match="owner/name"):
         (tmp_path / "README.md").write_text("x"), (tmp_path / "data").mkdir()
-        publish(tmp_path, "noslash", api=RecordingHfApi())
+        publish(tmp_path, "noslash")
+    assert not hub.requests  # refused before any request
+
+
+@pytest.mark.slow  # three runs of the CLI (~25 s each on a busy 2-core machine)
+def test_published_data_comes_back_as_a_hub_input_through_the_cli(tmp_path):
+    """As a user runs it, with HF_ENDPOINT set: a real set from the shared data through a catalogue
+    recipe, published with `curate publish`, then read back as a Hub input by the same recipe."""
+    cherry = shared("quality_cherry_alpaca_ifd", "cherry_alpaca_5_percent.jsonl")
+    with hub_server(tmp_path / "hub") as server:
+        env = hub_env(server.url, tmp_path / "hf-home")
+
+        def curate(*args: str) -> subprocess.CompletedProcess:
+            proc = subprocess.run([sys.executable, "-m", "curate.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                                  text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr
+            return proc
+
+        curate("run", "recipes/curate-existing.yaml", "--out", str(tmp_path / "first"), "--quiet",
+               "-o", f"inputs.0.path={cherry}", "-o", "inputs.0.limit=300")
+        curate("publish", str(tmp_path / "first"), "--repo", "me/cherry-curated")
+        curate("run", "recipes/curate-existing.yaml", "--out", str(tmp_path / "again"), "--quiet",
+               "-o", "inputs.0.path=me/cherry-curated", "-o", "output.validation=0")
+        first, again = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("first", "again"))
+        assert again["rows"]["in"] == first["rows"]["splits"]["train"] < first["rows"]["out"]  # the train split went up
+        assert again["source_datasets"] == ["me/cherry-curated"]
+        assert "source_datasets:\n- me/cherry-curated" in (tmp_path / "again" / "README.md").read_text()
+        assert not server.unknown, server.unknown

@@ -181,10 +181,10 @@ def test_json_lines_read_by_arrow_or_else_as_python_reads_them(tmp_path):
     integer beyond 64 bits stays exact, two objects on one line or one over two lines are
     malformed JSON on that line, nesting Arrow's parser would overflow its stack on is refused by
     name, bytes that are not UTF-8 are named by line."""
-    from curate.io import _arrow_jsonl
+    from curate.textfiles import arrow_jsonl
 
     plain = write_lines(tmp_path / "plain.jsonl", [json.dumps({"prompt": f"p{i}", "score": i / 3}) for i in range(5)])
-    assert _arrow_jsonl(plain.read_bytes()) is not None
+    assert arrow_jsonl(plain.read_bytes()) is not None
     assert read_table(plain).equals(pl.DataFrame({"prompt": [f"p{i}" for i in range(5)], "score": [i / 3 for i in range(5)]}))
 
     dates = write_lines(tmp_path / "dates.jsonl", ['{"prompt": "p", "gold": "2020-01-01"}'])

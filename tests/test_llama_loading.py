@@ -230,12 +230,12 @@ def test_score_many_decodes_the_shared_prefix_once_and_reads_only_target_rows(mo
     llama_cpp = pytest.importorskip("llama_cpp", reason="needs the embedded extra: pip install -e '.[embedded]'")
     import numpy as np
 
-    from curate.llm.scorers import chat_prompt, get_scorer
+    from curate.llm.scorers import get_scorer
 
     scorer = get_scorer("llama_cpp")
     questions = ["What colour is the sky?", "Name a fruit.", "Why do cats purr?"]
     answers = [" Blue, because of Rayleigh scattering.", " An apple.", " Mostly when they are content."]
-    pairs = [(chat_prompt(scorer, [{"role": "user", "content": q}]), a) for q, a in zip(questions, answers)]
+    pairs = [(scorer.chat_prompt([{"role": "user", "content": q}]), a) for q, a in zip(questions, answers)]
     pairs += [("", q + "\n" + a) for q, a in zip(questions, answers)]
     want = [scorer.score(c, t) for c, t in pairs]
 

@@ -158,7 +158,7 @@ def stored(scores, low=None, high=None, n=None, k=10):
 
 
 def test_rethreshold_without_rescoring(monkeypatch):
-    monkeypatch.setattr(Nuggets, "scorer", lambda self: pytest.fail("decide must not score"))
+    monkeypatch.setattr(Nuggets, "load_scorer", lambda self: pytest.fail("decide must not score"))
     df = stored([0.1, 0.5, 0.6, 0.9])
     assert Nuggets(threshold=0.5).keep(df)[0].to_list() == [False, False, True, True]
     assert Nuggets(threshold=0.8).keep(df)[0].to_list() == [False, False, False, True]

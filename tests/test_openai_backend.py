@@ -17,7 +17,8 @@ import pytest
 
 from curate.llm.base import Request, Response
 from curate.llm.openai_backend import OpenAIBackend, TokenBucket, parse_retry_after
-from tests.servers.fault_server import fault_server, free_port, llama_server
+from tests.servers.fault_server import fault_server
+from tests.servers.processes import free_port, llama_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -142,7 +143,7 @@ def test_fault_server_refuses_what_the_openai_api_refuses(server):
 def test_server_that_fails_to_start_shows_its_log():
     """A real server that dies while starting (a bad model path, a missing package) is named with
     its command and the end of its output, not a bare timeout."""
-    from tests.servers.fault_server import served_process
+    from tests.servers.processes import served_process
 
     cmd = [sys.executable, "-c", "print('loading model /no/such/file'); raise SystemExit('model not found')"]
     with pytest.raises(RuntimeError) as err:
@@ -155,7 +156,7 @@ def test_server_that_fails_to_start_shows_its_log():
 def test_served_process_leaves_no_process_behind():
     """vLLM's server runs its engine in child processes: stopping the server stops them too, even
     one that ignores SIGTERM."""
-    from tests.servers.fault_server import served_process
+    from tests.servers.processes import served_process
 
     port = free_port()
     script = (

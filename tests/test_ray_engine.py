@@ -196,7 +196,7 @@ def test_ray_engine_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
 
 def test_an_address_where_no_ray_listens_is_an_error_at_once(tmp_path):
     """Not minutes of Ray retrying the connection, and nothing written."""
-    from tests.servers.fault_server import free_port
+    from tests.servers.processes import free_port
 
     address = f"127.0.0.1:{free_port()}"
     started = time.time()

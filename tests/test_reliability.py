@@ -17,6 +17,7 @@ import os
 import sqlite3
 import stat
 import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 from typing import ClassVar
@@ -423,10 +424,14 @@ def test_a_source_name_is_escaped_in_the_card(folder):
 
 
 # 10. credentials in URLs --------------------------------------------------------------------------
-def test_credentials_in_a_url_reach_no_written_file(folder):
+def test_credentials_in_a_url_reach_no_written_file(folder, monkeypatch):
     secret = "s3cr3t-pa55"
     url = f"http://alice:{secret}@127.0.0.1:9/v1?api_key={secret}&region=eu"
+    # as typed in a shell: the command line is written down too (the folder's lock names its holder)
+    monkeypatch.setattr(sys, "argv", ["curate", "run", "r.yaml", "-o", f"teacher.base_url={url}",
+                                      "-o", f"teacher.api_key={secret}"])
     run(folder, folder / "out", [f"teacher.base_url={url}"])
+    assert "teacher.base_url=http://***@127.0.0.1:9/v1" in json.loads((folder / "out" / ".curate.lock").read_text())["command"]
     for path in (folder / "out").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path

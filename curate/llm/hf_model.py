@@ -31,7 +31,7 @@ from pathlib import Path
 
 from curate.errors import require
 
-FORMAT_VERSION = 1  # bump when the folder layout changes: old folders are then not reused
+FORMAT_VERSION = 2  # bump when the folder layout changes: old folders are then not reused (2: pre-tokenizer)
 _MIB = 1 << 20
 _LOCK = threading.Lock()
 
@@ -86,6 +86,26 @@ def hf_model_dir(gguf: str | Path | None = None, dtype: str = "float32") -> Path
     return dest
 
 
+def restore_pre_tokenizer(tok, gguf: Path) -> None:
+    """Give `tok` the pre-tokenizer the GGUF names, where transformers' GGUF loader does not.
+
+    transformers 5 rebuilds llama.cpp's pre-tokenizer types it knows (llama-bpe, qwen2, ...) and
+    splits every other BPE vocabulary as GPT-2 does. SmolLM's ("smollm") first isolates each digit,
+    as llama.cpp and the model's own tokenizer.json do; without it, a blank line before a digit
+    ("\\n\\n1. ...", every numbered list) became "\\n", "\\n" instead of the one token "\\n\\n" the
+    model was trained on, and the transformers and vLLM scorers scored other tokens than llama.cpp.
+    """
+    from gguf import GGUFReader
+    from tokenizers import pre_tokenizers
+
+    field = GGUFReader(str(gguf)).get_field("tokenizer.ggml.pre")
+    if field is not None and field.contents() == "smollm":
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)]
+        )
+
+
 def convert_gguf(gguf: str | Path, dest: str | Path, dtype: str = "float32") -> Path:
     """Dequantize `gguf` with transformers and write an HF folder at `dest` (atomically)."""
     gguf, dest = Path(gguf), Path(dest)
@@ -95,6 +115,7 @@ def convert_gguf(gguf: str | Path, dest: str | Path, dtype: str = "float32") -> 
     st = require("safetensors.torch", extra="hf", package="safetensors")
 
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    restore_pre_tokenizer(tok, gguf)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype)
     )

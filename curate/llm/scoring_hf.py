@@ -1,8 +1,8 @@
 """Token log-probs with transformers on CPU (or any torch device): the second in-process scorer.
 
-Same contract and alignment as `curate.llm.scoring.LlamaCppScorer` (read its module docstring):
-context and target are tokenized separately and concatenated, no BOS is added, row i of the
-logits predicts token i+1, and a target with no context loses its first token.
+The contract and the alignment rules are in `curate.llm.scoring`: context and target are tokenized
+separately and concatenated, no BOS is added, row i of the logits predicts token i+1, and a target
+with no context loses its first token.
 
 Why a second backend: it runs the full-precision (dequantized) weights, batches with padding and an
 attention mask, and is the path to HF-format models and GPUs. The embedded GGUF is Q4_1, so this
@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from curate.errors import require
 from curate.llm.hf_model import hf_model_dir
+from curate.llm.scoring import Scorer, Stop, in_groups
 
 _LOADED: dict[tuple, tuple] = {}
 _LOAD_LOCK = threading.Lock()
@@ -56,15 +57,18 @@ def load_transformers(model_path: str | Path | None = None, dtype: str = "float3
         return _LOADED[key]
 
 
-class TransformersScorer:
+class TransformersScorer(Scorer):
     """Per-token log p(target | context) with a transformers causal LM, batched.
 
     Batches are formed from items sorted by length (little padding), right-padded with an attention
     mask, and limited to `max_batch_tokens` padded tokens. The vocabulary projection runs only on
-    the rows that predict target tokens (for a 135M model it is ~20% of the weights).
+    the rows that predict target tokens (for a 135M model it is ~20% of the weights). A shared
+    prefix is simply part of each sequence (no KV reuse: on CPU batching the full sequences costs
+    about the same as re-expanding a cache).
     """
 
     name = "transformers"
+    can_embed = True
 
     def __init__(
         self,
@@ -92,12 +96,12 @@ class TransformersScorer:
         self.device = device
         if device != "cpu":
             self.model.to(device)
-        self.max_length = max_length
-        self.n_ctx = max_length  # same attribute name as LlamaCppScorer
+        self.n_ctx = max_length
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.chat_template = getattr(self.tokenizer, "chat_template", None)
+        self.special_tokens = {k: v for k in ("bos_token", "eos_token") if isinstance(v := getattr(tokenizer, k, None), str)}
         # Project only the scored rows onto the vocabulary when the model is body + plain linear head
         # (llama, qwen2, mistral, ...); otherwise (e.g. logit soft-capping) run the full forward.
         self._body = getattr(self.model, getattr(self.model, "base_model_prefix", "model"), None)
@@ -111,41 +115,16 @@ class TransformersScorer:
             return []
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids))
+    def target_logprobs(
+        self, prefix: list[int], pairs: list[tuple[list[int], list[int]]], parallel: int, stop: Stop | None
+    ) -> list[np.ndarray]:
+        def run(group: list) -> list[np.ndarray]:
+            return self._score_sequences([(prefix + c + t, len(prefix) + len(c)) for c, t in group])
 
-    def chat_prompt(self, messages: list[dict]) -> str:
-        """The model's chat template rendered up to the assistant's turn (generation prompt)."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return in_groups(run, pairs, parallel, stop)
 
-    # scoring ------------------------------------------------------------------------------
-    def score(self, context: str, target: str) -> np.ndarray:
-        """Per-token log p(target | context)."""
-        return self.score_many([(context, target)])[0]
-
-    def score_many(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-        items = []
-        for context, target in pairs:
-            ctx_ids, tgt_ids = self.tokenize(context), self.tokenize(target)
-            items.append((ctx_ids + tgt_ids, len(ctx_ids)))
-        return self.score_ids(items)
-
-    def score_after_prefix(self, prefix: str, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-        """Per-token log p(target | prefix + context). Same numbers as scoring the concatenated
-        ids; here the prefix is simply part of each sequence (no KV reuse: on CPU batching the
-        full sequences costs about the same as re-expanding a cache)."""
-        pre = self.tokenize(prefix)
-        items = []
-        for context, target in pairs:
-            ctx_ids, tgt_ids = self.tokenize(context), self.tokenize(target)
-            items.append((pre + ctx_ids + tgt_ids, len(pre) + len(ctx_ids)))
-        return self.score_ids(items)
-
-    def score_ids(self, items: Sequence[tuple[Sequence[int], int]]) -> list[np.ndarray]:
+    def _score_sequences(self, items: list[tuple[list[int], int]]) -> list[np.ndarray]:
         """For each (ids, start): log-probs of ids[start:], each given every token before it."""
-        for ids, _ in items:
-            if len(ids) > self.max_length:
-                raise ValueError(f"{len(ids)} tokens do not fit the scorer's context of {self.max_length}")
         out: list[np.ndarray | None] = [None] * len(items)
         order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
         batch: list[int] = []
@@ -159,6 +138,17 @@ class TransformersScorer:
             if batch:
                 self._run_batch(items, batch, out)
         return out  # type: ignore[return-value]
+
+    def embed(self, texts: Sequence[str], max_tokens: int = 512) -> np.ndarray:
+        """Mean-pooled last hidden state of each text (first `max_tokens` tokens), float32 (n, d)."""
+        torch = self.torch
+        vectors = []
+        with self._lock, torch.inference_mode():
+            for text in texts:
+                ids = self.tokenize(text)[:max_tokens] or [self.tokenizer.eos_token_id or 0]
+                hidden = self.model.base_model(input_ids=torch.tensor([ids], device=self.device), use_cache=False).last_hidden_state
+                vectors.append(hidden[0].float().mean(dim=0).cpu().numpy())
+        return np.stack(vectors) if vectors else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
 
     def _run_batch(self, items, batch: list[int], out: list) -> None:
         torch = self.torch

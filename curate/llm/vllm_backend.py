@@ -39,17 +39,18 @@ machine's; the ratios hold):
   to WARNING unless `VLLM_LOGGING_LEVEL` is set. The variables vLLM writes into os.environ while
   it starts (LD_PRELOAD, OpenMP, spawn method) are reverted once its processes are up.
 
-Scoring (`VLLMScorer`) follows `curate.llm.scoring`: context and target are tokenized separately
-without special tokens and concatenated (no BOS added; SmolLM2's tokenizer adds none), and the
-log-prob of target token j is vLLM's prompt log-prob at position j (row j-1 of the logits). A
-target with no context loses its first token. vLLM skips its prefix cache for requests that ask
-for prompt log-probs, so `score_after_prefix` recomputes the prefix for every pair.
+Scoring (`VLLMScorer`) follows the contract of `curate.llm.scoring`: context and target are
+tokenized separately without special tokens and concatenated (no BOS added; SmolLM2's tokenizer
+adds none), and the log-prob of target token j is vLLM's prompt log-prob at position j (row j-1 of
+the logits). A target with no context loses its first token. vLLM skips its prefix cache for
+requests that ask for prompt log-probs, so a shared prefix is recomputed for every pair.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import inspect
 import concurrent.futures as cf
 import gc
 import itertools
@@ -67,6 +68,7 @@ import numpy as np
 
 from curate.errors import require
 from curate.llm.base import Backend, Request, Response
+from curate.llm.scoring import Scorer, Stop, in_groups
 
 _ENGINES: dict[str, "_Engine | BaseException"] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -508,19 +510,25 @@ class VLLMBackend(Backend):
         )
 
 
-class VLLMScorer:
-    """Per-token log p(target | context) from vLLM's prompt log-probs; same public methods and
-    alignment as `curate.llm.scoring.LlamaCppScorer` (see the module docstring). Every pair in
-    `score_many` is queued at once and batched by the engine. It shares the engine with a
-    `VLLMBackend` built with the same model and settings."""
+class VLLMScorer(Scorer):
+    """Per-token log p(target | context) from vLLM's prompt log-probs (`curate.llm.scoring` has the
+    contract). Every pair of a call is queued at once and batched by the engine. It shares the
+    engine with a `VLLMBackend` built with the same model and settings (`engine_settings`)."""
 
     name = "vllm"
 
     def __init__(self, model: str | os.PathLike | None = None, **settings):
         self._settings = engine_settings(model, **settings)
-        self._engine = get_engine(self._settings)
-        self.n_ctx = self._engine.max_model_len
-        self._params = self._engine.sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        self._engine = engine = get_engine(self._settings)
+        # vLLM counts the one token each request must generate against max_model_len.
+        self.n_ctx = engine.max_model_len - 1
+        self.chat_template = getattr(engine.tokenizer, "chat_template", None)
+        self.special_tokens = {k: v for k in ("bos_token", "eos_token") if isinstance(v := getattr(engine.tokenizer, k, None), str)}
+        self._params = engine.sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        return set(inspect.signature(engine_settings).parameters) - {"model"}
 
     @property
     def engine(self) -> _Engine:
@@ -532,46 +540,20 @@ class VLLMScorer:
     def tokenize(self, text: str) -> list[int]:
         return self.engine.encode(text, special=False) if text else []
 
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.engine.decode(ids)
+    def target_logprobs(
+        self, prefix: list[int], pairs: list[tuple[list[int], list[int]]], parallel: int, stop: Stop | None
+    ) -> list[np.ndarray]:
+        def run(group: list) -> list[np.ndarray]:
+            engine = self.engine
+            # vLLM skips its prefix cache for requests that ask for prompt log-probs, so the prefix is
+            # computed again with every pair.
+            items = [(prefix + c + t, max(len(prefix) + len(c), 1)) for c, t in group]
+            futures = [engine.submit({"ids": ids}, self._params) if first < len(ids) else None for ids, first in items]
+            out = []
+            for (ids, first), fut in zip(items, futures):
+                plp = fut.result().prompt_logprobs if fut is not None else None
+                out.append(np.array([plp[j][ids[j]].logprob for j in range(first, len(ids))], dtype=np.float64)
+                           if plp is not None else np.zeros(0))
+            return out
 
-    def chat_prompt(self, messages: list[dict]) -> str:
-        """The chat template rendered up to the opening of the assistant's turn."""
-        return self.engine.chat_text(messages)
-
-    def score(self, context: str, target: str) -> np.ndarray:
-        return self.score_many([(context, target)])[0]
-
-    def score_many(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-        items = []
-        for context, target in pairs:
-            ctx, tgt = self.tokenize(context), self.tokenize(target)
-            items.append((ctx + tgt, len(ctx)))
-        return self.score_ids(items)
-
-    def score_after_prefix(self, prefix: str, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-        """Per-token log p(target | prefix + context); the same numbers as scoring the concatenation."""
-        pre = self.tokenize(prefix)
-        items = []
-        for context, target in pairs:
-            ctx, tgt = self.tokenize(context), self.tokenize(target)
-            items.append((pre + ctx + tgt, len(pre) + len(ctx)))
-        return self.score_ids(items)
-
-    def score_ids(self, items: Sequence[tuple[Sequence[int], int]]) -> list[np.ndarray]:
-        """For each (ids, start): log-probs of ids[start:], each given every token before it."""
-        for ids, _ in items:
-            if len(ids) > self.n_ctx:
-                raise ValueError(f"{len(ids)} tokens do not fit the scorer's context of {self.n_ctx}")
-        futures: list[cf.Future | None] = []
-        for ids, start in items:
-            futures.append(self.engine.submit({"ids": ids}, self._params) if max(start, 1) < len(ids) else None)
-        out = []
-        for (ids, start), fut in zip(items, futures):
-            if fut is None:
-                out.append(np.zeros(0))
-                continue
-            plp = fut.result().prompt_logprobs
-            first = max(start, 1)
-            out.append(np.array([plp[j][ids[j]].logprob for j in range(first, len(ids))], dtype=np.float64))
-        return out
+        return in_groups(run, pairs, parallel, stop)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from curate.hub_inputs import hub_dataset_id
 from curate.licenses import recipe_licenses, teacher_wrote_rows
 from curate.pricing import teacher_price
 from curate.mix import Mix
@@ -260,16 +260,6 @@ def data_paths(entry: str | list[str]) -> list[str]:
     return [entry] if isinstance(entry, str) else list(entry)
 
 
-# A Hub dataset as fsspec, polars and datasets name it: hf://datasets/<owner>/<name>[@rev][/file]
-HUB_PATH = re.compile(r"hf://datasets/([^/@]+/[^/@]+)")
-
-
-def hub_dataset_id(path: str) -> str | None:
-    """The Hub dataset id (owner/name) an input path reads, or None for a local file."""
-    found = HUB_PATH.match(path)
-    return found.group(1) if found else None
-
-
 def card_features(out: Path, data_files: dict) -> list | None:
     """The data files' columns in the `dataset_info.features` form `datasets` writes and reads back
     (from the Arrow schema of the parquet files; None when some split has none)."""
@@ -326,5 +316,6 @@ def build_report(recipe: Recipe, steps: list[dict], final: list[Part], rejects: 
         "license": recipe_licenses(recipe).as_dict(),
         "language": _language(final),
         "features": card_features(out, data_files),
-        "source_datasets": sorted({d for inp in recipe.config.inputs if (d := hub_dataset_id(inp.path))}),
+        "source_datasets": sorted({d for inp in recipe.config.inputs
+                                   if (d := hub_dataset_id(inp.path, recipe.resolve(inp.path)))}),
     }

@@ -44,7 +44,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.servers.fault_server import HOST, ServerHandle, app_in_thread, echo_answer, openai_limit_error, parse_fault
+from tests.servers.fault_server import echo_answer, openai_limit_error, parse_fault
+from tests.servers.processes import HOST, ServerHandle, app_in_thread
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 DEFAULTS = {
