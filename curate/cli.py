@@ -248,7 +248,7 @@ def _validation_note(path: Path) -> list[str]:
 @app.command()
 def report(out_dir: Path = typer.Argument(..., help="A finished run folder.")):
     """Rebuild report.json, report.md, report.html and the dataset card of a finished run, without rerunning it."""
-    from curate.engine import rebuild_report
+    from curate.report.write import rebuild_report
 
     rep = rebuild_report(out_dir)
     out.print(f"rebuilt {out_dir}/report.html ({rep['rows']['out']} rows, {len(rep['steps']) - 1} steps)")

@@ -20,7 +20,8 @@ import datasets
 import polars as pl
 import pytest
 
-from curate.engine import rebuild_report, run_recipe
+from curate.engine import run_recipe
+from curate.report.write import rebuild_report
 from curate.recipe import load_recipe
 from curate.report.card import md_literal
 from tests.conftest import SHARED_DATA

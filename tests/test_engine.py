@@ -76,7 +76,7 @@ def test_bad_input_writes_nothing(tmp_path):
 
 
 def test_report_rebuilds_from_a_finished_run(recipe_path, tmp_path):
-    from curate.engine import rebuild_report
+    from curate.report.write import rebuild_report
 
     out = tmp_path / "out"
     first = run_recipe(load_recipe(recipe_path), out, show_progress=False)

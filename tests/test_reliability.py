@@ -28,7 +28,8 @@ import yaml
 from typer.testing import CliRunner
 
 from curate.cli import app
-from curate.engine import rebuild_report, run_recipe
+from curate.engine import run_recipe
+from curate.report.write import rebuild_report
 from curate.errors import CurateError
 from curate.folder import MANIFEST, incomplete, locked
 from curate.hub import publish

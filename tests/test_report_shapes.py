@@ -11,7 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curate.engine import rebuild_report, run_recipe
+from curate.engine import run_recipe
+from curate.report.write import rebuild_report
 from curate.recipe import load_recipe
 
 RECIPE = """

@@ -92,7 +92,8 @@ from pathlib import Path
 import great_expectations as gx
 import pandas as pd
 
-from curate.engine import rebuild_report, run_recipe
+from curate.engine import run_recipe
+from curate.report.write import rebuild_report
 from curate.errors import CurateError, MissingExtra, ValidationFailed
 from curate.folder import MANIFEST, incomplete
 from curate.hub import refuse_failed_validation
