@@ -42,6 +42,11 @@ class Request:
         d.pop("messages"), d.pop("prompt")
         return d
 
+    def sampling(self) -> dict[str, Any]:
+        """The sampling settings every in-process engine takes by these names (llama.cpp, vLLM)."""
+        return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                    stop=list(self.stop) if self.stop else None)
+
     def cache_key(self, backend: str, model: str) -> str:
         """Key on the rendered request: backend, model, prompt and every sampling parameter.
 

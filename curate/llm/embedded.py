@@ -238,13 +238,7 @@ class EmbeddedBackend(Backend):
         return run_on_llama_thread(self._complete, request)
 
     def _complete(self, request: Request) -> Response:
-        params = dict(
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-            stop=list(request.stop) if request.stop else None,
-        )
+        params = request.sampling()
         if request.json_schema:
             try:
                 params["grammar"] = schema_grammar(request.json_schema)

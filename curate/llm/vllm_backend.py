@@ -455,14 +455,7 @@ class VLLMBackend(Backend):
             return self._engine
 
     def params_for(self, engine: _Engine, request: Request):
-        kw: dict[str, Any] = dict(
-            n=1,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            max_tokens=request.max_tokens,
-            seed=request.seed,
-            stop=list(request.stop) if request.stop else None,
-        )
+        kw: dict[str, Any] = dict(n=1, **request.sampling())
         if request.top_logprobs:
             kw["logprobs"] = request.top_logprobs
         if request.json_schema:
