@@ -16,7 +16,7 @@ import pytest
 from curate.engine import run_recipe
 from curate.errors import CurateError
 from curate.recipe import load_recipe
-from tests.conftest import ROOT, shared
+from tests.conftest import ROOT, needs, shared
 from tests.test_parts import alpaca_rows
 
 STORE = 200 * 2**20  # object store bytes per node: the engine passes only small objects through it
@@ -38,6 +38,7 @@ def run(recipe: str, out: Path, *overrides: str) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster():
+    needs(("ray", "ray"))
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
@@ -196,6 +197,7 @@ def test_ray_engine_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
 
 def test_an_address_where_no_ray_listens_is_an_error_at_once(tmp_path):
     """Not minutes of Ray retrying the connection, and nothing written."""
+    needs(("ray", "ray"))
     from tests.servers.processes import free_port
 
     address = f"127.0.0.1:{free_port()}"
