@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
@@ -102,6 +103,10 @@ class RunFolder:
     # Lock ----------------------------------------------------------------------------------------
     def _acquire(self, purpose: str) -> None:
         lock = self.path / LOCK
+        # who we are, ready before the lock is taken: the window in which a second run finds the lock
+        # held but not yet signed (holder() waits it out) is one truncate and one write
+        signed = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
+                             "doing": purpose, "command": redact_command(sys.argv)}).encode()
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,8 +115,7 @@ class RunFolder:
             raise CurateError(f"{self.path} is in use: {holder(self.path)}. Wait for it to finish, "
                               "or give this run another --out") from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
-                                 "doing": purpose, "command": redact_command(sys.argv)}).encode())
+        os.write(fd, signed)
         self._fd = fd
 
     def _release(self) -> None:
@@ -187,14 +191,19 @@ def require_complete(out: str | Path, action: str) -> None:
         raise CurateError(f"{out}: cannot {action}: {why}")
 
 
-def holder(out: Path) -> str:
-    """Who holds the folder's lock, as far as its lock file says."""
-    try:
-        info = json.loads((out / LOCK).read_text(encoding="utf-8"))
-        return (f"another curate {info.get('doing', 'run')} holds it: pid {info['pid']} on {info['host']}, "
-                f"since {info['started']} ({info.get('command', '')})")
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another curate run holds it"
+def holder(out: Path, wait: float = 1.0) -> str:
+    """Who holds the folder's lock, as far as its lock file says. A run that has just taken the lock
+    signs it an instant later, so an empty or half-written file is read again for up to `wait` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = json.loads((out / LOCK).read_text(encoding="utf-8"))
+            return (f"another curate {info.get('doing', 'run')} holds it: pid {info['pid']} on {info['host']}, "
+                    f"since {info['started']} ({info.get('command', '')})")
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "another curate run holds it"
+            time.sleep(0.02)
 
 
 def _is_held(out: Path) -> bool:

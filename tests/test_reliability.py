@@ -18,6 +18,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from contextlib import closing
 from pathlib import Path
 from typing import ClassVar
@@ -31,7 +32,7 @@ from curate.cli import app
 from curate.engine import run_recipe
 from curate.report.write import rebuild_report
 from curate.errors import CurateError
-from curate.folder import MANIFEST, incomplete, locked
+from curate.folder import LOCK, MANIFEST, holder, incomplete, locked
 from curate.hub import publish
 from curate.recipe import build_recipe, load_recipe, redact_url
 from curate.steps import Step
@@ -182,6 +183,21 @@ def test_a_held_folder_is_refused_naming_its_holder(folder):
         with pytest.raises(CurateError, match=rf"{out} is in use: another curate run holds it: pid {os.getpid()} on "):
             run(folder, out)
     assert run(folder, out)["rows"]["out"] == 12  # released: the next run goes ahead
+
+
+def test_a_lock_taken_but_not_yet_signed_is_waited_for(tmp_path):
+    """The second of two racing runs can read the lock file in the instant between the first one's
+    flock and its write: the holder is still named (seen in a race of two CLI runs)."""
+    (tmp_path / LOCK).write_text("")
+    signer = threading.Timer(0.2, lambda: (tmp_path / LOCK).write_text(json.dumps(
+        {"pid": 4242, "host": "h", "started": "now", "doing": "run", "command": "curate run r.yaml"})))
+    signer.start()
+    try:
+        assert holder(tmp_path).startswith("another curate run holds it: pid 4242 on h")
+    finally:
+        signer.cancel()
+    (tmp_path / LOCK).write_text("")
+    assert holder(tmp_path, wait=0.05) == "another curate run holds it"  # never signed: said plainly
 
 
 @pytest.mark.slow
