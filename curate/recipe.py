@@ -337,11 +337,12 @@ def redact_command(argv: list[str]) -> str:
     words = []
     for word in argv:
         key, eq, value = word.partition("=")
-        if eq and _SECRET_PARAM.search(key.rsplit(".", 1)[-1]):
-            word = f"{key}=***"
-        elif eq:
-            word = f"{key}={redact_url(value)}"
-        words.append(redact_url(word))
+        if not eq or "://" in key:  # no setting, or a URL whose query holds the '='
+            words.append(redact_url(word))
+        elif _SECRET_PARAM.search(key.rsplit(".", 1)[-1]):
+            words.append(f"{key}=***")
+        else:
+            words.append(f"{key}={redact_url(value)}")
     return " ".join(words)
 
 

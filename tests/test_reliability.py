@@ -34,7 +34,7 @@ from curate.report.write import rebuild_report
 from curate.errors import CurateError
 from curate.folder import LOCK, MANIFEST, holder, incomplete, locked
 from curate.hub import publish
-from curate.recipe import build_recipe, load_recipe, redact_url
+from curate.recipe import build_recipe, load_recipe, redact_command, redact_url
 from curate.steps import Step
 from tests.conftest import CLI_ENV, cli_cmd, write_jsonl
 from tests.servers.fault_server import fault_server
@@ -456,6 +456,9 @@ def test_credentials_in_a_url_reach_no_written_file(folder, monkeypatch):
     assert written == "http://***@127.0.0.1:9/v1?api_key=%2A%2A%2A&region=eu"
     assert load_recipe(folder / "r.yaml", [f"teacher.base_url={url}"]).config.teacher.base_url == url  # still used
     assert redact_url("http://localhost:8000/v1") == "http://localhost:8000/v1"
+    # a URL typed as an argument of its own keeps everything but its secrets
+    assert redact_command(["curate", f"http://a:{secret}@h/v1?api_key={secret}&region=eu", "--out", "a=b"]) == (
+        "curate http://***@h/v1?api_key=%2A%2A%2A&region=eu --out a=b")
 
 
 def test_redaction_leaves_other_values_alone():
