@@ -25,7 +25,7 @@ def shared(*parts: str) -> Path:
 CLI_ENV = {**os.environ, "OPENAI_API_KEY": "test-key-not-secret", "PYTHONPATH": str(ROOT)}
 
 
-def cli_cmd(recipe: Path, out: Path, *extra: str) -> list[str]:
+def cli_cmd(recipe: str | Path, out: Path, *extra: str) -> list[str]:
     """`curate run RECIPE --out OUT --quiet ...` as a subprocess command line."""
     return [sys.executable, "-m", "curate.cli", "run", str(recipe), "--out", str(out), "--quiet", *extra]
 
@@ -39,8 +39,7 @@ def run_recipe_cli(recipe: str, out: Path, timeout: int = 1700, overrides: list[
     """Run a recipe (a path from the repo root, e.g. "recipes/magpie.yaml") through the real CLI in
     a subprocess, as a user would, with `-o` overrides, and return its report.json."""
     args = [a for o in overrides for a in ("-o", o)]
-    proc = subprocess.run([sys.executable, "-m", "curate.cli", "run", recipe, "--out", str(out), "--quiet", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cli_cmd(recipe, out, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return json.loads((out / "report.json").read_text())
 
