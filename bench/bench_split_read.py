@@ -10,9 +10,9 @@ revision, loaded side by side in one process (bench/revisions.py), and what ids 
   rejected rows, same details. Also timed alone: what split does once the scores are there
   (base: decide, then explain on every row; working tree: decide_and_explain).
 - read_records on the same rows (a 15.8 MB .jsonl.gz), both revisions, and the share of it that
-  ids take: `content_id` per row against a polars-vectorised builder of the same canonical JSON
-  (`vectorised_ids` below, kept here, not in the package: it saves too little to be worth its
-  escaping rules). Both must give the same ids on every /work/shared/data file the reader takes.
+  ids take: `content_id` per row against `content_ids`, which builds the same canonical JSON for
+  the whole column with polars (the reader's since issue 12: at 1M rows the row loop took 6 s).
+  Both must give the same ids on every /work/shared/data file the reader takes.
 Printed: median and best wall times, the ratio of median process CPU times (the steadiest under
 other processes' load), the counts and the checks.
 """
@@ -26,14 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-import hashlib
-
 import numpy as np
-import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import revisions  # noqa: E402
+from curate.records import content_id, content_ids  # noqa: E402
 
 DATA = Path("/work/shared/data")
 T0 = DATA / "dedup_t0_templates/t0_train_50k_per_template.jsonl.gz"
@@ -59,26 +57,6 @@ def show(what: str, times: dict) -> None:
     print(f"{what}: base median {med['base']:.3f} s (best {best['base']:.3f}), working tree median {med['here']:.3f} s "
           f"(best {best['here']:.3f}); here/base: median {med['here'] / med['base']:.2f}, best "
           f"{best['here'] / best['base']:.2f}, median CPU {cpu['here'] / cpu['base']:.2f}")
-
-
-# How json.dumps(..., ensure_ascii=False) escapes a string: backslash, quote and control characters.
-JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-JSON_ESCAPES.update({chr(c): f"\\u{c:04x}" for c in range(0x20) if chr(c) not in JSON_ESCAPES})
-
-
-def json_string(value: pl.Expr) -> pl.Expr:
-    quoted = pl.concat_str(pl.lit('"'), value.str.replace_many(list(JSON_ESCAPES), list(JSON_ESCAPES.values())), pl.lit('"'))
-    return pl.when(value.is_null()).then(pl.lit("null")).otherwise(quoted)
-
-
-def vectorised_ids(messages: pl.Series) -> list[str]:
-    """content_id(messages) of every row (no reasoning, as the reader computes them): the canonical
-    JSON built by polars for the whole column, then blake2b per row."""
-    turn = pl.element().struct
-    canon = pl.select(pl.concat_str(pl.lit("["), messages.fill_null([]).list.eval(pl.concat_str(
-        pl.lit("["), json_string(turn.field("role")), pl.lit(","), json_string(turn.field("content")), pl.lit("]")
-    )).list.join(","), pl.lit("]"))).to_series()
-    return [hashlib.blake2b(c.encode("utf-8"), digest_size=8).hexdigest() for c in canon.to_list()]
 
 
 def count_calls(module, name: str) -> list[int]:
@@ -108,7 +86,7 @@ def main() -> None:
         except Exception as exc:  # a file not in a record shape (eval sets with nested turns, anchors)
             print(f"  skipped {path.relative_to(DATA)}: {str(exc).splitlines()[0][:90]}")
             continue
-        assert vectorised_ids(df["messages"]) == df["id"].to_list(), f"ids differ on {path}"
+        assert [content_id(m) for m in df["messages"].to_list()] == df["id"].to_list(), f"ids differ on {path}"
         rows += len(df)
     print(f"vectorised ids identical to content_id on {rows:,} rows of {len(files)} files")
 
@@ -116,10 +94,9 @@ def main() -> None:
     show("read_records, 55k T0 rows", read)
     df = io["here"].read_records(T0)
     messages = df["messages"].to_list()  # the Python lists the reader hashes row by row
-    content_id = revisions.load(None, "curate.records")["curate.records"].content_id
     ids = alternate({"base": lambda: [content_id(m) for m in messages],
-                     "here": lambda: vectorised_ids(df["messages"])}, args.repeat)
-    show("ids of the 55k T0 rows ('base' = content_id per row, 'working tree' = vectorised_ids)", ids)
+                     "here": lambda: content_ids(df["messages"])}, args.repeat)
+    show("ids of the 55k T0 rows ('base' = content_id per row, 'working tree' = content_ids)", ids)
     cpu = {k: float(np.median(v["cpu"])) for k, v in ids.items()}
     print(f"ids per row take {cpu['base'] / np.median(read['here']['cpu']):.0%} of read_records' CPU time; "
           f"vectorised, {cpu['here'] / np.median(read['here']['cpu']):.0%}")

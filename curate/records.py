@@ -49,7 +49,8 @@ CORE_COLUMNS = tuple(SCHEMA)
 
 
 def content_id(messages: Iterable[dict], reasoning: str | None = None) -> str:
-    """Stable 16-hex-digit id from the content, so reruns and merges line up."""
+    """Stable 16-hex-digit id from the content, so reruns and merges line up: blake2b of the
+    canonical JSON of the turns (and the reasoning, if any). `content_ids` gives the same for a column."""
     canon = json.dumps(
         [[m["role"], m["content"]] for m in messages] + ([reasoning] if reasoning else []),
         ensure_ascii=False,
@@ -58,13 +59,42 @@ def content_id(messages: Iterable[dict], reasoning: str | None = None) -> str:
     return hashlib.blake2b(canon.encode("utf-8"), digest_size=8).hexdigest()
 
 
+# How json.dumps(..., ensure_ascii=False) escapes a string: backslash, quote and control characters.
+_JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_JSON_ESCAPES.update({chr(c): f"\\u{c:04x}" for c in range(0x20) if chr(c) not in _JSON_ESCAPES})
+
+
+def _json_string(value: pl.Expr) -> pl.Expr:
+    """A string expression as json.dumps(ensure_ascii=False) writes it (null as null)."""
+    escaped = value.str.replace_many(list(_JSON_ESCAPES), list(_JSON_ESCAPES.values()))
+    return pl.when(value.is_null()).then(pl.lit("null")).otherwise(pl.concat_str(pl.lit('"'), escaped, pl.lit('"')))
+
+
+def content_ids(messages: pl.Series, reasoning: pl.Series | None = None) -> pl.Series:
+    """`content_id` of every row: the canonical JSON built by polars for the whole column, then
+    blake2b per row. A row at a time, building Python dicts and JSON took 6 of the 15 s that
+    reading 1M rows took (bench/README.md, issue 12); the ids are the same (tests/test_records.py)."""
+    turn = pl.element().struct
+    turns = pl.col("messages").fill_null(pl.lit([], dtype=MESSAGES)).list.eval(pl.concat_str(
+        pl.lit("["), _json_string(turn.field("role")), pl.lit(","), _json_string(turn.field("content")), pl.lit("]"),
+    )).list.join(",")
+    items = turns
+    if reasoning is not None:
+        has = pl.col("reasoning").is_not_null() & (pl.col("reasoning") != "")
+        thought = _json_string(pl.col("reasoning"))
+        items = (pl.when(~has).then(turns).when(turns == "").then(thought)
+                 .otherwise(pl.concat_str(turns, pl.lit(","), thought)))
+    frame = pl.DataFrame({"messages": messages.cast(MESSAGES)})
+    if reasoning is not None:
+        frame = frame.with_columns(reasoning.cast(pl.String).alias("reasoning"))
+    canon = frame.select(pl.concat_str(pl.lit("["), items, pl.lit("]"))).to_series().to_list()
+    return pl.Series("id", [hashlib.blake2b(c.encode("utf-8"), digest_size=8).hexdigest() for c in canon],
+                     dtype=pl.String)
+
+
 def with_ids(df: pl.DataFrame) -> pl.DataFrame:
     """(Re)compute `id` from `messages` and `reasoning`."""
-    ids = [
-        content_id(msgs or [], reasoning)
-        for msgs, reasoning in zip(df["messages"].to_list(), df["reasoning"].to_list())
-    ]
-    return df.with_columns(pl.Series("id", ids, dtype=pl.String))
+    return df.with_columns(content_ids(df["messages"], df["reasoning"]))
 
 
 def make_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:

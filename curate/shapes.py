@@ -11,7 +11,7 @@ import logging
 import polars as pl
 
 from curate.errors import CurateError
-from curate.records import MESSAGES, SCHEMA, conform, content_id, turn_lists
+from curate.records import MESSAGES, SCHEMA, conform, content_ids, turn_lists
 from curate.text import python_chars
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def to_records(
         messages = _column_turns(df, p_col, r_col, extra_input, system)
         used.update(c for c in (p_col, r_col, extra_input, system) if c)
     frame = pl.DataFrame({"messages": messages})
-    frame = frame.with_columns(pl.Series("id", [content_id(m) for m in frame["messages"].to_list()], dtype=pl.String))
+    frame = frame.with_columns(content_ids(frame["messages"]))
     src = source_column or ("source" if "source" in df.columns else None)
     if src:
         frame = frame.with_columns(_row_source(df[src], source))

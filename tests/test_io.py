@@ -117,6 +117,25 @@ def canonical_id(messages, reasoning=None):
 REAL = [("gsm8k_train/train.jsonl", 3000), ("dedup_gpteacher_toolformer/toolformer_labeled.jsonl", 3000)]
 
 
+def test_column_ids_equal_row_ids_on_awkward_text():
+    """content_ids (polars builds the canonical JSON for a column) gives content_id's id for every
+    row: every control character, quotes, backslashes, non-ASCII, null fields, empty and null turn
+    lists, with and without reasoning (empty reasoning counts as none)."""
+    import random
+
+    from curate.records import MESSAGES, content_ids
+
+    rng = random.Random(0)
+    alphabet = [chr(c) for c in range(0x20)] + list('"\\/ab é中😀\u2028\x7f') + ["\\u0000", "\\n"]
+    text = lambda: "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))  # noqa: E731
+    messages = [[{"role": rng.choice(["user", "assistant", None, text()]), "content": rng.choice([None, text(), text()])}
+                 for _ in range(rng.randint(0, 3))] for _ in range(3000)] + [None, []]
+    reasoning = [rng.choice([None, "", text(), text()]) for _ in messages]
+    got = content_ids(pl.Series(messages, dtype=MESSAGES), pl.Series(reasoning, dtype=pl.String)).to_list()
+    assert got == [canonical_id(m, r) for m, r in zip(messages, reasoning)]
+    assert content_ids(pl.Series(messages, dtype=MESSAGES)).to_list() == [canonical_id(m) for m in messages]
+
+
 @pytest.mark.parametrize("name,limit", REAL)
 def test_read_ids_unchanged_on_real_data(name, limit, tmp_path):
     path = SHARED_DATA / name
