@@ -23,9 +23,9 @@ curate.folder.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,7 @@ from curate.parts import (
     read_marker,
     write_parts,
 )
+from curate.profile import PROFILE
 from curate.recipe import Recipe, redact_url
 from curate.records import concat, frame_digest
 from curate.report.compute import StepSections
@@ -178,53 +179,6 @@ def planned_files(recipe: Recipe, plan: list[PlannedStep], out: Path) -> list[Pa
     return files
 
 
-class Profile:
-    """Wall time and peak memory of each stage of a run, written to the JSON file named by the
-    environment variable CURATE_PROFILE (bench/bench_scale.py reads it); off without it. The peak
-    is the kernel's high-water mark of the resident set (VmHWM), reset at the start of each stage
-    through /proc/self/clear_refs: exact, where a sampling thread misses what a call holding the
-    GIL allocates and frees (a 20 ms sampler reported 1.37 GB for a run whose ru_maxrss was 2.97 GB)."""
-
-    def __init__(self):
-        self.path = os.environ.get("CURATE_PROFILE")
-        self.stages: list[dict] = []
-
-    @staticmethod
-    def _status(field: str) -> int:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
-        return 0
-
-    @staticmethod
-    def _reset_peak() -> None:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # 5: reset VmHWM to the current RSS
-        except OSError:
-            pass
-
-    @contextmanager
-    def stage(self, name: str, rows: int | None = None):
-        if not self.path:
-            yield
-            return
-        self._reset_peak()
-        before, t0 = self._status("VmRSS"), time.time()
-        try:
-            yield
-        finally:
-            peak = max(self._status("VmHWM"), self._status("VmRSS"))
-            self.stages.append({"stage": name, "seconds": round(time.time() - t0, 3), "rows": rows,
-                                "rss_before_mb": round(before / 2**20, 1), "rss_peak_mb": round(peak / 2**20, 1)})
-            write_json({"stages": self.stages}, self.path)
-
-
-PROFILE = Profile()
-
-
 class Teacher:
     """The recipe's teacher, built when a step that calls it first runs (a finished run opens no cache)."""
 
@@ -329,8 +283,10 @@ def run_work(w: Work, ctx: Context, resolved: Resolved | None = None, keep_frame
 class LocalRun:
     """The steps of one run, in this process, part by part (see the module docstring)."""
 
-    def __init__(self, out: Path, folder: RunFolder, part_rows: int, ctx: Context, teacher: Teacher, small: bool):
+    def __init__(self, out: Path, folder: RunFolder, part_rows: int, ctx: Context, teacher: Teacher, small: bool,
+                 workers: int = 1):
         self.out, self.folder, self.part_rows, self.ctx, self.teacher = out, folder, part_rows, ctx, teacher
+        self.workers = workers
         self.small = small  # the rows fit in one part: keep the frames written instead of reading them back
 
     # Inputs ------------------------------------------------------------------------------------
@@ -413,8 +369,17 @@ class LocalRun:
 
     def units(self, p: PlannedStep, items: list[Unit | Work], resolved: Resolved | None = None) -> list[Unit]:
         """The units of a step stage, in order: the reused ones as they are, the others worked here,
-        one after the other (an engine that runs them elsewhere overrides this)."""
-        return [item if isinstance(item, Unit) else self.work(p, item, resolved) for item in items]
+        `workers` parts at once for a step that allows it (an engine that runs them elsewhere
+        overrides this). Each unit's files are its own, so the order they finish in changes nothing."""
+        works = [item for item in items if isinstance(item, Work)]
+        threads = min(self.workers, len(works)) if p.step.concurrent_parts and not p.step.needs_llm else 1
+        if threads <= 1:
+            return [item if isinstance(item, Unit) else self.work(p, item, resolved) for item in items]
+        for w in works:
+            self.folder.claim(w.paths())
+        with ThreadPoolExecutor(threads) as pool:
+            done = iter(list(pool.map(lambda w: run_work(w, self.ctx, resolved, keep_frames=self.small), works)))
+        return [item if isinstance(item, Unit) else next(done) for item in items]
 
     def work(self, p: PlannedStep, w: Work, resolved: Resolved | None = None) -> Unit:
         """One unit of work in this process, its files claimed in the manifest first."""
@@ -558,7 +523,8 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
             small = inputs.rows <= cfg.engine.part_rows
             if ray is None:
                 teacher = Teacher(recipe, out, folder, show_progress)
-                run = LocalRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small)
+                run = LocalRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small,
+                               workers=cfg.engine.local_workers())
             else:
                 from curate.engines.ray import RayRun, RayTeacher
 
