@@ -21,11 +21,13 @@ def return_freed_memory() -> None:
     the system allocator too; bench/README.md). polars' jemalloc reads _RJEM_MALLOC_CONF when
     polars is loaded, pyarrow its pool's name when it first allocates, so this runs before
     anything imports either; glibc's malloc (Python, numpy, pyarrow's system pool) takes its arena
-    cap through mallopt at any time. A value set by the user wins."""
+    cap through mallopt at any time. A value set by the user wins. polars' pages go back after
+    200 ms unused rather than at once: returning them at once cost 9.1 s of system time on 200,000
+    rows against 5.2 s, for 80 MB less peak (bench/README.md)."""
     import ctypes
     import ctypes.util
 
-    os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+    os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:200,muzzy_decay_ms:0")
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # pyarrow's own jemalloc kept what it freed
     if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
         try:

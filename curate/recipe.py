@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +84,9 @@ class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Literal["local", "ray"] = "local"
     part_rows: int = Field(100_000, ge=1)  # rows per part (and per output shard, when the data is larger)
+    # local: parts worked at once by steps that allow it (numpy and polars work, no model); each
+    # holds its part in memory. Default: the machine's cores, at most 4.
+    workers: int | None = Field(None, ge=1)
     # ray: the cluster to join (`ray start --head` prints it; else RAY_ADDRESS, else a Ray started for the run)
     address: str | None = None
     # ray: teacher actors (each loads the model once): default one per `actor_gpus` GPUs, or per
@@ -102,7 +106,13 @@ class EngineConfig(BaseModel):
         given = [k for k in ("address", "actors", "actor_cpus", "actor_gpus") if k in self.model_fields_set]
         if self.name == "local" and given:
             raise ValueError(f"engine.{given[0]} applies to the ray engine only (engine.name: ray, or --engine ray)")
+        if self.name == "ray" and "workers" in self.model_fields_set:
+            raise ValueError("engine.workers applies to the local engine only (on Ray, tasks take the cluster's CPUs)")
         return self
+
+    def local_workers(self) -> int:
+        """Parts the local engine works at once."""
+        return self.workers or max(1, min(4, os.cpu_count() or 1))
 
 
 class RecipeConfig(BaseModel):

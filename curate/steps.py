@@ -196,6 +196,10 @@ class Step(BaseModel):
     execution: ClassVar[str] = FRAME
     # Steps that call an LLM need a Context with one.
     needs_llm: ClassVar[bool] = False
+    # May an engine work several parts at once in threads of one process (BATCHES and STATE work)?
+    # Yes for numpy and polars work, which releases the GIL; no for a step holding a model or an
+    # unguarded cache, the default.
+    concurrent_parts: ClassVar[bool] = False
     # Source steps make rows from nothing (Magpie): a recipe may start with one and have no inputs.
     is_source: ClassVar[bool] = False
     # Bump it in the class whose code changed, when the change alters what the step outputs: a

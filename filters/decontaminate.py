@@ -63,6 +63,7 @@ The index and both tests live in `filters.eval_index`.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -74,6 +75,9 @@ from curate.records import message_text
 from curate.steps import Filter, RecipePath, reasons
 from curate.text import TextPart
 from filters.eval_index import ANSWER_FIELDS, PROMPT_FIELDS, EvalIndex, edit_distance, eval_texts, markup_words
+
+
+_INDEX_LOCK = threading.Lock()
 
 
 class Decontaminate(Filter):
@@ -94,6 +98,7 @@ class Decontaminate(Filter):
     """
 
     kind: ClassVar[str] = "decontaminate"
+    concurrent_parts: ClassVar[bool] = True
     code_version: ClassVar[int] = 1
     row_local: ClassVar[bool] = True
     decide_settings: ClassVar[tuple[str, ...]] = ("min_matches", "min_coverage")
@@ -124,7 +129,12 @@ class Decontaminate(Filter):
     _index_key: Any = PrivateAttr(default=None)
 
     def index(self) -> EvalIndex:
-        """The eval index, built once (rebuilt if a setting or an eval file changes)."""
+        """The eval index, built once (rebuilt if a setting or an eval file changes), also when
+        several parts ask for it at once (the engine's threads)."""
+        with _INDEX_LOCK:
+            return self._built_index()
+
+    def _built_index(self) -> EvalIndex:
         key = (tuple(self.eval_sets), tuple(self.eval_fields or ()), self.ngram, self.min_words, self.short_words,
                self.max_edits, self.common_items, self.min_prose, self.min_answer_share,
                tuple(os.stat(p).st_mtime_ns if os.path.exists(p) else 0 for p in self.eval_sets))

@@ -92,6 +92,7 @@ class ExactDedup(Filter):
     """
 
     kind: ClassVar[str] = "exact_dedup"
+    concurrent_parts: ClassVar[bool] = True
     code_version: ClassVar[int] = 1
     # Global through its state: a 64-bit key of each row's text (and a content hash for the fingerprint).
     execution: ClassVar[str] = STATE
@@ -171,6 +172,7 @@ class MinHashDedup(Filter):
     """
 
     kind: ClassVar[str] = "minhash_dedup"
+    concurrent_parts: ClassVar[bool] = True
     code_version: ClassVar[int] = 1
     # Global through its state: each row's LSH band keys (and a content hash for the fingerprint);
     # the texts of candidate pairs are read back once, to verify them.

@@ -225,6 +225,7 @@ class Heuristics(Filter):
     dropped for it, with `drop_mid_sentence`)."""
 
     kind: ClassVar[str] = "heuristics"
+    concurrent_parts: ClassVar[bool] = True
     code_version: ClassVar[int] = 2  # 2: prompt copy in curate.text words (symbols, CJK characters)
     row_local: ClassVar[bool] = True
     decide_settings: ClassVar[tuple[str, ...]] = ("min_response_words", "max_response_words", "max_prompt_copy",

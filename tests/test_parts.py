@@ -116,6 +116,40 @@ def test_a_run_in_many_parts_equals_a_run_in_one(data, tmp_path):
     assert {k: len(v) for k, v in loaded.items()} == many["rows"]["splits"]
 
 
+def test_parts_worked_at_once_give_what_one_at_a_time_gives(data, tmp_path, monkeypatch):
+    """engine.workers: steps that allow it (heuristics, decontamination, both dedups) work several
+    parts at once in threads; the run's files are those of one part at a time."""
+    import threading
+
+    at_once = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    real = Heuristics.run
+
+    def counted(self, df, ctx):
+        with lock:
+            at_once["now"] += 1
+            at_once["most"] = max(at_once["most"], at_once["now"])
+        time.sleep(0.05)  # long enough for a second thread to come in, if there is one
+        try:
+            return real(self, df, ctx)
+        finally:
+            with lock:
+                at_once["now"] -= 1
+    monkeypatch.setattr(Heuristics, "run", counted)
+
+    runs = {}
+    for workers in (1, 3):
+        at_once["most"] = 0
+        recipe = write_recipe(data, 97, engine={"part_rows": 97, "workers": workers})
+        runs[workers] = run_recipe(load_recipe(recipe), tmp_path / f"w{workers}", show_progress=False)
+        assert at_once["most"] == min(workers, 3), (workers, at_once)
+    for name in ("records.parquet", "rejects.parquet"):
+        assert_frame_equal(pl.read_parquet(tmp_path / "w1" / name), pl.read_parquet(tmp_path / "w3" / name))
+    for split in ("train", "validation"):
+        assert_frame_equal(data_rows(tmp_path / "w1", split, "parquet")[1], data_rows(tmp_path / "w3", split, "parquet")[1])
+    assert strip(runs[1], keys=("seconds", "finished", "recipe")) == strip(runs[3], keys=("seconds", "finished", "recipe"))
+
+
 def test_a_row_local_step_never_holds_more_than_a_part(data, tmp_path, monkeypatch):
     """Heuristics and decontamination run on one part at a time; MinHash's state and apply see a
     part, its resolve sees the state (hashes and band keys, no text) and reads back only the
