@@ -2,6 +2,7 @@
 
     python bench/bench_scale.py [--rows 200000 1000000 10000000] [--part-rows 100000]
                                 [--work DIR] [--resume 1000000] [--baseline REV] [--ray 2]
+                                [--workers N] [--compare-workers W]
 
 Builds (once, cached in --work) a deterministic N-row Alpaca-style Parquet file from the texts in
 ../shared/data: each row's instruction is a real instruction with a sentence of another appended,
@@ -21,6 +22,8 @@ checks the output against the uninterrupted run's, byte for byte. --baseline REV
 sizes (those that fit) with git revision REV's code, for a same-machine ratio. --ray CPUS runs each
 size again on the Ray engine (a local cluster of CPUS CPUs, started once) and prints the ratio of
 wall times and whether the output is byte-identical; its peak RSS is the driver's alone.
+--workers N --compare-workers W runs each size with N and then W parts worked at once
+(engine.workers) and prints the ratios of wall and CPU time and memory, and whether the output is the same.
 The machine's other jobs change the times: rerun on an idle machine for the figures.
 """
 
@@ -132,7 +135,8 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run(data: Path, out: Path, part_rows: int, code: Path = ROOT, kill_when=None, extra: tuple[str, ...] = ()) -> dict:
+def run(data: Path, out: Path, part_rows: int, code: Path = ROOT, kill_when=None, extra: tuple[str, ...] = (),
+        workers: int | None = None) -> dict:
     """The CLI on the filter-only recipe, in a fresh process: wall time, peak RSS, load, stages.
     `extra`: more CLI options (--engine ray --address ...)."""
     profile = out.with_suffix(".profile.json")
@@ -141,7 +145,7 @@ def run(data: Path, out: Path, part_rows: int, code: Path = ROOT, kill_when=None
     cmd = [sys.executable, "-m", "curate.cli", "run", str(code / "recipes" / "curate-existing.yaml"), "--out", str(out),
            "--quiet", "-o", f"inputs.0.path={data}", "-o", "inputs.0.source=bench", "-o", f"steps.decontaminate.eval_sets={evals}"]
     if code == ROOT:  # a revision before parts has no engine settings
-        cmd += ["-o", f"engine.part_rows={part_rows}"]
+        cmd += ["-o", f"engine.part_rows={part_rows}"] + (["-o", f"engine.workers={workers}"] if workers else [])
     cmd += list(extra)
     env = {**os.environ, "PYTHONPATH": str(code), "CURATE_PROFILE": str(profile)}
     before, t0 = load(), time.time()
@@ -162,24 +166,26 @@ def run(data: Path, out: Path, part_rows: int, code: Path = ROOT, kill_when=None
         raise SystemExit(f"run failed:\n{stdout}\n{stderr}")
     stages = json.loads(profile.read_text())["stages"] if profile.exists() else []
     return {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "load": f"{before} -> {load()}", "stages": stages,
+            "cpu": usage.ru_utime + usage.ru_stime,
             "killed": killed, "stdout": stdout}
 
 
-def stage_table(stages: list[dict]) -> list[tuple[str, float, float]]:
-    """Stages by name (a STATE step's per-part states summed), in order: (name, seconds, peak MB)."""
+def stage_table(stages: list[dict]) -> list[tuple[str, float, float, float]]:
+    """Stages by name (a STATE step's per-part states summed), in order: (name, seconds, CPU seconds, peak MB)."""
     out: dict[str, list[float]] = {}
     for s in stages:
-        got = out.setdefault(s["stage"], [0.0, 0.0])
+        got = out.setdefault(s["stage"], [0.0, 0.0, 0.0])
         got[0] += s["seconds"]
-        got[1] = max(got[1], s["rss_peak_mb"])
-    return [(k, v[0], v[1]) for k, v in out.items()]
+        got[1] += s.get("cpu_seconds", 0.0)
+        got[2] = max(got[2], s["rss_peak_mb"])
+    return [(k, *v) for k, v in out.items()]
 
 
 def show(rows: int, result: dict) -> None:
-    print(f"\n{rows:,} rows: {result['seconds']:.1f} s wall, peak RSS {result['rss_mb']:,.0f} MB "
-          f"({result['seconds'] / rows * 1e6:.1f} us/row), load {result['load']}")
-    for name, seconds, peak in stage_table(result["stages"]):
-        print(f"  {name:<42} {seconds:8.1f} s   peak {peak:8,.0f} MB")
+    print(f"\n{rows:,} rows: {result['seconds']:.1f} s wall, {result['cpu']:.1f} s CPU, peak RSS "
+          f"{result['rss_mb']:,.0f} MB ({result['seconds'] / rows * 1e6:.1f} us/row), load {result['load']}")
+    for name, seconds, cpu, peak in stage_table(result["stages"]):
+        print(f"  {name:<42} {seconds:8.1f} s  CPU {cpu:7.1f} s   peak {peak:8,.0f} MB")
     for s in result["stages"]:  # the dedup stages' memory per row: what resolve held beyond what was there
         if s["stage"].endswith("resolve") and s["rows"]:
             grew = (s["rss_peak_mb"] - s["rss_before_mb"]) * 2**20
@@ -238,6 +244,10 @@ def main() -> None:
     parser.add_argument("--resume", type=int, default=None, help="rows of the kill-and-rerun check (e.g. 1000000)")
     parser.add_argument("--baseline", default=None, help="a git revision to run the same sizes with")
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="engine.workers of the local runs (default: curate's), and with --compare-workers W "
+                             "each size again with W workers, for the ratio")
+    parser.add_argument("--compare-workers", type=int, default=None, metavar="W")
     parser.add_argument("--ray", type=int, default=0, metavar="CPUS",
                         help="also run each size on the Ray engine, on a local cluster of CPUS CPUs started once "
                              "(the time to start it is printed apart), and compare time and output with the local run")
@@ -268,9 +278,18 @@ def main() -> None:
         for n in args.rows:
             out = args.work / f"run-{n}"
             shutil.rmtree(out, ignore_errors=True)
-            result = run(files[n], out, args.part_rows)
+            result = run(files[n], out, args.part_rows, workers=args.workers)
             show(n, result)
             print("  " + result["stdout"].strip().replace("\n", "\n  "))
+            if args.compare_workers:
+                other_out = args.work / f"run-{n}-w{args.compare_workers}"
+                shutil.rmtree(other_out, ignore_errors=True)
+                other = run(files[n], other_out, args.part_rows, workers=args.compare_workers)
+                show(n, other)
+                print(f"  workers {args.compare_workers} / {args.workers or 'default'}: time x"
+                      f"{other['seconds'] / result['seconds']:.2f}, CPU x{other['cpu'] / result['cpu']:.2f}, "
+                      f"memory x{other['rss_mb'] / result['rss_mb']:.2f}; output byte-identical: {same_output(out, other_out)}")
+                shutil.rmtree(other_out, ignore_errors=True)
             if cluster is not None:
                 on_ray = args.work / f"run-{n}-ray"
                 shutil.rmtree(on_ray, ignore_errors=True)
@@ -278,7 +297,7 @@ def main() -> None:
                 print(f"  ray engine ({args.ray} CPUs): {other['seconds']:.1f} s wall, driver peak RSS "
                       f"{other['rss_mb']:,.0f} MB, load {other['load']}; ray / local: time x"
                       f"{other['seconds'] / result['seconds']:.2f}; output byte-identical: {same_output(out, on_ray)}")
-                for name, seconds, peak in stage_table(other["stages"]):
+                for name, seconds, _, peak in stage_table(other["stages"]):
                     print(f"    {name:<40} {seconds:8.1f} s   driver peak {peak:8,.0f} MB")
                 if not args.keep:
                     shutil.rmtree(on_ray, ignore_errors=True)
