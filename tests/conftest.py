@@ -35,6 +35,15 @@ def write_jsonl(path: Path, rows: list[dict], encoding: str = "utf-8") -> Path:
     return path
 
 
+def filter_recipe(name: str, source: str | None = None, output: str | None = None) -> str:
+    """The filter-only recipe many tests run (no teacher): data.jsonl, tagged `source` if given,
+    then heuristics that drop answers under two words, then exact dedup. `output` is the recipe's
+    output mapping in YAML flow style, e.g. "{validation: 3}"."""
+    inputs = f"{{path: data.jsonl, source: {source}}}" if source else "{path: data.jsonl}"
+    steps = "steps:\n  - heuristics: {min_response_words: 2}\n  - exact_dedup: {}\n"
+    return f"name: {name}\ninputs: [{inputs}]\n{steps}" + (f"output: {output}\n" if output else "")
+
+
 def run_recipe_cli(recipe: str, out: Path, timeout: int = 1700, overrides: list[str] = ()) -> dict:
     """Run a recipe (a path from the repo root, e.g. "recipes/magpie.yaml") through the real CLI in
     a subprocess, as a user would, with `-o` overrides, and return its report.json."""
