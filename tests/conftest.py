@@ -77,6 +77,26 @@ def load_train(out: Path):
     return datasets.load_dataset("parquet", data_files=str(path), split="train")
 
 
+def check_generator_output(name: str, out: Path, report: dict, generation: dict):
+    """The checks a catalogue generator's run on the embedded model shares with the others: every
+    reject has a reason; the report's rows out are the last step's and the train split's; every
+    training row is one user turn and one assistant answer. Prints the generator's figures and the
+    funnel (for the eye); returns (train split, rejects) for the generator's own checks."""
+    import polars as pl
+
+    rejects = pl.read_parquet(out / "rejects.parquet")
+    assert rejects["reason"].null_count() == 0
+    steps = report["steps"]
+    assert report["rows"]["out"] == steps[-1]["rows_out"]
+    ds = load_train(out)
+    assert len(ds) == report["rows"]["out"]
+    for row in ds:
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    print(f"\n{name}: {json.dumps(generation)}\n"
+          f"funnel: {[(s['kind'], s['rows_in'], s['rows_out'], s['dropped']) for s in steps]}")
+    return ds, rejects
+
+
 def assert_funnel_adds_up(steps: list[dict], filters_from: int = 2) -> None:
     """Each step starts from the rows the one before it kept, and each filter (from index
     `filters_from` of report["steps"]) keeps or drops, with a reason, every row it got."""

@@ -18,7 +18,7 @@ from synth.evol_instruct import (
     only_stop_words, parse_equal, response_failure, strip_label,
 )
 
-from tests.conftest import load_train, run_catalogue_on_embedded
+from tests.conftest import check_generator_output, run_catalogue_on_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -267,11 +267,5 @@ def test_recipe_on_embedded_model(tmp_path):
     # every evolution attempt is kept or rejected, and the rejects of the step say why
     assert sum(evol["dropped"].values()) == (gen["generated"] - gen["evolved_rows"]) + (gen["seeds"] - gen["seed_rows_kept"])
     assert evol["rows_out"] == gen["seed_rows_kept"] + gen["evolved_rows"]
-    rejects = pl.read_parquet(out / "rejects.parquet")
-    assert rejects["reason"].null_count() == 0 and rejects["step"].null_count() == 0
-    assert report["rows"]["out"] == steps[-1]["rows_out"]
-    ds = load_train(out)
-    assert len(ds) == report["rows"]["out"]
-    for row in ds:
-        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
-    print(f"\nevol-instruct: {json.dumps(gen)}\nfunnel: {[(s['kind'], s['rows_in'], s['rows_out'], s['dropped']) for s in steps]}")
+    _, rejects = check_generator_output("evol-instruct", out, report, gen)
+    assert rejects["step"].null_count() == 0
