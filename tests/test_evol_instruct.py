@@ -12,7 +12,7 @@ from curate.llm import LLM, Request, Response
 from curate.llm.base import Backend
 from curate.records import make_frame
 from curate.steps import Context
-from synth.base import build_rows, load_template
+from synth.base import PromptTemplate, build_rows
 from synth.evol_instruct import (
     OPERATIONS, SCAFFOLD_PHRASES, EvolInstruct, copied_scaffold, evolution_failure, is_apology, normalize_instruction,
     only_stop_words, parse_equal, response_failure, strip_label,
@@ -76,8 +76,8 @@ def test_parse_equal():
 
 def test_every_default_template_exists_and_has_its_field():
     for op in OPERATIONS:
-        assert "{instruction}" in load_template(None, f"evol_{op}")
-    eq = load_template(None, "evol_equal")
+        assert "{instruction}" in PromptTemplate(None, f"evol_{op}").text
+    eq = PromptTemplate(None, "evol_equal").text
     assert "{original}" in eq and "{evolved}" in eq
 
 
