@@ -85,6 +85,13 @@ async def window(
 WINDOW = "workers"
 
 
+async def warm_then_time(send: Callable[[Request], Awaitable[bool]], args, tag: str) -> tuple[float, int]:
+    """`concurrency` requests first, not timed (so the client's connection pool is open), then the
+    timed `requests`: (seconds, failures) of those."""
+    await window(send, make_requests(args.concurrency, "warmup"), args.concurrency)
+    return await window(send, make_requests(args.requests, tag), args.concurrency)
+
+
 async def bench_sleep(base_url: str, args) -> tuple[float, int]:
     """No HTTP at all: asyncio.sleep(d) in place of a request. The most this window and event loop can reach."""
 
@@ -103,8 +110,7 @@ async def bench_curate(base_url: str, args) -> tuple[float, int]:
         return resp.ok and bool(resp.text)
 
     try:
-        await window(send, make_requests(args.concurrency, "warmup"), args.concurrency)
-        return await window(send, make_requests(args.requests, "curate"), args.concurrency)
+        return await warm_then_time(send, args, "curate")
     finally:
         await backend.aclose()
 
@@ -128,8 +134,7 @@ async def bench_openai(base_url: str, args) -> tuple[float, int]:
         return bool(out.choices[0].message.content)
 
     try:
-        await window(send, make_requests(args.concurrency, "warmup"), args.concurrency)
-        return await window(send, make_requests(args.requests, "openai"), args.concurrency)
+        return await warm_then_time(send, args, "openai")
     finally:
         await client.close()
 
@@ -149,8 +154,7 @@ async def bench_httpx(base_url: str, args) -> tuple[float, int]:
         return resp.status_code == 200 and bool(json.loads(resp.content)["choices"][0]["message"]["content"])
 
     try:
-        await window(send, make_requests(args.concurrency, "warmup"), args.concurrency)
-        return await window(send, make_requests(args.requests, "httpx"), args.concurrency)
+        return await warm_then_time(send, args, "httpx")
     finally:
         await client.aclose()
 

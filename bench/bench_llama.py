@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import polars as pl  # noqa: E402
 
+from bench.rounds import in_turns, load_avg
 from curate.io import read_records  # noqa: E402
 from curate.llm.embedded import load_llama, run_on_llama_thread  # noqa: E402
 from curate.llm.teacher import TeacherConfig, build_llm  # noqa: E402
@@ -60,10 +61,6 @@ def voluntary_switches() -> int:
     """Voluntary context switches of this process, every thread including ended ones (a thread that
     sleeps on a futex at an OpenMP barrier adds one each time)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
-
-
-def load_avg() -> str:
-    return "load average " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 # Teacher ------------------------------------------------------------------------------------------
@@ -114,19 +111,15 @@ def bench_teacher(rounds: int, n_prompts: int, max_tokens: int) -> None:
     prompts = [[{"role": m["role"], "content": m["content"]} for m in msgs] for msgs in df["messages"].to_list()]
     llm = load_llama()  # the model the step's EmbeddedBackend uses (same key)
     run_on_llama_thread(plain_chat_loop, llm, prompts[:2], 999, 16)  # warm-up
-    rows = {"plain loop": [], "responses step": [], "plain loop, 2nd thread": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(rounds):
-            seed = 100 + r
-            runs = [
-                ("plain loop", lambda: timed(run_on_llama_thread, plain_chat_loop, llm, prompts, seed, max_tokens)),
-                ("responses step", lambda: timed(responses_step, df, seed, Path(tmp), max_tokens)),
-            ]
-            for name, run in runs if r % 2 == 0 else runs[::-1]:
-                rows[name].append(run())
-            rows["plain loop, 2nd thread"].append(timed_on_second_thread(plain_chat_loop, llm, prompts, seed, max_tokens))
-            print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1][0] / v[-1][1]:.1f} tok/s" for k, v in rows.items())
-                  + f"  ({load_avg()})", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:  # round r samples with seed 100 + r
+        sides = {
+            "plain loop": lambda r: timed(run_on_llama_thread, plain_chat_loop, llm, prompts, 100 + r, max_tokens),
+            "responses step": lambda r: timed(responses_step, df, 100 + r, Path(tmp), max_tokens),
+        }
+        # last in every round: the plain loop beside the llama.cpp thread's OpenMP team (module docstring)
+        second_thread = {"plain loop, 2nd thread":
+                         lambda r: timed_on_second_thread(plain_chat_loop, llm, prompts, 100 + r, max_tokens)}
+        rows = in_turns(rounds, sides, lambda name, v: f"{name} {v[0] / v[1]:.1f} tok/s", then=second_thread)
     base = rates(rows["plain loop"])
     print(f"\nTeacher: {len(prompts)} quickstart prompts x {rounds} rounds, max_tokens {max_tokens}, "
           f"{llm.context_params.n_threads} llama.cpp threads")
@@ -169,16 +162,12 @@ def bench_scorer(rounds: int, n_rows: int) -> None:
     resp_tokens = [len(scorer.tokenize(r)) for r in responses]
     evaluated = sum(min(c + r, flt.max_length) for c, r in zip(ctx_tokens, resp_tokens)) + text_tokens
     run_on_llama_thread(plain_eval_loop, llm, ids[:2])  # warm-up
-    plain, ours = [], []
-    for r in range(rounds):
-        runs = [(plain, lambda: timed(run_on_llama_thread, plain_eval_loop, llm, ids)),
-                (ours, lambda: timed(lambda: (flt.score(df), text_tokens)[1]))]
-        for box, run in runs if r % 2 == 0 else runs[::-1]:
-            box.append(run())
-        print(f"  round {r + 1}: plain eval {plain[-1][0] / plain[-1][1]:.0f} text tok/s, "
-              f"Perplexity().score {ours[-1][0] / ours[-1][1]:.0f} text tok/s  ({load_avg()})", flush=True)
-    _, p_wall, p_cpu, _ = rates(plain)
-    _, o_wall, o_cpu, _ = rates(ours)
+    results = in_turns(rounds, {
+        "plain eval": lambda r: timed(run_on_llama_thread, plain_eval_loop, llm, ids),
+        "Perplexity().score": lambda r: timed(lambda: (flt.score(df), text_tokens)[1]),
+    }, lambda name, v: f"{name} {v[0] / v[1]:.0f} text tok/s")
+    _, p_wall, p_cpu, _ = rates(results["plain eval"])
+    _, o_wall, o_cpu, _ = rates(results["Perplexity().score"])
     n = text_tokens * rounds
     template = sum(ctx_tokens) - sum(len(scorer.tokenize(p)) for p in prompts)
     print(f"\nScorer: {len(df)} rows, {text_tokens} text tokens, {rounds} rounds; the filter evaluates {evaluated} "
@@ -228,12 +217,10 @@ def bench_buffer_types(rounds: int, gguf: str | None) -> None:
     first = next(iter(models.values()))
     text = "The history of the printing press begins in the fifteenth century, when " * 20
     prompt = first.tokenize(text.encode(), add_bos=False)[:256]
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
-    for r in range(rounds):
-        for name in list(models)[:: 1 if r % 2 == 0 else -1]:
-            results[name].append(run_on_llama_thread(prompt_and_decode, models[name], prompt, 128))
-        print(f"  round {r + 1}: " + ", ".join(f"{k}: prompt {v[-1][0]:.0f}, decode {v[-1][1]:.1f} tok/s"
-                                               for k, v in results.items()) + f"  ({load_avg()})", flush=True)
+    results = in_turns(rounds, {
+        name: lambda r, model=model: run_on_llama_thread(prompt_and_decode, model, prompt, 128)
+        for name, model in models.items()
+    }, lambda name, v: f"{name}: prompt {v[0]:.0f}, decode {v[1]:.1f} tok/s")
     print(f"\nBuffer types: {Path(path).name}, {kw['n_threads']} threads, medians of {rounds} rounds")
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     base = None

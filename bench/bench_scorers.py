@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from bench.rounds import in_turns, load_avg
 from curate.io import read_records  # noqa: E402
 from curate.records import message_text  # noqa: E402
 
@@ -51,10 +52,6 @@ DATA = ROOT.parent / "shared" / "data"
 ROWS = DATA / "quality_cherry_alpaca_ifd" / "cherry_alpaca_5_percent.jsonl"
 ANCHORS = DATA / "nuggets_alpaca_gpt4" / "alpaca_gpt4_kmeans_100_anchor.json"
 VLLM_OPTIONS = {"max_model_len": 2048}
-
-
-def load_avg() -> str:
-    return "load " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def cpu_seconds() -> float:
@@ -212,17 +209,16 @@ def main() -> None:
         filters = {kind: Perplexity(scorer=kind, scorer_options=options(kind)) for kind in scorers}
         for flt in filters.values():
             flt.score(df.head(2))  # warm-up
-        times: dict[str, list[float]] = {k: [] for k in scorers}
-        cpu: dict[str, float] = {k: 0.0 for k in scorers}
-        order = list(scorers)
-        for r in range(args.rounds):
-            for kind in order[r % len(order):] + order[: r % len(order)]:
-                started, cpu0 = time.perf_counter(), cpu_seconds()
-                filters[kind].score(df)
-                times[kind].append(time.perf_counter() - started)
-                cpu[kind] += cpu_seconds() - cpu0
-            print(f"  round {r + 1}: " + ", ".join(f"{k} {evaluated / v[-1]:.0f} tok/s" for k, v in times.items())
-                  + f"  ({load_avg()})", flush=True)
+        def timed_score(kind: str) -> tuple[float, float]:
+            """(wall seconds, CPU seconds of this process and its children) of one Perplexity().score."""
+            started, cpu0 = time.perf_counter(), cpu_seconds()
+            filters[kind].score(df)
+            return time.perf_counter() - started, cpu_seconds() - cpu0
+
+        runs = in_turns(args.rounds, {kind: lambda r, kind=kind: timed_score(kind) for kind in scorers},
+                        lambda kind, v: f"{kind} {evaluated / v[0]:.0f} tok/s")
+        times = {kind: [wall for wall, _ in v] for kind, v in runs.items()}
+        cpu = {kind: sum(c for _, c in v) for kind, v in runs.items()}
         base = sum(times["llama_cpp"])
         print(f"\nPerplexity().score on {len(df)} rows ({evaluated} tokens evaluated), {args.rounds} rounds, "
               f"{args.threads} thread(s) each")

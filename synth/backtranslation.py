@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 from curate.llm import Request, Response
 from curate.records import message_text
 from curate.steps import Context, RecipePath
-from synth.base import Asked, Reject, RowGenerator, build_rows, chat, load_template, render, template_path
+from synth.base import Asked, PromptTemplate, Reject, RowGenerator, build_rows
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
@@ -168,11 +168,15 @@ class Backtranslation(RowGenerator):
             raise ValueError(f"min_words ({self.min_words}) must not exceed max_words ({self.max_words})")
         return self
 
+    def instruction_prompt(self) -> PromptTemplate:
+        """The prompt that asks for the instruction a segment answers ({document})."""
+        return PromptTemplate(self.template, "backtranslation_instruction")
+
     def files(self) -> list[str]:
-        return [*super().files(), str(template_path(self.template, "backtranslation_instruction"))]
+        return [*super().files(), str(self.instruction_prompt().path)]
 
     def prompt_template(self) -> str:
-        return load_template(self.template, "backtranslation_instruction")
+        return self.instruction_prompt().text
 
     def units(self, batch: pl.DataFrame) -> pl.DataFrame:
         """One row per document segment: the segment as the answer, the instruction still to write."""
@@ -188,7 +192,7 @@ class Backtranslation(RowGenerator):
         if n_words(seg) < self.min_words:
             return Reject("segment too short", f"{n_words(seg)} words")
         seed = ctx.seed if self.seed is None else self.seed
-        return [Request.chat(chat(render(self.prompt_template(), document=seg)), max_tokens=self.max_tokens,
+        return [Request.user(self.instruction_prompt().render(document=seg), max_tokens=self.max_tokens,
                              temperature=self.temperature, top_p=self.top_p, seed=seed)]
 
     def parse(self, row: dict[str, Any], request: Request, response: Response) -> dict[str, Any] | Reject:

@@ -1,6 +1,7 @@
-"""What every generator shares: prompt templates in files, the per-row `meta` record, the one way a
-teacher response becomes a row or a reject (`outcome`), and `RowGenerator`, the base of generators
-that answer each row on its own.
+"""What every generator shares: prompt templates in files (`PromptTemplate`), the per-row `meta`
+record, the one way a teacher response becomes a row or a reject (`outcome`), `RowGenerator`, the
+base of generators that answer each row on its own, and `TeacherCalls`, the teacher side of those
+that run rounds of their own.
 
 Templates are plain text files with {name} placeholders filled by `render` (plain replacement, so
 braces in instructions and code stay as they are). A recipe overrides a generator's template with
@@ -11,7 +12,8 @@ says how to build requests from a row and how to parse a response into a row or 
 base does the rest (one `LLM.generate` call per batch, so cache, concurrency window, retries and
 usage are the LLM layer's; meta; failed requests, parse failures and cut responses to rejects).
 Multi-round methods (Evol-Instruct, Self-Instruct's pool, CoT rounds, Magpie's query-then-answer)
-keep their own loop and decide each response with the same `outcome`.
+keep their own loop, send each batch through `TeacherCalls` and decide each response with the same
+`outcome`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -40,20 +43,6 @@ FAILED = "teacher request failed"
 UNPARSEABLE = "unparseable output"
 
 
-def template_path(override: str | None, default_name: str) -> Path:
-    """The template file: the recipe's if given, else synth/prompts/<default_name>.txt (a step
-    lists it in `files()`, so the step hash covers the template it reads)."""
-    return Path(override) if override else PROMPTS / f"{default_name}.txt"
-
-
-def load_template(override: str | None, default_name: str) -> str:
-    """The template text: the recipe's file if given, else synth/prompts/<default_name>.txt."""
-    path = template_path(override, default_name)
-    if not path.exists():
-        raise CurateError(f"prompt template {path}: no such file")
-    return path.read_text(encoding="utf-8")
-
-
 def template_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
@@ -62,6 +51,39 @@ def render(template: str, **fields: Any) -> str:
     for name, value in fields.items():
         template = template.replace("{" + name + "}", str(value))
     return template
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A generator's prompt file: the recipe's (`override`) if it names one, else
+    synth/prompts/<default_name>.txt. The step lists `path` in `files()`, so the step hash covers
+    the file it reads; `hash` goes into every row's meta, so a changed prompt is visible in the data."""
+
+    override: str | None
+    default_name: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.override) if self.override else PROMPTS / f"{self.default_name}.txt"
+
+    @cached_property
+    def text(self) -> str:
+        if not self.path.exists():
+            raise CurateError(f"prompt template {self.path}: no such file")
+        return self.path.read_text(encoding="utf-8")
+
+    def read(self) -> PromptTemplate:
+        """This template with its text read now, so that a missing file fails before any request
+        is paid for (`text` would otherwise be read on first use)."""
+        _ = self.text
+        return self
+
+    @property
+    def hash(self) -> str:
+        return template_hash(self.text)
+
+    def render(self, **fields: Any) -> str:
+        return render(self.text, **fields)
 
 
 def teacher_meta(llm: LLM, request: Request, response: Response, thash: str) -> dict[str, Any]:
@@ -85,28 +107,46 @@ def cut_off(response: Response) -> bool:
     return response.finish_reason == "length"
 
 
-def generate(llm: LLM, requests: list[Request], label: str, usage: Usage) -> list[Response]:
-    """One batch of teacher calls, its usage added to the step's running total (`usage`)."""
-    if not requests:
-        return []
-    responses, used = llm.generate(requests, label=label)
-    usage.add(used)
-    return responses
+class TeacherCalls:
+    """The teacher side of a generator that runs rounds of its own (CoT, Evol-Instruct,
+    Self-Instruct, Magpie): every batch goes through `ask`, which adds its usage to the step's
+    total; rejected rows are collected in `rejects`; `result` is the StepResult every such
+    generator returns (kept rows, rejects, the usage under stats["llm"]), so none of them can
+    forget a part of it."""
 
+    def __init__(self, llm: LLM, kind: str):
+        self.llm, self.kind = llm, kind
+        self.usage = Usage()
+        self.rejects: list[dict[str, Any]] = []
 
-def combined_meta(llm: LLM, calls: list[tuple[str, Request, Response]], thash: str) -> dict[str, Any]:
-    """One row's meta when several teacher calls made it (e.g. an instruction, then its answer):
-    the first call's seed and sample, the params of every call under its name, tokens and cost
-    summed, so that a row's cost covers every request behind it, and the finish reason of the last
-    call (the one that wrote the response)."""
-    _, req, resp = calls[0]
-    meta = teacher_meta(llm, req, resp, thash)
-    meta["params"] = json.dumps({n: r.params() for n, r, _ in calls}, sort_keys=True)
-    meta["prompt_tokens"] = sum(r.prompt_tokens for _, _, r in calls)
-    meta["completion_tokens"] = sum(r.completion_tokens for _, _, r in calls)
-    meta["cost"] = llm.price.cost(meta["prompt_tokens"], meta["completion_tokens"])
-    meta["finish_reason"] = calls[-1][2].finish_reason
-    return meta
+    def ask(self, requests: list[Request], label: str) -> list[Response]:
+        """One batch of teacher calls, shown as "<kind> <label>" (e.g. "self_instruct instances")."""
+        if not requests:
+            return []
+        responses, used = self.llm.generate(requests, label=f"{self.kind} {label}")
+        self.usage.add(used)
+        return responses
+
+    def meta(self, request: Request, response: Response, thash: str) -> dict[str, Any]:
+        """The meta of a row one call made (`thash`: the hash of the template behind the request)."""
+        return teacher_meta(self.llm, request, response, thash)
+
+    def combined_meta(self, calls: list[tuple[str, Request, Response]], thash: str) -> dict[str, Any]:
+        """One row's meta when several teacher calls made it (e.g. an instruction, then its answer):
+        the first call's seed and sample, the params of every call under its name, tokens and cost
+        summed, so that a row's cost covers every request behind it, and the finish reason of the
+        last call (the one that wrote the response)."""
+        _, req, resp = calls[0]
+        meta = teacher_meta(self.llm, req, resp, thash)
+        meta["params"] = json.dumps({n: r.params() for n, r, _ in calls}, sort_keys=True)
+        meta["prompt_tokens"] = sum(r.prompt_tokens for _, _, r in calls)
+        meta["completion_tokens"] = sum(r.completion_tokens for _, _, r in calls)
+        meta["cost"] = self.llm.price.cost(meta["prompt_tokens"], meta["completion_tokens"])
+        meta["finish_reason"] = calls[-1][2].finish_reason
+        return meta
+
+    def result(self, kept: pl.DataFrame, stats: dict[str, Any]) -> StepResult:
+        return StepResult(kept=kept, rejected=reject_rows(self.rejects), stats={"llm": self.usage.as_dict(), **stats})
 
 
 def build_rows(rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -128,10 +168,6 @@ def reject_rows(rows: list[dict[str, Any]]) -> pl.DataFrame | None:
         pl.Series("reason", [r["reason"] for r in rows], dtype=pl.String),
         pl.Series("detail", [r.get("detail") for r in rows], dtype=pl.String),
     )
-
-
-def chat(user: str, system: str | None = None) -> list[dict[str, str]]:
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,22 +70,10 @@ from typing import Any, ClassVar, Literal
 import polars as pl
 from pydantic import Field
 
-from curate.llm import LLM, Request, Response, Usage
+from curate.llm import Request, Response
 from curate.steps import Context, RecipePath, Step, StepResult
 from synth.answers import answers_match, final_answer
-from synth.base import (
-    Reject,
-    build_rows,
-    chat,
-    generate,
-    load_template,
-    outcome,
-    reject_rows,
-    render,
-    teacher_meta,
-    template_hash,
-    template_path,
-)
+from synth.base import PromptTemplate, Reject, TeacherCalls, build_rows, outcome
 from synth.responses import prompt_turns
 
 # Where a solution states its final answer (cf. synth.answers): the reasoning is what comes before.
@@ -223,17 +211,23 @@ class VerifiedCoT(Step):
         """Prop2Diff shares one budget over the whole input; uniform quotas work batch by batch."""
         return self.quota_mode == "prop2diff"
 
+    def solve_template(self) -> PromptTemplate:
+        return PromptTemplate(self.template, "cot_solve")
+
+    def hint_template(self) -> PromptTemplate | None:
+        """The rationalization prompt (with the gold answer as a hint), used only with `rationalize`."""
+        return PromptTemplate(self.rationalize_template, "cot_rationalize") if self.rationalize else None
+
     def files(self) -> list[str]:
-        hint = [template_path(self.rationalize_template, "cot_rationalize")] if self.rationalize else []
-        return [*super().files(), str(template_path(self.template, "cot_solve")), *map(str, hint)]
+        hint = self.hint_template()
+        return [*super().files(), str(self.solve_template().path), *([str(hint.path)] if hint else [])]
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         seed = ctx.seed if self.seed is None else self.seed
-        llm: LLM = ctx.llm
-        solve_t = load_template(self.template, "cot_solve")
-        hint_t = load_template(self.rationalize_template, "cot_rationalize") if self.rationalize else ""
-        usage = Usage()
-        rejects: list[dict[str, Any]] = []
+        solve = self.solve_template().read()
+        hint = self.hint_template().read() if self.rationalize else None
+        calls = TeacherCalls(ctx.llm, self.kind)
+        rejects = calls.rejects
 
         questions: list[_Question] = []
         golds = df["gold"].to_list() if "gold" in df.columns else [None] * df.height
@@ -248,7 +242,7 @@ class VerifiedCoT(Step):
                 continue
             questions.append(_Question(i, turns, question, str(gold).strip(), src))
 
-        solve_hash = template_hash(solve_t)
+        solve_hash = solve.hash
         rounds = 0
         while True:
             if rounds == 0:
@@ -261,14 +255,14 @@ class VerifiedCoT(Step):
             rounds += 1
             requests, owners = [], []
             for q, n in todo:
-                prompt = render(solve_t, question=q.question)
+                prompt = solve.render(question=q.question)
                 for s in range(q.samples, q.samples + n):
                     requests.append(self._request(prompt, seed + s, s))
                     owners.append(q)
-            responses = generate(llm, requests, f"{self.kind} round {rounds}", usage)
+            responses = calls.ask(requests, f"round {rounds}")
             for q, req, resp in zip(owners, requests, responses):
                 q.samples += 1
-                ok = self._check(q, req, resp, llm, solve_hash, rejects, rationalized=False)
+                ok = self._check(q, req, resp, calls, solve_hash, rationalized=False)
                 q.correct += ok
                 if rounds == 1:
                     q.probe_samples += 1
@@ -277,18 +271,18 @@ class VerifiedCoT(Step):
                 self._set_quotas(questions)
 
         # STaR rationalization for the questions no sample solved
-        hint_hash = template_hash(hint_t)
         never = [q for q in questions if q.correct == 0] if self.rationalize else []
         if never:
+            hint_hash = hint.hash
             requests, owners = [], []
             for q in never:
-                prompt = render(hint_t, question=q.question, gold=q.gold)
+                prompt = hint.render(question=q.question, gold=q.gold)
                 for s in range(self.rationalize_samples):
                     requests.append(self._request(prompt, seed + q.samples + s, q.samples + s))
                     owners.append(q)
-            responses = generate(llm, requests, f"{self.kind} rationalize", usage)
+            responses = calls.ask(requests, "rationalize")
             for q, req, resp in zip(owners, requests, responses):
-                self._check(q, req, resp, llm, hint_hash, rejects, rationalized=True)
+                self._check(q, req, resp, calls, hint_hash, rationalized=True)
 
         rows = []
         for q in questions:
@@ -300,13 +294,11 @@ class VerifiedCoT(Step):
                 else:
                     rejects.append({k: v for k, v in row.items() if k not in ("meta", "rationalized")}
                                    | {"reason": "over quota", "detail": f"quota of {q.quota} already filled"})
-        kept = _frame(rows)
-        stats = self._stats(questions, df.height, rounds, len(rows), never)
-        return StepResult(kept=kept, rejected=reject_rows(rejects), stats={"llm": usage.as_dict(), **stats})
+        return calls.result(_frame(rows), self._stats(questions, df.height, rounds, len(rows), never))
 
     # -----------------------------------------------------------------------------------------
     def _request(self, prompt: str, seed: int, sample: int) -> Request:
-        return Request.chat(chat(prompt), max_tokens=self.max_tokens, temperature=self.temperature,
+        return Request.user(prompt, max_tokens=self.max_tokens, temperature=self.temperature,
                             top_p=self.top_p, seed=seed, sample=sample)
 
     def _set_quotas(self, questions: list[_Question]) -> None:
@@ -318,9 +310,11 @@ class VerifiedCoT(Step):
         for q, quota in zip(questions, prop2diff_quotas(fails, self.quota)):
             q.quota = quota
 
-    def _check(self, q: _Question, req: Request, resp: Response, llm: LLM, thash: str,
-               rejects: list[dict[str, Any]], rationalized: bool) -> bool:
-        """Grade one sample; a correct one joins q.kept (unless a duplicate). True if correct."""
+    def _check(self, q: _Question, req: Request, resp: Response, calls: TeacherCalls, thash: str,
+               rationalized: bool) -> bool:
+        """Grade one sample; a correct one joins q.kept (unless a duplicate), a wrong one
+        calls.rejects. True if correct."""
+        rejects = calls.rejects
         text = (resp.text or "").strip()
         src = q.source if not rationalized else f"{q.source or self.kind}+rationalized"
         asked = {"messages": q.turns, "gold": q.gold, "source": src}
@@ -352,7 +346,7 @@ class VerifiedCoT(Step):
         reasoning, statement = split_solution(text)
         base["messages"] = q.turns + [{"role": "assistant", "content": statement}]
         q.kept.append({**base, "reasoning": reasoning, "answer": pred, "rationalized": rationalized,
-                       "meta": teacher_meta(llm, req, resp, thash)})
+                       "meta": calls.meta(req, resp, thash)})
         return True
 
     def _stats(self, questions: list[_Question], rows_in: int, rounds: int, rows_out: int,

@@ -37,24 +37,18 @@ from typing import Any, ClassVar, Literal
 import polars as pl
 from pydantic import Field, field_validator
 
-from curate.llm import LLM, Request, Usage
+from curate.llm import Request
 from curate.records import concat, message_text
 from curate.steps import Context, RecipePath, Step, StepResult
 from synth.base import (
     FAILED,
+    PromptTemplate,
     Reject,
+    TeacherCalls,
     answered,
     build_rows,
-    chat,
-    combined_meta,
-    generate,
-    load_template,
     outcome,
-    reject_rows,
-    render,
-    teacher_meta,
     template_hash,
-    template_path,
 )
 
 Operation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"]
@@ -214,11 +208,11 @@ class EvolInstruct(Step):
 
     def files(self) -> list[str]:
         names = [*self.operations, *(["equal"] if self.check_equal else [])]
-        return [*super().files(), *(str(template_path(self.templates.get(n), f"evol_{n}")) for n in names)]
+        return [*super().files(), *(str(self.template(n).path) for n in names)]
 
-    def _template(self, name: str) -> tuple[str, str]:
-        text = load_template(self.templates.get(name), f"evol_{name}")
-        return text, template_hash(text)
+    def template(self, name: str) -> PromptTemplate:
+        """The prompt of an operation, or of the equality check ("equal")."""
+        return PromptTemplate(self.templates.get(name), f"evol_{name}")
 
     def pick_operation(self, seed: int, root_id: str, round_no: int) -> str:
         """The operation for one lineage in one round: random but fixed by (seed, seed row id, round)."""
@@ -226,22 +220,20 @@ class EvolInstruct(Step):
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         seed = ctx.seed if self.seed is None else self.seed
-        llm: LLM = ctx.llm
-        usage = Usage()
-        templates = {op: self._template(op) for op in self.operations}
-        equal_template = self._template("equal") if self.check_equal else None
+        calls = TeacherCalls(ctx.llm, self.kind)
+        templates = {op: self.template(op).read() for op in self.operations}
+        equal_template = self.template("equal").read() if self.check_equal else None
 
         instructions = [last_user(m) for m in df["messages"].to_list()]
         answers = message_text(df, "response").to_list()
         ids = df["id"].to_list()
         kept_frames: list[pl.DataFrame] = []
-        rejects: list[dict[str, Any]] = []
         stats: dict[str, Any] = {"seeds": df.height, "rounds": []}
 
         # Seeds: kept as they are, answered first where they have no answer.
         out_ids: dict[int, str] = {}
         if self.keep_seeds:
-            seeds, out_ids = self._seed_rows(df, answers, seed, llm, usage, rejects)
+            seeds, out_ids = self._seed_rows(df, answers, seed, calls)
             kept_frames.append(seeds)
         stats["seed_rows_kept"] = sum(f.height for f in kept_frames)
 
@@ -250,8 +242,7 @@ class EvolInstruct(Step):
         pool = [[q, out_ids.get(k, i), out_ids.get(k, i), i] for k, (q, i) in enumerate(zip(instructions, ids))]
         live = [k for k, p in enumerate(pool) if p[0].strip()]
         for round_no in range(1, self.rounds + 1):
-            kept, round_stats = self._round(round_no, pool, live, templates, equal_template, seed, llm, usage,
-                                            rejects)
+            kept, round_stats = self._round(round_no, pool, live, templates, equal_template, seed, calls)
             kept_frames.append(kept)
             stats["rounds"].append(round_stats)
 
@@ -264,15 +255,15 @@ class EvolInstruct(Step):
         kept = concat([f for f in kept_frames if f.height])
         if kept.height == 0:
             kept = build_rows([])
-        return StepResult(kept=kept, rejected=reject_rows(rejects), stats={"llm": usage.as_dict(), "generation": stats})
+        return calls.result(kept, {"generation": stats})
 
 
     def _response_request(self, instruction: str, seed: int) -> Request:
-        return Request.chat(chat(instruction), max_tokens=self.response_max_tokens,
+        return Request.user(instruction, max_tokens=self.response_max_tokens,
                             temperature=self.response_temperature, top_p=self.top_p, seed=seed)
 
-    def _seed_rows(self, df: pl.DataFrame, answers: list[str], seed: int, llm: LLM, usage: Usage,
-                   rejects: list[dict]) -> tuple[pl.DataFrame, dict[int, str]]:
+    def _seed_rows(self, df: pl.DataFrame, answers: list[str], seed: int,
+                   calls: TeacherCalls) -> tuple[pl.DataFrame, dict[int, str]]:
         """The seed rows for the output (answered where they had no answer) and, per input row, the
         id of its output row (so `evol_parent` of a first-round rewrite points at it)."""
         from synth.responses import prompt_turns
@@ -282,16 +273,16 @@ class EvolInstruct(Step):
         todo = [k for k, a in enumerate(answers) if not a.strip()]
         requests = [Request.chat(prompt_turns(msgs[k]), max_tokens=self.response_max_tokens,
                                  temperature=self.response_temperature, top_p=self.top_p, seed=seed) for k in todo]
-        responses = generate(llm, requests, f"{self.kind} seeds", usage)
+        responses = calls.ask(requests, "seeds")
         made, made_k = [], []
         for k, req, resp in zip(todo, requests, responses):
             row = {"messages": prompt_turns(msgs[k]), "source": sources[k]}
             got = outcome(req, resp, lambda: answered(row["messages"], resp), keep_truncated=self.keep_truncated,
                           setting="response_max_tokens")
             if isinstance(got, Reject):
-                rejects.append(got.row(row))
-            else:
-                made.append({**row, **got, "meta": teacher_meta(llm, req, resp, template_hash(""))})
+                calls.rejects.append(got.row(row))
+            else:  # the seed itself is the prompt: no template
+                made.append({**row, **got, "meta": calls.meta(req, resp, template_hash(""))})
                 made_k.append(k)
         new = build_rows(made)
         out_ids = {k: ids[k] for k in have} | dict(zip(made_k, new["id"].to_list()))
@@ -302,14 +293,15 @@ class EvolInstruct(Step):
                                    pl.col("id").alias("evol_root"))
         return frame, out_ids
 
-    def _round(self, round_no, pool, live, templates, equal_template, seed, llm, usage, rejects):
+    def _round(self, round_no, pool, live, templates, equal_template, seed, calls: TeacherCalls):
         """One round over the live lineages; updates `pool` in place for the evolutions that survive."""
+        rejects = calls.rejects
         ops = {k: self.pick_operation(seed, pool[k][3], round_no) for k in live}
-        evo_reqs = {k: Request.chat(chat(render(templates[ops[k]][0], instruction=pool[k][0])),
+        evo_reqs = {k: Request.user(templates[ops[k]].render(instruction=pool[k][0]),
                                     max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                                     seed=seed + round_no)
                     for k in live}
-        evo_resps = dict(zip(evo_reqs, generate(llm, list(evo_reqs.values()), f"{self.kind} r{round_no}", usage)))
+        evo_resps = dict(zip(evo_reqs, calls.ask(list(evo_reqs.values()), f"r{round_no}")))
 
         def base_row(k, text):
             return {"messages": [{"role": "user", "content": text}], "source": f"{self.kind}/r{round_no}/{ops[k]}",
@@ -338,11 +330,11 @@ class EvolInstruct(Step):
         n_parsed = len(parsed)
 
         # 2. optional LLM equality check (rule a)
-        calls: dict[int, list] = {k: [("evolve", evo_reqs[k], evo_resps[k])] for k in parsed}
+        made_by: dict[int, list] = {k: [("evolve", evo_reqs[k], evo_resps[k])] for k in parsed}  # a row's calls
         if equal_template is not None and parsed:
-            eq_reqs = {k: Request.chat(chat(render(equal_template[0], original=pool[k][0], evolved=parsed[k])),
+            eq_reqs = {k: Request.user(equal_template.render(original=pool[k][0], evolved=parsed[k]),
                                        max_tokens=8, temperature=0.0, seed=seed) for k in parsed}
-            eq_resps = dict(zip(eq_reqs, generate(llm, list(eq_reqs.values()), f"{self.kind} r{round_no} equal", usage)))
+            eq_resps = dict(zip(eq_reqs, calls.ask(list(eq_reqs.values()), f"r{round_no} equal")))
             for k in list(parsed):
                 resp = eq_resps[k]
                 verdict = parse_equal(resp.text) if resp.ok else None
@@ -353,11 +345,11 @@ class EvolInstruct(Step):
                 elif verdict:
                     reject(k, parsed.pop(k), "evolution: no information gain", f"equality check: {resp.text}")
                 else:
-                    calls[k].append(("equal", eq_reqs[k], resp))
+                    made_by[k].append(("equal", eq_reqs[k], resp))
 
         # 3. answer the surviving rewrites, then rules b and c on the answers
         ans_reqs = {k: self._response_request(parsed[k], seed) for k in parsed}
-        ans_resps = dict(zip(ans_reqs, generate(llm, list(ans_reqs.values()), f"{self.kind} r{round_no} responses", usage)))
+        ans_resps = dict(zip(ans_reqs, calls.ask(list(ans_reqs.values()), f"r{round_no} responses")))
 
         def judge_answer(turns, resp):
             """Rules b and c on the answer to a rewrite (the answer is kept in the rejected row)."""
@@ -375,7 +367,7 @@ class EvolInstruct(Step):
                 rejects.append(got.row(row))
                 reasons[got.reason] = reasons.get(got.reason, 0) + 1
                 continue
-            row.update(got, meta=combined_meta(llm, calls[k] + [("response", ans_reqs[k], resp)], templates[ops[k]][1]))
+            row.update(got, meta=calls.combined_meta(made_by[k] + [("response", ans_reqs[k], resp)], templates[ops[k]].hash))
             rows.append((k, row))
             op_counts[ops[k]] = op_counts.get(ops[k], 0) + 1
 

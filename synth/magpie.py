@@ -33,10 +33,10 @@ import polars as pl
 from pydantic import Field
 
 from curate.errors import CurateError
-from curate.llm import Request, Usage
+from curate.llm import Request
 from curate.records import concat
 from curate.steps import Context, Step, StepResult
-from synth.base import FAILED, Reject, answered, build_rows, combined_meta, generate, outcome, reject_rows, template_hash
+from synth.base import FAILED, Reject, TeacherCalls, answered, build_rows, outcome, template_hash
 from synth.evol_instruct import normalize_instruction
 
 RAW_PROMPT_ERROR = ("magpie needs a backend that accepts raw prompts "
@@ -161,13 +161,13 @@ class Magpie(Step):
         seed = ctx.seed if self.seed is None else self.seed
         prefix, stops = self.prefix(ctx.llm.model)
         thash = template_hash(prefix)
-        usage = Usage()
+        calls = TeacherCalls(ctx.llm, self.kind)
 
         q_reqs = [Request(prompt=prefix, max_tokens=self.query_max_tokens, temperature=self.temperature,
                           top_p=self.top_p, seed=seed + i, sample=i, stop=stops or None) for i in range(self.n)]
-        q_resps = generate(ctx.llm, q_reqs, f"{self.kind} queries", usage)
+        q_resps = calls.ask(q_reqs, "queries")
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        rejects: list[dict[str, Any]] = []
+        rejects = calls.rejects
         seen: set[str] = set()
         queries: list[tuple[str, Request, Any]] = []
         for req, resp in zip(q_reqs, q_resps):
@@ -190,7 +190,7 @@ class Magpie(Step):
         a_reqs = [Request.chat(system + [{"role": "user", "content": q}], max_tokens=self.response_max_tokens,
                                temperature=self.response_temperature, top_p=self.top_p, seed=req.seed, sample=req.sample)
                   for q, req, _ in queries]
-        a_resps = generate(ctx.llm, a_reqs, f"{self.kind} responses", usage)
+        a_resps = calls.ask(a_reqs, "responses")
         rows = []
         for (query, q_req, q_resp), a_req, a_resp in zip(queries, a_reqs, a_resps):
             asked = {"messages": system + [{"role": "user", "content": query}], "source": self.kind}
@@ -199,11 +199,9 @@ class Magpie(Step):
             if isinstance(got, Reject):
                 rejects.append(got.row(asked))
             else:
-                meta = combined_meta(ctx.llm, [("query", q_req, q_resp), ("response", a_req, a_resp)], thash)
+                meta = calls.combined_meta([("query", q_req, q_resp), ("response", a_req, a_resp)], thash)
                 rows.append({**asked, **got, "meta": meta})
         new = build_rows(rows)
         kept = concat([df, new]) if df.height else new
-        stats = {"llm": usage.as_dict(),
-                 "generation": {"generated": self.n, "parsed": len(queries), "kept": len(rows),
-                                "passed_through": df.height, "pre_query_template": prefix}}
-        return StepResult(kept=kept, rejected=reject_rows(rejects), stats=stats)
+        return calls.result(kept, {"generation": {"generated": self.n, "parsed": len(queries), "kept": len(rows),
+                                                  "passed_through": df.height, "pre_query_template": prefix}})

@@ -54,22 +54,17 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from curate.errors import CurateError
-from curate.llm import LLM, Request, Response, Usage
+from curate.llm import Request, Response
 from curate.records import concat
 from curate.steps import Context, RecipePath, Step, StepResult
 from synth.base import (
     FAILED,
+    PromptTemplate,
     Reject,
+    TeacherCalls,
     build_rows,
-    chat,
-    combined_meta,
-    generate,
-    load_template,
     outcome,
-    reject_rows,
-    render,
     template_hash,
-    template_path,
 )
 from synth.rouge import NoveltyFilter, lcs_length, tokenize
 
@@ -236,25 +231,27 @@ class SelfInstruct(Step):
             raise ValueError("num_human + num_generated must be at least 1 (the prompt needs examples)")
         return self
 
+    def prompt_templates(self) -> tuple[PromptTemplate, PromptTemplate]:
+        """(the prompt that asks for new instructions, the prompt that writes an instance of one)."""
+        return (PromptTemplate(self.instruction_template, "self_instruct_instructions"),
+                PromptTemplate(self.instance_template, "self_instruct_instance"))
+
     def files(self) -> list[str]:
-        return [*super().files(), str(template_path(self.instruction_template, "self_instruct_instructions")),
-                str(template_path(self.instance_template, "self_instruct_instance"))]
+        return [*super().files(), *(str(t.path) for t in self.prompt_templates())]
 
     def run(self, df: pl.DataFrame, ctx: Context) -> StepResult:
         seed = ctx.seed if self.seed is None else self.seed
-        llm: LLM = ctx.llm
         seeds = _seed_tasks(df)
         if not seeds:
             raise CurateError("self_instruct needs seed tasks: give the recipe `inputs` (e.g. an Alpaca jsonl "
                               "with instruction / input / output)")
-        gen_t = load_template(self.instruction_template, "self_instruct_instructions")
-        inst_t = load_template(self.instance_template, "self_instruct_instance")
-        thash = template_hash(gen_t + "\0" + inst_t)
-        usage = Usage()
-        rejects: list[dict[str, Any]] = []
+        gen_t, inst_t = (t.read() for t in self.prompt_templates())
+        thash = template_hash(gen_t.text + "\0" + inst_t.text)  # every row is made by both prompts
+        calls = TeacherCalls(ctx.llm, self.kind)
+        rejects = calls.rejects
         unusable = _word_pattern(self.unusable_words)
         # the prompt's own words (placeholders out), for the "copied prompt words" check
-        prompt_tokens = tokenize(re.sub(r"\{\w+\}", " ", gen_t))
+        prompt_tokens = tokenize(re.sub(r"\{\w+\}", " ", gen_t.text))
         human = [s["instruction"] for s in seeds]
         novelty = NoveltyFilter(human, self.rouge_threshold)
         # accepted: (instruction, round, request, response)
@@ -273,12 +270,12 @@ class SelfInstruct(Step):
             requests = []
             for j in range(self.requests_per_round):
                 examples = self.in_context(human, generated, seed, round_no, j)
-                prompt = render(gen_t, examples="\n".join(f"{i}. {e}" for i, e in enumerate(examples, 1)),
-                                n=self.new_per_request, start=len(examples) + 1)
-                requests.append(Request.chat(chat(prompt), max_tokens=self.max_tokens, temperature=self.temperature,
+                prompt = gen_t.render(examples="\n".join(f"{i}. {e}" for i, e in enumerate(examples, 1)),
+                                      n=self.new_per_request, start=len(examples) + 1)
+                requests.append(Request.user(prompt, max_tokens=self.max_tokens, temperature=self.temperature,
                                              top_p=self.top_p, seed=seed + (round_no - 1) * self.requests_per_round + j,
                                              sample=j))
-            responses = generate(llm, requests, f"{self.kind} instructions r{round_no}", usage)
+            responses = calls.ask(requests, f"instructions r{round_no}")
             counts["requests"] += len(requests)
             usable: list[tuple[str, Request, Response]] = []
             parsed_round = 0
@@ -323,7 +320,7 @@ class SelfInstruct(Step):
             rounds.append({"round": round_no, "requests": len(requests), "parsed": parsed_round,
                            "usable": len(usable), "accepted": new_round})
 
-        rows, instance_stats = self._instances(accepted, seeds, inst_t, thash, seed, llm, usage, rejects)
+        rows, instance_stats = self._instances(accepted, seeds, inst_t, thash, seed, calls)
         new = build_rows(rows)
         frames = []
         if self.keep_seeds:
@@ -337,7 +334,7 @@ class SelfInstruct(Step):
             "target": self.target, "pool_size": len(novelty), "rouge_pairs_checked": novelty.pairs_checked,
             **instance_stats, "kept": len(rows), "seed_rows_kept": kept.height - len(rows),
         }
-        return StepResult(kept=kept, rejected=reject_rows(rejects), stats={"llm": usage.as_dict(), "generation": stats})
+        return calls.result(kept, {"generation": stats})
 
     def in_context(self, human: list[str], generated: list[str], seed: int, round_no: int, j: int) -> list[str]:
         """The prompt's example instructions: `num_generated` generated ones (as many as exist) and
@@ -348,19 +345,19 @@ class SelfInstruct(Step):
         picks = rng.sample(human, n_human) + rng.sample(generated, n_gen)
         return picks
 
-    def _instances(self, accepted, seeds, template, thash, seed, llm, usage, rejects):
+    def _instances(self, accepted, seeds, template: PromptTemplate, thash: str, seed: int, calls: TeacherCalls):
         examples_from = [s for s in seeds if s["output"]]
         requests = []
         for k, (text, round_no, _, _) in enumerate(accepted):
             rng = random.Random(f"self_instruct/{seed}/instance/{k}")
             shots = rng.sample(examples_from, min(self.instance_examples, len(examples_from)))
-            prompt = render(template, examples="\n\n".join(format_instance(s["instruction"], s["input"], s["output"])
-                                                           for s in shots), instruction=text)
+            prompt = template.render(examples="\n\n".join(format_instance(s["instruction"], s["input"], s["output"])
+                                                          for s in shots), instruction=text)
             for i in range(self.instances_per_task):
-                requests.append(Request.chat(chat(prompt), max_tokens=self.instance_max_tokens,
+                requests.append(Request.user(prompt, max_tokens=self.instance_max_tokens,
                                              temperature=self.instance_temperature, top_p=self.top_p,
                                              seed=seed + k * self.instances_per_task + i, sample=i))
-        responses = generate(llm, requests, f"{self.kind} instances", usage)
+        responses = calls.ask(requests, "instances")
         rows = []
         dropped = 0
         for idx, (req, resp) in enumerate(zip(requests, responses)):
@@ -386,7 +383,7 @@ class SelfInstruct(Step):
             got = outcome(req, resp, instance)
             if isinstance(got, Reject):
                 dropped += 1
-                rejects.append(got.row({"messages": user, "source": self.kind}))
+                calls.rejects.append(got.row({"messages": user, "source": self.kind}))
                 continue
             inp, out = got["input"], got["output"]
             seen[inp] = out
@@ -394,7 +391,7 @@ class SelfInstruct(Step):
             rows.append({
                 "messages": [{"role": "user", "content": prompt_text}, {"role": "assistant", "content": out}],
                 "source": self.kind, "self_instruct_round": round_no,
-                "meta": combined_meta(llm, [("instruction", g_req, g_resp), ("instance", req, resp)], thash),
+                "meta": calls.combined_meta([("instruction", g_req, g_resp), ("instance", req, resp)], thash),
             })
         return rows, {"instances_generated": len(requests), "instances_dropped": dropped}
 

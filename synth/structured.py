@@ -33,7 +33,7 @@ from curate.errors import CurateError
 from curate.llm import Request, Response
 from curate.records import CORE_COLUMNS
 from curate.steps import Context, RecipePath, digest
-from synth.base import TRUNCATED, Reject, cut_off, load_template, render, template_path
+from synth.base import TRUNCATED, PromptTemplate, Reject, cut_off
 from synth.responses import Responses
 
 # The reject reason of an answer that is JSON but does not follow the schema (detail: what failed,
@@ -119,12 +119,16 @@ class Structured(Responses):
         # The settings' hash sorts keys; the schema's property order changes the requests.
         return digest(super().config_hash(), self.schema_text())
 
+    def schema_note(self) -> PromptTemplate:
+        """The system-prompt note that shows the schema ({schema}), with `schema_in_prompt`."""
+        return PromptTemplate(self.schema_prompt, "structured")
+
     def files(self) -> list[str]:
-        default = [str(template_path(None, "structured"))] if self.schema_in_prompt and not self.schema_prompt else []
+        default = [str(self.schema_note().path)] if self.schema_in_prompt and not self.schema_prompt else []
         return [*super().files(), *default]
 
     def prompt_template(self) -> str:
-        note = load_template(self.schema_prompt, "structured") if self.schema_in_prompt else ""
+        note = self.schema_note().text if self.schema_in_prompt else ""
         return "\n\n".join([self.system_prompt or "", note, self.schema_text()])
 
     # The generator --------------------------------------------------------------------------
@@ -139,7 +143,7 @@ class Structured(Responses):
         for request in super().requests(row, ctx):
             turns = request.message_dicts()
             if self.schema_in_prompt:
-                note = render(load_template(self.schema_prompt, "structured"), schema=text).strip()
+                note = self.schema_note().render(schema=text).strip()
                 if turns and turns[0]["role"] == "system":
                     turns[0] = {"role": "system", "content": f"{turns[0]['content']}\n\n{note}"}
                 else:

@@ -35,6 +35,15 @@ def write_jsonl(path: Path, rows: list[dict], encoding: str = "utf-8") -> Path:
     return path
 
 
+def filter_recipe(name: str, source: str | None = None, output: str | None = None) -> str:
+    """The filter-only recipe many tests run (no teacher): data.jsonl, tagged `source` if given,
+    then heuristics that drop answers under two words, then exact dedup. `output` is the recipe's
+    output mapping in YAML flow style, e.g. "{validation: 3}"."""
+    inputs = f"{{path: data.jsonl, source: {source}}}" if source else "{path: data.jsonl}"
+    steps = "steps:\n  - heuristics: {min_response_words: 2}\n  - exact_dedup: {}\n"
+    return f"name: {name}\ninputs: [{inputs}]\n{steps}" + (f"output: {output}\n" if output else "")
+
+
 def run_recipe_cli(recipe: str, out: Path, timeout: int = 1700, overrides: list[str] = ()) -> dict:
     """Run a recipe (a path from the repo root, e.g. "recipes/magpie.yaml") through the real CLI in
     a subprocess, as a user would, with `-o` overrides, and return its report.json."""
@@ -66,6 +75,26 @@ def load_train(out: Path):
     if pl.read_parquet(path).height == 0:
         return []
     return datasets.load_dataset("parquet", data_files=str(path), split="train")
+
+
+def check_generator_output(name: str, out: Path, report: dict, generation: dict):
+    """The checks a catalogue generator's run on the embedded model shares with the others: every
+    reject has a reason; the report's rows out are the last step's and the train split's; every
+    training row is one user turn and one assistant answer. Prints the generator's figures and the
+    funnel (for the eye); returns (train split, rejects) for the generator's own checks."""
+    import polars as pl
+
+    rejects = pl.read_parquet(out / "rejects.parquet")
+    assert rejects["reason"].null_count() == 0
+    steps = report["steps"]
+    assert report["rows"]["out"] == steps[-1]["rows_out"]
+    ds = load_train(out)
+    assert len(ds) == report["rows"]["out"]
+    for row in ds:
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    print(f"\n{name}: {json.dumps(generation)}\n"
+          f"funnel: {[(s['kind'], s['rows_in'], s['rows_out'], s['dropped']) for s in steps]}")
+    return ds, rejects
 
 
 def assert_funnel_adds_up(steps: list[dict], filters_from: int = 2) -> None:

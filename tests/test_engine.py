@@ -9,6 +9,7 @@ import pytest
 from curate.engine import run_recipe
 from curate.errors import CurateError
 from curate.recipe import load_recipe
+from tests.conftest import filter_recipe
 
 ROWS = [
     {"prompt": "What is rain?", "completion": "Rain is water falling from clouds."},
@@ -16,13 +17,7 @@ ROWS = [
     {"prompt": "Name a colour.", "completion": ""},  # empty response
     {"prompt": "Name a planet.", "completion": "Mars is a planet next to Earth."},
 ]
-RECIPE = """
-name: filter-only
-inputs: [{path: data.jsonl, source: handmade}]
-steps:
-  - heuristics: {min_response_words: 2}
-  - exact_dedup: {}
-"""
+RECIPE = filter_recipe("filter-only", source="handmade")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from curate.steps import Context
 from synth.base import TRUNCATED, build_rows
 from synth.magpie import ALL_STOPS, RAW_PROMPT_ERROR, Magpie, chat_format, clean_query, query_failure, template_stops
 
-from tests.conftest import load_train, run_catalogue_on_embedded
+from tests.conftest import check_generator_output, run_catalogue_on_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,16 +211,10 @@ def test_recipe_on_embedded_model_with_no_inputs(tmp_path):
     mp = steps[1]
     assert gen["generated"] == 8 == mp["rows_out"] + sum(mp["dropped"].values())
     assert mp["llm"]["requests"] == 8 + gen["parsed"] and gen["kept"] == mp["rows_out"]
-    rejects = pl.read_parquet(out / "rejects.parquet")
-    assert rejects["reason"].null_count() == 0
+    ds, rejects = check_generator_output("magpie", out, report, gen)
     assert set(rejects.filter(pl.col("step") == "01-magpie")["reason"]) <= {
         "query empty", "query truncated", "query too short", "duplicate query", "teacher request failed", "empty response",
         TRUNCATED}
     kept = pl.read_parquet(out / "records.parquet")
     assert (finish_reasons(kept) == "stop").all()  # no answer cut at response_max_tokens is kept
-    assert report["rows"]["out"] == steps[-1]["rows_out"]
-    ds = load_train(out)
-    assert len(ds) == report["rows"]["out"]
-    for row in ds:
-        assert [m["role"] for m in row["messages"]] == ["user", "assistant"] and row["source"] == "magpie"
-    print(f"\nmagpie: {json.dumps(gen)}\nfunnel: {[(s['kind'], s['rows_in'], s['rows_out'], s['dropped']) for s in steps]}")
+    assert all(row["source"] == "magpie" for row in ds)

@@ -6,14 +6,9 @@ import pytest
 
 from curate.errors import CurateError
 from curate.recipe import load_recipe
+from tests.conftest import filter_recipe
 
-BASE = """
-name: t
-inputs: [{path: data.jsonl}]
-steps:
-  - heuristics: {min_response_words: 2}
-  - exact_dedup: {}
-"""
+BASE = filter_recipe("t")
 
 
 def recipe(tmp_path, text=BASE):

@@ -36,20 +36,13 @@ from curate.folder import LOCK, MANIFEST, holder, incomplete, locked
 from curate.hub import publish
 from curate.recipe import build_recipe, load_recipe, redact_command, redact_url
 from curate.steps import Step
-from tests.conftest import CLI_ENV, cli_cmd, write_jsonl
+from tests.conftest import CLI_ENV, cli_cmd, filter_recipe, write_jsonl
 from tests.servers.fault_server import fault_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [{"prompt": f"Question number {i}?", "completion": f"This is the answer to question {i}."} for i in range(12)]
 ROWS += [ROWS[0], {"prompt": "Empty one?", "completion": ""}]  # an exact duplicate, an empty response
-FILTERS = """
-name: reliable
-inputs: [{path: data.jsonl, source: handmade}]
-steps:
-  - heuristics: {min_response_words: 2}
-  - exact_dedup: {}
-output: {validation: 3}
-"""
+FILTERS = filter_recipe("reliable", source="handmade", output="{validation: 3}")
 
 
 @pytest.fixture

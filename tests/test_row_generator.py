@@ -21,7 +21,7 @@ from curate.llm.openai_backend import OpenAIBackend
 from curate.records import concat, content_id, make_frame
 from curate.registry import STEPS, step_class
 from curate.steps import Context
-from synth.base import FAILED, TRUNCATED, UNPARSEABLE, Reject, RowGenerator, chat, outcome
+from synth.base import FAILED, TRUNCATED, UNPARSEABLE, Reject, RowGenerator, outcome
 from tests.servers.fault_server import fault_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,7 +38,7 @@ class Tagger(RowGenerator):
         text = row["messages"][-1]["content"]
         if text == "SKIP":
             return Reject("nothing to tag")
-        return [Request.chat(chat(f"Tag: {text}"), max_tokens=self.max_tokens, temperature=0.0, seed=ctx.seed)]
+        return [Request.user(f"Tag: {text}", max_tokens=self.max_tokens, temperature=0.0, seed=ctx.seed)]
 
     def parse(self, row: dict[str, Any], request: Request, response: Response) -> dict[str, Any] | Reject:
         words = response.text.split()  # "echo: Tag: <text>"
@@ -162,7 +162,7 @@ def test_any_batch_gives_the_rows_of_that_batch_and_the_halves_are_the_whole_ste
 
 
 def test_outcome_order_failed_then_parse_then_truncation():
-    req = Request.chat(chat("q"), max_tokens=4)
+    req = Request.user("q", max_tokens=4)
     row = {"messages": [{"role": "user", "content": "q"}]}
     made = lambda: {"messages": row["messages"] + [{"role": "assistant", "content": "a b c d"}]}  # noqa: E731
     assert outcome(req, Response(error="HTTP 503"), made).reason == FAILED

@@ -25,7 +25,7 @@ from filters.decontaminate import Decontaminate
 from filters.dedup import ExactDedup, MinHashDedup
 from filters.heuristics import Heuristics
 from filters.judge import Judge
-from tests.conftest import write_jsonl
+from tests.conftest import filter_recipe, write_jsonl
 
 
 def pairs(*rows):
@@ -201,13 +201,7 @@ def test_rethresholding_dedup_and_heuristics_from_stored_scores(monkeypatch):
 
 
 # 8.3 and 10.5: resume -------------------------------------------------------------------------
-FILTERS = """
-name: resume
-inputs: [{path: data.jsonl, source: original}]
-steps:
-  - heuristics: {min_response_words: 2}
-  - exact_dedup: {}
-"""
+FILTERS = filter_recipe("resume", source="original")
 
 
 def test_renamed_source_reruns_every_step(tmp_path):

@@ -33,6 +33,11 @@ class Request:
     def chat(cls, messages: list[dict[str, str]], **params) -> "Request":
         return cls(messages=tuple((m["role"], m["content"]) for m in messages), **params)
 
+    @classmethod
+    def user(cls, text: str, **params) -> Request:
+        """A chat request of one user turn (a rendered prompt template, a question)."""
+        return cls(messages=(("user", text),), **params)
+
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages or ()]
 

@@ -45,7 +45,7 @@ def check_options(kind: str, options: dict[str, Any]) -> None:
 def get_scorer(kind: ScorerKind = "llama_cpp", model_path: str | Path | None = None, **options) -> Scorer:
     """One scorer per (kind, model, options) per process, so a model is loaded once. Default
     model: the embedded SmolLM2-135M. Options go to the scorer's constructor (vllm: the engine
-    settings of `curate.llm.vllm_backend.engine_settings`; a `VLLMBackend` with the same settings
+    options of `curate.llm.vllm_backend.EngineOptions`; a `VLLMBackend` with the same options
     shares the engine)."""
     key = json.dumps([kind, str(model_path) if model_path else None, options], sort_keys=True, default=str)
     with _LOCK:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import inspect
 import concurrent.futures as cf
 import gc
 import itertools
@@ -61,6 +60,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -113,31 +113,32 @@ def model_name(model: str | os.PathLike | None) -> str:
     return Path(str(model)).stem if str(model).endswith(".gguf") else str(model)
 
 
-def engine_settings(
-    model: str | os.PathLike | None = None,
-    *,
-    dtype: str | None = None,
-    max_model_len: int | None = None,
-    gpu_memory_utilization: float = 0.9,
-    tensor_parallel_size: int = 1,
-    enforce_eager: bool | None = None,
-    seed: int = 0,
-    cpu_kv_cache_gb: int = 2,
-    engine_kwargs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an engine is started besides its model: the keyword options of `VLLMBackend` and of
+    `VLLMScorer` (a filter's `scorer_options`). One definition, so the two take the same names and
+    defaults, and a backend and a scorer given the same options share one engine."""
+
+    dtype: str | None = None  # None: float32 for the embedded model, vLLM's "auto" for others
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    enforce_eager: bool | None = None
+    seed: int = 0
+    cpu_kv_cache_gb: int = 2
+    engine_kwargs: dict[str, Any] | None = None
+
+
+def engine_settings(model: str | os.PathLike | None = None, options: EngineOptions | None = None) -> dict[str, Any]:
     """The one place defaults are decided, so a backend and a scorer built with the same arguments
     land on the same engine. The embedded model runs in float32 (it is tiny, and scores should
     match llama.cpp's); other models use vLLM's `auto` dtype."""
+    options = options or EngineOptions()
     return {
+        **asdict(options),
         "path": resolve_model(model),
-        "dtype": dtype or ("float32" if model is None else "auto"),
-        "max_model_len": max_model_len,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "tensor_parallel_size": tensor_parallel_size,
-        "enforce_eager": enforce_eager,
-        "seed": seed,
-        "cpu_kv_cache_gb": cpu_kv_cache_gb,
-        "engine_kwargs": dict(engine_kwargs or {}),
+        "dtype": options.dtype or ("float32" if model is None else "auto"),
+        "engine_kwargs": dict(options.engine_kwargs or {}),
     }
 
 
@@ -413,7 +414,9 @@ class VLLMBackend(Backend):
     `timeout` (seconds, None = no limit) bounds each request from the moment it is queued on the
     engine (starting the engine does not count); a request over it is aborted and becomes
     `Response(error=...)`, like a timed-out HTTP request of the OpenAI backend. Requests queue
-    behind the running batch, so set it well above a full batch's generation time."""
+    behind the running batch, so set it well above a full batch's generation time.
+
+    Other keywords are the engine's (`EngineOptions`: dtype, max_model_len, enforce_eager, ...)."""
 
     name = "vllm"
     supports_raw_prompt = True
@@ -423,24 +426,13 @@ class VLLMBackend(Backend):
         model: str | os.PathLike | None = None,
         *,
         max_concurrency: int = 256,
-        dtype: str | None = None,
-        max_model_len: int | None = None,
-        gpu_memory_utilization: float = 0.9,
-        tensor_parallel_size: int = 1,
-        enforce_eager: bool | None = None,
-        seed: int = 0,
-        cpu_kv_cache_gb: int = 2,
-        engine_kwargs: dict[str, Any] | None = None,
         timeout: float | None = None,
+        **engine_options: Any,
     ):
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive or None, not {timeout!r}")
         self.timeout = timeout
-        self._args = dict(
-            dtype=dtype, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager, seed=seed,
-            cpu_kv_cache_gb=cpu_kv_cache_gb, engine_kwargs=engine_kwargs,
-        )  # fmt: skip
+        self._options = EngineOptions(**engine_options)  # an unknown option fails here, before any load
         self._model_arg = model
         self.max_concurrency = max_concurrency
         self.model = model_name(model)
@@ -451,7 +443,7 @@ class VLLMBackend(Backend):
         """Start (or find) the shared engine; blocking, so callers in a loop use a thread."""
         with self._lock:
             if self._engine is None or self._engine.dead is not None:
-                self._engine = get_engine(engine_settings(self._model_arg, **self._args))
+                self._engine = get_engine(engine_settings(self._model_arg, self._options))
             return self._engine
 
     def params_for(self, engine: _Engine, request: Request):
@@ -506,12 +498,12 @@ class VLLMBackend(Backend):
 class VLLMScorer(Scorer):
     """Per-token log p(target | context) from vLLM's prompt log-probs (`curate.llm.scoring` has the
     contract). Every pair of a call is queued at once and batched by the engine. It shares the
-    engine with a `VLLMBackend` built with the same model and settings (`engine_settings`)."""
+    engine with a `VLLMBackend` built with the same model and `EngineOptions`."""
 
     name = "vllm"
 
-    def __init__(self, model: str | os.PathLike | None = None, **settings):
-        self._settings = engine_settings(model, **settings)
+    def __init__(self, model: str | os.PathLike | None = None, **engine_options: Any):
+        self._settings = engine_settings(model, EngineOptions(**engine_options))
         self._engine = engine = get_engine(self._settings)
         # vLLM counts the one token each request must generate against max_model_len.
         self.n_ctx = engine.max_model_len - 1
@@ -521,7 +513,7 @@ class VLLMScorer(Scorer):
 
     @classmethod
     def option_names(cls) -> set[str]:
-        return set(inspect.signature(engine_settings).parameters) - {"model"}
+        return {f.name for f in fields(EngineOptions)}
 
     @property
     def engine(self) -> _Engine:

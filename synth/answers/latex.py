@@ -101,26 +101,20 @@ class _Parser:
         return node
 
     def expr(self):
-        terms = [self.signed()]
+        """A sum of signed terms: "a - b" is a plus the term -b."""
+        terms = [self.signed(self.term)]
         while self.peek()[1] in ("+", "-"):
-            op = self.take()[1]
-            t = self.signed()
-            terms.append(t if op == "+" else ["neg", t])
+            terms.append(self.signed(self.term))
         return terms[0] if len(terms) == 1 else ["+", terms]
 
-    def signed(self):
+    def signed(self, operand):
+        """`operand()` after any number of + and - signs, each minus a "neg" node: a term of a sum
+        (operand `term`), or a factor after * or / (operand `power`, so "2 / -x" parses)."""
         if self.peek()[1] in ("+", "-"):
             op = self.take()[1]
-            t = self.signed()
+            t = self.signed(operand)
             return t if op == "+" else ["neg", t]
-        return self.term()
-
-    def unary(self):
-        if self.peek()[1] in ("+", "-"):
-            op = self.take()[1]
-            t = self.unary()
-            return t if op == "+" else ["neg", t]
-        return self.power()
+        return operand()
 
     def fn_arg(self):
         """Unbracketed function argument: "\\sin 2x" is sin(2x), "\\sin x \\cos x" two factors."""
@@ -143,7 +137,7 @@ class _Parser:
             t = self.peek()[1]
             if t in ("*", "/"):
                 self.take()
-                rhs = self.unary()
+                rhs = self.signed(self.power)
                 if t == "/":
                     rhs = ["/", _NUM(1), rhs]
                 factors.append(rhs)

@@ -114,6 +114,7 @@ def make_app(**settings: Any) -> web.Application:
     conf = {**DEFAULTS, **settings}
     state = _State()
     app = web.Application(client_max_size=512 * 1024 * 1024)
+    routes = web.RouteTableDef()  # each handler's method and path stand above it
 
     @web.middleware
     async def auth(request: web.Request, handler):
@@ -127,6 +128,7 @@ def make_app(**settings: Any) -> web.Application:
 
     app.middlewares.append(auth)
 
+    @routes.post("/v1/files")
     async def upload(request: web.Request) -> web.Response:
         data, filename, purpose = None, "upload", None
         async for part in await request.multipart():
@@ -144,16 +146,19 @@ def make_app(**settings: Any) -> web.Application:
     def file_or_404(request: web.Request) -> dict[str, Any] | None:
         return state.files.get(request.match_info["file_id"])
 
+    @routes.get("/v1/files/{file_id}")
     async def get_file(request: web.Request) -> web.Response:
         f = file_or_404(request)
         return web.json_response(f) if f else _error(404, "No such File object", "not_found")
 
+    @routes.get("/v1/files/{file_id}/content")
     async def file_content(request: web.Request) -> web.Response:
         f = file_or_404(request)
         if f is None:
             return _error(404, "No such File object", "not_found")
         return web.Response(body=state.content[f["id"]], content_type="application/octet-stream")
 
+    @routes.post("/v1/batches")
     async def create_batch(request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -183,10 +188,12 @@ def make_app(**settings: Any) -> web.Application:
         task.add_done_callback(state.tasks.discard)
         return web.json_response(batch)
 
+    @routes.get("/v1/batches/{batch_id}")
     async def get_batch(request: web.Request) -> web.Response:
         b = state.batches.get(request.match_info["batch_id"])
         return web.json_response(b) if b else _error(404, "No such Batch object", "not_found")
 
+    @routes.get("/v1/batches")
     async def list_batches(request: web.Request) -> web.Response:
         newest = list(reversed(state.batches.values()))
         after = request.query.get("after")
@@ -198,6 +205,7 @@ def make_app(**settings: Any) -> web.Application:
         return web.json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
                                   "last_id": page[-1]["id"] if page else None, "has_more": len(newest) > limit})
 
+    @routes.post("/v1/batches/{batch_id}/cancel")
     async def cancel_batch(request: web.Request) -> web.Response:
         b = state.batches.get(request.match_info["batch_id"])
         if b is None:
@@ -207,9 +215,11 @@ def make_app(**settings: Any) -> web.Application:
         b["status"], b["cancelling_at"] = "cancelling", int(time.time())
         return web.json_response(b)
 
+    @routes.get("/stats")
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(state.stats())
 
+    @routes.post("/settings")
     async def change_settings(request: web.Request) -> web.Response:
         changes = await request.json()
         unknown = set(changes) - set(DEFAULTS)
@@ -326,15 +336,7 @@ def make_app(**settings: Any) -> web.Application:
         write_results(batch, answers, failures)
         batch.update(status="completed", completed_at=int(time.time()))
 
-    app.router.add_post("/v1/files", upload)
-    app.router.add_get("/v1/files/{file_id}", get_file)
-    app.router.add_get("/v1/files/{file_id}/content", file_content)
-    app.router.add_post("/v1/batches", create_batch)
-    app.router.add_get("/v1/batches", list_batches)
-    app.router.add_get("/v1/batches/{batch_id}", get_batch)
-    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
-    app.router.add_get("/stats", stats)
-    app.router.add_post("/settings", change_settings)
+    app.add_routes(routes)
     return app
 
 

@@ -232,7 +232,10 @@ def make_app(delay: float = 0.0, api_key: str | None = None, max_model_len: int 
     /v1/models says so, and a request whose max_tokens alone exceeds it gets HTTP 400."""
     state = _State()
     app = web.Application()
+    routes = web.RouteTableDef()  # each handler's method and path stand above it
 
+    @routes.post("/v1/chat/completions")
+    @routes.post("/v1/completions")
     async def completions(request: web.Request) -> web.StreamResponse:
         chat = request.path.endswith("/chat/completions")
         arrived = time.monotonic()
@@ -323,28 +326,27 @@ def make_app(delay: float = 0.0, api_key: str | None = None, max_model_len: int 
             return resp, False
         return web.json_response({"error": {"message": f"unknown fault {kind}"}}, status=400), False
 
+    @routes.get("/v1/models")
     async def models(request: web.Request) -> web.Response:
         entry: dict[str, Any] = {"id": "fault-model", "object": "model", "owned_by": "tests"}
         if max_model_len is not None:
             entry["max_model_len"] = max_model_len
         return web.json_response({"object": "list", "data": [entry]})
 
+    @routes.get("/stats")
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(state.stats(per_prompt=request.query.get("prompts", "1") != "0"))
 
+    @routes.get("/log")
     async def log(request: web.Request) -> web.Response:
         return web.json_response(list(state.log))
 
+    @routes.post("/reset")
     async def reset(request: web.Request) -> web.Response:
         state.reset()
         return web.json_response({"ok": True})
 
-    app.router.add_post("/v1/chat/completions", completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/stats", stats)
-    app.router.add_get("/log", log)
-    app.router.add_post("/reset", reset)
+    app.add_routes(routes)
     return app
 
 

@@ -202,6 +202,8 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         return response
 
     app = web.Application(middlewares=[record], client_max_size=1 << 30)
+    routes = web.RouteTableDef()  # each handler's method and path stand above it
+    api = f"/api/datasets/{REPO}"
 
     def repo_of(request: web.Request) -> str:
         return f"{request.match_info['owner']}/{request.match_info['name']}"
@@ -217,6 +219,8 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
             raise _Refused(_error(404, "RevisionNotFound", f"Invalid rev id: {rev}"))
         return repo, sha
 
+    @routes.get(api)
+    @routes.get(api + "/revision/{rev}")
     async def info(request: web.Request) -> web.Response:
         repo, sha = revision_of(request)
         snap = store.snapshot(repo, sha)
@@ -237,6 +241,8 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
             "createdAt": "2026-11-30T00:00:00.000Z", "siblings": [{"rfilename": f} for f in files],
         })
 
+    @routes.get(api + "/tree/{rev}")
+    @routes.get(api + "/tree/{rev}/{path:.+}")
     async def tree(request: web.Request) -> web.Response:
         repo, sha = revision_of(request)
         snap = store.snapshot(repo, sha)
@@ -248,6 +254,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         expand = request.query.get("expand", "false").lower() == "true"
         return web.json_response([store.entry(snap, p, expand) for p in found])
 
+    @routes.post(api + "/paths-info/{rev}")
     async def paths_info(request: web.Request) -> web.Response:
         repo, sha = revision_of(request)
         if request.content_type == "application/json":
@@ -259,6 +266,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         snap = store.snapshot(repo, sha)
         return web.json_response([store.entry(snap, snap / p, bool(expand)) for p in paths if (snap / p).exists()])
 
+    @routes.get(api + "/refs")
     async def refs(request: web.Request) -> web.Response:
         repo = repo_of(request)
         if not store.exists(repo):
@@ -266,6 +274,8 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": s} for b, s in store.refs(repo)["branches"].items()]
         return web.json_response({"branches": branches, "converts": [], "tags": []})
 
+    @routes.route("HEAD", f"/datasets/{REPO}/resolve/{{rev}}/{{path:.+}}")
+    @routes.get(f"/datasets/{REPO}/resolve/{{rev}}/{{path:.+}}", allow_head=False)
     async def resolve_file(request: web.Request) -> web.StreamResponse:
         repo, sha = revision_of(request)
         path = store.snapshot(repo, sha) / request.match_info["path"]
@@ -294,6 +304,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
             return web.Response(status=status, headers=headers)
         return web.Response(status=status, body=body, headers=headers)
 
+    @routes.post("/api/repos/create")
     async def create_repo(request: web.Request) -> web.Response:
         body = await request.json()
         if body.get("type", "model") != "dataset":
@@ -305,6 +316,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
             return _error(409, "RepoExists", "You already created this dataset repo", url=f"{base['url']}/datasets/{repo}")
         return web.json_response({"url": f"{base['url']}/datasets/{repo}", "name": repo, "id": repo})
 
+    @routes.post(api + "/preupload/{rev}")
     async def preupload(request: web.Request) -> web.Response:
         repo, sha = revision_of(request)
         body = await request.json()
@@ -312,6 +324,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
                   "shouldIgnore": False, "oid": None} for f in body.get("files", [])]
         return web.json_response({"files": files, "commitOid": sha})
 
+    @routes.post("/datasets/{owner}/{name}.git/info/lfs/objects/batch")
     async def lfs_batch(request: web.Request) -> web.Response:
         body = await request.json()
         objects = []
@@ -322,6 +335,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
             objects.append(out)
         return web.json_response({"transfer": "basic", "objects": objects}, content_type="application/vnd.git-lfs+json")
 
+    @routes.put("/lfs/{oid}")
     async def lfs_put(request: web.Request) -> web.Response:
         oid = request.match_info["oid"]
         data = await request.read()
@@ -331,6 +345,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         store.lfs_path(oid).write_bytes(data)
         return web.Response(status=200)
 
+    @routes.post(api + "/commit/{rev}")
     async def commit(request: web.Request) -> web.Response:
         repo, sha = revision_of(request)
         files: dict[str, bytes | Path] = {}
@@ -358,6 +373,7 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
         return web.json_response({"commitUrl": f"{base['url']}/datasets/{repo}/commit/{new}", "commitOid": new,
                                   "pullRequestUrl": None, "success": True})
 
+    @routes.post("/api/validate-yaml")
     async def validate_yaml(request: web.Request) -> web.Response:
         """The card's YAML header: it must parse and be a mapping (the Hub checks more, e.g. known
         license ids; this is what a stand-in can check without the Hub's schema)."""
@@ -374,26 +390,11 @@ def make_app(store: HubStore, log: list[dict[str, Any]], base: dict[str, str]) -
             return web.json_response({"errors": [{"message": "the metadata must be a mapping"}]}, status=400)
         return web.json_response({"errors": [], "warnings": []})
 
-    api = f"/api/datasets/{REPO}"
-    app.router.add_post("/api/validate-yaml", validate_yaml)
-    app.router.add_get(api, info)
-    app.router.add_get(api + "/revision/{rev}", info)
-    app.router.add_get(api + "/tree/{rev}", tree)
-    app.router.add_get(api + "/tree/{rev}/{path:.+}", tree)
-    app.router.add_post(api + "/paths-info/{rev}", paths_info)
-    app.router.add_get(api + "/refs", refs)
-    app.router.add_route("HEAD", f"/datasets/{REPO}/resolve/{{rev}}/{{path:.+}}", resolve_file)
-    app.router.add_get(f"/datasets/{REPO}/resolve/{{rev}}/{{path:.+}}", resolve_file, allow_head=False)
-    app.router.add_post("/api/repos/create", create_repo)
-    app.router.add_post(api + "/preupload/{rev}", preupload)
-    app.router.add_post("/datasets/{owner}/{name}.git/info/lfs/objects/batch", lfs_batch)
-    app.router.add_put("/lfs/{oid}", lfs_put)
-    app.router.add_post(api + "/commit/{rev}", commit)
-
+    @routes.get("/_log")
     async def show_log(request: web.Request) -> web.Response:
         return web.json_response(log)
 
-    app.router.add_get("/_log", show_log)
+    app.add_routes(routes)
     return app
 
 
