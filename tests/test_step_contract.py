@@ -10,7 +10,7 @@ from polars.testing import assert_frame_equal
 from curate.io import read_records
 from curate.mix import Mix
 from curate.records import FrameDigest, frame_digest, make_frame
-from curate.steps import BATCHES, FRAME, STATE, Context, Resolved
+from curate.steps import BATCHES, FRAME, STATE, Context, PolarsStates, Resolved
 from filters import Decontaminate, Diversity, ExactDedup, Heuristics, IFD, MinHashDedup, Nuggets, Perplexity
 from tests.conftest import SHARED_DATA
 
@@ -40,7 +40,7 @@ def in_batches(step, df: pl.DataFrame, sizes: list[int], ctx: Context):
                 have = [c for c in columns if c in b.columns]
                 yield b.select(have)[mine - lo].with_columns(pl.Series("row", mine)).select("row", *have)
 
-    resolved = step.resolve(pl.concat([s.lazy() for s in states]), ctx, fetch)
+    resolved = step.resolve(PolarsStates(pl.concat([s.lazy() for s in states])), ctx, fetch)
     assert isinstance(resolved, Resolved) and resolved.rows["row"].is_sorted()
     out = [step.apply(b, np.arange(lo, hi), resolved.between(int(lo), int(hi)))
            for b, lo, hi in zip(batches, bounds, bounds[1:])]
