@@ -42,9 +42,10 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+import polars as pl
 
 import curate
 from curate.engine import LocalRun, PlannedStep, Teacher, Work, run_work
@@ -52,9 +53,9 @@ from curate.errors import CurateError
 from curate.llm.base import Backend, Request, Response
 from curate.llm.client import LLM
 from curate.llm.teacher import TeacherConfig, build_backend, build_llm
-from curate.parts import Unit
+from curate.parts import Part, Unit
 from curate.recipe import EngineConfig
-from curate.steps import Context, Resolved
+from curate.steps import Context, GroupFn, Resolved, States
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'curate-sft[ray]'"
@@ -148,6 +149,10 @@ class RayRun(LocalRun):
         with super().llm_for(p):
             yield
 
+    def states(self, states: list[Part]) -> States:
+        self.teacher.release()  # the group-bys' tasks need the CPUs the teacher's actors hold
+        return RayStates(self.ray, states)
+
 
 def map_works(ray, works: list[Work], ctx: Context, resolved: Resolved | None) -> list[Unit]:
     """Do `works` as Ray Data tasks, one a block (so as many run at once as the cluster has CPUs);
@@ -182,6 +187,76 @@ def _do_works(batch: dict[str, np.ndarray], shared) -> dict[str, np.ndarray]:
             except Exception:  # an error that does not pickle goes through Ray's wrapper
                 raise exc from None
     return {"n": batch["n"], "unit": np.array(units, dtype=object)}
+
+
+# STATE steps' group-bys ---------------------------------------------------------------------------
+ROWS_PER_PARTITION = 2_000_000  # keyed rows a group-by task holds at most (~50 MB of state), when
+# the cluster's CPUs alone would make larger partitions
+
+
+class RayStates(States):
+    """`States` whose group-bys are Ray Data stages over the state parts (files every node reads):
+    a read stage numbers each part's rows and puts each key column's rows under one `key` column
+    (`of`: which key column), a hash shuffle by (`of`, `key`) (`Dataset.repartition` with keys:
+    every group lands whole in one block), and a `map_batches` that runs the step's function over
+    each block, one key column at a time; only the functions' results come back to the driver.
+    This is what `GroupedData.map_groups` does, without its Python call per group (a million
+    calls for a million distinct hashes); the step's function does the per-group work in polars
+    or numpy. A column read in row order (`chunks`: a fingerprint) is read by the driver, part
+    by part."""
+
+    def __init__(self, ray, parts: list[Part]):
+        self.ray, self.parts = ray, parts
+        self.offsets = np.concatenate([[0], np.cumsum([p.rows for p in parts])]).astype(np.int64)
+
+    @property
+    def rows(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def schema(self) -> pl.Schema:
+        return pl.read_parquet_schema(self.parts[0].path) if self.parts else pl.Schema()
+
+    def chunks(self, column: str) -> Iterator[np.ndarray]:
+        for part in self.parts:
+            yield pl.read_parquet(part.path, columns=[column]).to_series().to_numpy()
+
+    def groups(self, keys: list[str], fn: GroupFn, columns: list[str] = ()) -> pl.DataFrame:
+        columns = list(columns)
+        if not self.rows:  # nothing to distribute: the function's answer for no rows, for its columns
+            schema = self.schema
+            return fn(pl.DataFrame(schema={"row": pl.Int64, "key": schema[keys[0]], **{c: schema[c] for c in columns}}))
+        items = [{"path": str(p.path), "offset": int(o)} for p, o in zip(self.parts, self.offsets)]
+        ds = self.ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(_keyed_rows, batch_size=1, batch_format="numpy", fn_kwargs={"keys": keys, "columns": columns})
+        ds = ds.repartition(self.partitions(len(keys)), keys=["of", "key"])
+        ds = ds.map_batches(_each_group, batch_size=None, batch_format="pyarrow", fn_kwargs={"fn": fn})
+        return pl.concat([pl.from_arrow(t) for t in self.ray.get(ds.to_arrow_refs())])
+
+    def partitions(self, key_columns: int) -> int:
+        """As many partitions as the cluster has CPUs, more if one would hold over ROWS_PER_PARTITION keyed rows."""
+        cpus = int(self.ray.cluster_resources().get("CPU", 1))
+        return max(1, cpus, -(-self.rows * key_columns // ROWS_PER_PARTITION))
+
+
+def _keyed_rows(batch: dict[str, np.ndarray], keys: list[str], columns: list[str]):
+    """The read stage: each state part's rows, numbered from the part's offset, once per key
+    column (`of`: its position in `keys`), that column as `key`, with `columns`."""
+    frames = []
+    for path, offset in zip(batch["path"], batch["offset"]):
+        state = pl.read_parquet(str(path), columns=list(dict.fromkeys([*keys, *columns])))
+        row = pl.int_range(int(offset), int(offset) + state.height, dtype=pl.Int64, eager=True).alias("row")
+        frames += [state.select(pl.lit(b, pl.Int16).alias("of"), row, pl.col(key).alias("key"), *columns)
+                   for b, key in enumerate(keys)]
+    return pl.concat(frames).to_arrow()
+
+
+def _each_group(block, fn: GroupFn):
+    """The group-by stage: `fn` over a block of the hash shuffle, one key column at a time, its
+    rows in order."""
+    frame = pl.from_arrow(block)
+    out = [fn(rows.drop("of").sort("row")) for _, rows in frame.group_by("of")] or [fn(frame.drop("of"))]
+    return pl.concat(out).to_arrow()
 
 
 # The teacher --------------------------------------------------------------------------------------
