@@ -194,9 +194,16 @@ class PolarsStates(States):
 
     def groups(self, keys: list[str], fn: GroupFn, columns: list[str] = ()) -> pl.DataFrame:
         # one key column at a time: the memory of one column of keys, not of all of them
-        return pl.concat([fn(self.state.select(pl.col(key).alias("key"), *columns).collect()
-                             .with_row_index("row").with_columns(pl.col("row").cast(pl.Int64)))
-                          for key in keys])
+        return pl.concat([self.group(key, fn, columns) for key in keys])
+
+    def group(self, key: str, fn: GroupFn, columns: list[str] = (), part: int = 0, partitions: int = 1) -> pl.DataFrame:
+        """`fn` over the rows of one key column; with `partitions`, only over the rows whose key
+        (an integer: a hash) is `part` modulo `partitions`, so that each group is whole in one of
+        the partitions and each partition may be done apart (curate.engines.ray)."""
+        frame = self.state.select(pl.col(key).alias("key"), *columns).with_row_index("row")
+        if partitions > 1:
+            frame = frame.filter(pl.col("key") % partitions == part)
+        return fn(frame.with_columns(pl.col("row").cast(pl.Int64)).collect())
 
 
 @dataclass

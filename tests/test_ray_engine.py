@@ -95,9 +95,10 @@ def test_global_steps_group_by_in_ray_data_stages_and_mix_gives_the_same_files(c
     copies and near copies) in 12 parts: the same files on both engines, and on Ray every
     group-by of the three steps (exact dedup's groups of equal hashes, MinHash's buckets band by
     band, mix's per-source totals and its sampling) ran in Ray Data tasks on the worker nodes,
-    over every row's state, never in the driver."""
-    import filters.dedup
+    over every row's state, never in the driver; the hash keys in partitions of at most 500 rows."""
+    import curate.engines.ray
     import curate.mix
+    import filters.dedup
 
     for name, n in (("a", 700), ("b", 500)):
         path = shared("quality_cherry_alpaca_ifd", "cherry_alpaca_5_percent.jsonl") if name == "a" else \
@@ -115,6 +116,7 @@ def test_global_steps_group_by_in_ray_data_stages_and_mix_gives_the_same_files(c
                  "left_out": curate.mix}
     for name, module in functions.items():
         monkeypatch.setattr(module, name, on_workers_only(name, getattr(module, name), calls))
+    monkeypatch.setattr(curate.engines.ray, "ROWS_PER_PARTITION", 500)
     on_ray = run_recipe(load_recipe(tmp_path / "r.yaml", ["engine.name=ray", f"engine.address={cluster.address}"]),
                         tmp_path / "ray", show_progress=False)
     same_files(tmp_path / "local", tmp_path / "ray")
@@ -127,9 +129,12 @@ def test_global_steps_group_by_in_ray_data_stages_and_mix_gives_the_same_files(c
     workers = {node.node_id for node in cluster.worker_nodes}
     assert {n["node"] for n in notes} <= workers and os.getpid() not in {n["pid"] for n in notes}
     rows = {name: sum(n["rows"] for n in notes if n["fn"] == name) for name in functions}
+    tasks = {name: sum(n["fn"] == name for n in notes) for name in functions}
     bands = MinHashDedup(threshold=0.7).lsh()[0]
     assert rows == {"first_of_groups": steps["exact_dedup"]["rows_in"], "band_edges": bands * steps["minhash_dedup"]["rows_in"],
                     "totals": steps["mix"]["rows_in"], "left_out": steps["mix"]["rows_in"]}
+    assert steps["exact_dedup"]["rows_in"] == 1200 and 1000 < steps["minhash_dedup"]["rows_in"] <= 1200
+    assert tasks == {"first_of_groups": 3, "band_edges": 3 * bands, "totals": 1, "left_out": 1}  # sources: one task
 
 
 @pytest.mark.slow
