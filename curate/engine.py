@@ -61,7 +61,9 @@ from curate.steps import (
     BATCHES,
     FRAME,
     Context,
+    PolarsStates,
     Resolved,
+    States,
     Step,
     StepResult,
     digest,
@@ -414,10 +416,9 @@ class LocalRun:
         info = None if damaged else sf.finished(marker, key)
         if info is None:
             step = p.step
-            state = pl.concat([s.frame.lazy() if s.frame is not None else pl.scan_parquet(s.path) for s in states])
             fetch = parts_fetch(parts, step.sources, [s.rows for s in states])
             with self.llm_for(p), PROFILE.stage(f"{p.name} resolve", sum(s.rows for s in states)):
-                resolved = step.resolve(state, self.ctx, fetch)
+                resolved = step.resolve(self.states(states), self.ctx, fetch)
             sf.write_unit(marker, key, [(path, resolved.rows)], [], {"shared": resolved.shared, "stats": resolved.stats})
             info = read_marker(marker)
             rows = resolved.rows
@@ -427,6 +428,11 @@ class LocalRun:
         # the parts' key: everything `apply` is given (a whole-frame fingerprint changes with any row)
         return Resolved(rows, info["shared"], info["stats"]), digest(info["files"]["resolved.parquet"], info["shared"],
                                                                       info["stats"])
+
+    def states(self, states: list[Part]) -> States:
+        """Every row's state, from the state parts, for `resolve` to ask (an engine that runs its
+        group-bys elsewhere overrides this): here polars, in this process."""
+        return PolarsStates(pl.concat([s.frame.lazy() if s.frame is not None else pl.scan_parquet(s.path) for s in states]))
 
     def frame_unit(self, p: PlannedStep, sf: StepFolder, parts: list[Part], key: str, damaged: bool) -> Unit:
         """A FRAME step: every row gathered, one `run`, the output cut into parts; its marker is the step's."""

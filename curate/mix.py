@@ -15,6 +15,7 @@ lengths with the same tokenizer.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -22,7 +23,7 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from curate.errors import CurateError
-from curate.steps import STATE, Context, RecipePath, Resolved, Step, StepResult
+from curate.steps import STATE, Context, RecipePath, Resolved, States, Step, StepResult
 from curate.tokens import message_tokens, token_counter, tokenizer_file
 
 
@@ -79,20 +80,15 @@ class Mix(Step):
         size = message_tokens(batch, counter)["text"].cast(pl.Int64) if counter else pl.repeat(1, batch.height, dtype=pl.Int64, eager=True)
         return pl.DataFrame({"key": batch[self.by].cast(pl.String), "size": size})
 
-    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch) -> Resolved:
-        """The rows left out (with their reason), from every row's value of `by` and size."""
-        df = state.select("key", "size").collect()
+    def resolve(self, state: States, ctx: Context, fetch) -> Resolved:
+        """The rows left out (with their reason): per value of `by`, its rows and size (a group-by),
+        then each value's target and, in a group-by again, its rows taken in the seed's order."""
+        available = dict(state.groups(["key"], totals, ["size"]).select("key", "size").iter_rows())
         spec = self.weights or self.quotas
-        have = set(df["key"].unique().to_list())
-        missing = sorted(set(spec) - have)
+        missing = sorted(set(spec) - set(available))
         if missing:
             what = "source(s)" if self.by == "source" else f"{self.by} value(s)"
-            raise CurateError(f"mix: no rows from {what} {missing}; the data has {sorted(have, key=str)}")
-        seed = ctx.seed if self.seed is None else self.seed
-        # the permutation depends on the number of rows and the seed only, not on the columns
-        df = df.with_row_index("_row").sample(fraction=1.0, shuffle=True, seed=seed)
-        size = df["size"].to_numpy()
-        available = {s: int(df.filter(pl.col("key") == s)["size"].sum()) for s in spec}
+            raise CurateError(f"mix: no rows from {what} {missing}; the data has {sorted(available, key=str)}")
         if self.quotas is not None:
             target = {s: float(q) for s, q in self.quotas.items()}
         else:
@@ -100,35 +96,52 @@ class Mix(Step):
             shares = {s: w / norm for s, w in self.weights.items()}
             total = self.total or min(available[s] / shares[s] for s in shares if shares[s] > 0)
             target = {s: total * shares[s] for s in shares}
-        take = np.zeros(df.height, dtype=bool)
-        sources = df["key"].to_numpy()
-        realized = {}
-        for s, want in target.items():
-            idx = np.flatnonzero(sources == s)
-            cum = np.cumsum(size[idx])
-            # the prefix whose sum is closest to the target (ties to the shorter one)
-            k = int(np.searchsorted(cum, want, side="left"))
-            if k < len(cum) and (k == 0 or abs(cum[k] - want) < abs(cum[k - 1] - want)):
-                k += 1
-            take[idx[:k]] = True
-            realized[s] = int(cum[k - 1]) if k else 0
+        seed = ctx.seed if self.seed is None else self.seed
+        left = state.groups(["key"], partial(left_out, n=state.rows, seed=seed, target=target), ["size"]).sort("row")
+        not_taken = dict(left.group_by("key").agg(pl.col("size").sum()).iter_rows())
+        realized = {s: int(available[s] - not_taken.get(s, 0)) for s in target}
         grand = sum(realized.values()) or 1
         want_total = sum(target.values()) or 1
         mix = {s: {"requested": round(target[s], 3), "requested_share": round(target[s] / want_total, 6),
                    "realized": realized[s], "realized_share": round(realized[s] / grand, 6),
-                   "available": available[s], "shortfall": round(max(target[s] - available[s], 0), 3)}
+                   "available": int(available[s]), "shortfall": round(max(target[s] - available[s], 0), 3)}
                for s in target}
-        left_out = df.filter(~pl.Series(take)).sort("_row").select(
-            pl.col("_row").cast(pl.Int64).alias("row"),
-            pl.when(pl.col("key").is_in(list(target))).then(pl.lit("over mixture quota"))
+        left_out_rows = left.select(
+            "row", pl.when(pl.col("key").is_in(list(target))).then(pl.lit("over mixture quota"))
             .otherwise(pl.lit(f"{self.by} not in the mixture")).alias("reason"))
         stats = {"unit": self.unit, "sources": mix, **({"tokenizer": token_counter(self.tokenizer).name}
                                                         if self.unit == "tokens" else {}),
                  **({"by": self.by} if self.by != "source" else {})}
-        return Resolved(left_out, stats={"mix": stats})
+        return Resolved(left_out_rows, stats={"mix": stats})
 
     def apply(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> StepResult:
         reason = resolved.aligned(rows, {"reason": pl.String})["reason"]
         out = reason.is_not_null()
         return StepResult(kept=batch.filter(~out), rejected=batch.filter(out).with_columns(reason.filter(out)),
                           stats=resolved.stats)
+
+
+def totals(frame: pl.DataFrame) -> pl.DataFrame:
+    """Mix's first group-by (`States.groups`): each value of `by` with its rows' total size."""
+    return frame.group_by("key").agg(pl.col("size").sum())
+
+
+def left_out(frame: pl.DataFrame, n: int, seed: int, target: dict[str, float]) -> pl.DataFrame:
+    """Mix's second group-by (`States.groups`): the rows of `frame` not taken, with their value of
+    `by` and size. Of each value's rows, taken in the order of the seed's shuffle of all n rows (a
+    permutation that depends on n and the seed only), the prefix whose size sum comes closest to
+    the value's target (ties to the shorter one); values without a target give none."""
+    order = pl.int_range(n, eager=True).sample(fraction=1.0, shuffle=True, seed=seed).to_numpy()
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    frame = frame.with_columns(pl.Series("rank", rank[frame["row"].to_numpy()])).sort("rank")
+    keys, size = frame["key"].to_numpy(), frame["size"].to_numpy()
+    take = np.zeros(frame.height, dtype=bool)
+    for s, want in target.items():
+        idx = np.flatnonzero(keys == s)
+        cum = np.cumsum(size[idx])
+        k = int(np.searchsorted(cum, want, side="left"))
+        if k < len(cum) and (k == 0 or abs(cum[k] - want) < abs(cum[k - 1] - want)):
+            k += 1
+        take[idx[:k]] = True
+    return frame.filter(~pl.Series(take)).select("row", "key", "size")

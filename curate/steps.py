@@ -17,9 +17,11 @@ How a step runs is the engine's business; the step only declares what it needs (
 - BATCHES: row-local. `run` maps a batch of rows to a batch, and no state crosses rows, so an
   engine may cut the data into any batches (the local engine's parts, Ray's blocks).
 - STATE: global, through compact per-row state. `state(batch)` gives each row's state (hashes,
-  keys, lengths: never the texts); `resolve(all state)` answers for the whole dataset, per row
+  keys, lengths: never the texts); `resolve(States)` answers for the whole dataset, per row
   number; `apply(batch, its row numbers, the answer)` is then row-local again. The engine holds
-  only the state, never every row. Exact and MinHash dedup and `mix` work this way.
+  the state and answers `resolve`'s questions about it (`States`: a group-by whose groups a
+  function of the step's sees whole, a column read in order); the local engine with polars, the
+  Ray engine with Ray Data on the cluster. Exact and MinHash dedup and `mix` work this way.
 - FRAME: needs every row at once (multi-round generators, selections over embeddings, LLM steps on
   small data); the engine gathers the rows, which the step declares by saying so.
 A step never knows which engine runs it. In Python, `run(df)` takes the whole frame whatever the
@@ -32,7 +34,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Iterator, get_args
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Iterator, get_args
 
 import numpy as np
 import polars as pl
@@ -139,6 +141,71 @@ FRAME = "frame"
 Fetch = Callable[[np.ndarray, list[str]], Iterator[pl.DataFrame]]
 
 
+# A STATE step's function over groups (`States.groups`): given a frame of rows in which every group
+# of equal `key` is whole, the rows' results (any rows, same columns whatever the frame).
+GroupFn = Callable[[pl.DataFrame], pl.DataFrame]
+
+
+class States:
+    """Every row's state of a STATE step (row i: the i-th row of the step's input), as the engine
+    holds it: `resolve` asks it what it needs of the whole dataset, and the engine answers where
+    the state is (PolarsStates here; curate.engines.ray.RayStates with Ray Data stages on a
+    cluster). The questions are relational, so an engine may answer them anywhere: a group-by
+    whose function sees each group whole, and a column read in row order."""
+
+    @property
+    def rows(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def schema(self) -> pl.Schema:
+        raise NotImplementedError
+
+    def chunks(self, column: str) -> Iterator[np.ndarray]:
+        """One column of every row, in row order, a chunk at a time (a fingerprint over all rows)."""
+        raise NotImplementedError
+
+    def groups(self, keys: list[str], fn: GroupFn, columns: list[str] = ()) -> pl.DataFrame:
+        """The group-by: for each column of `keys` on its own, `fn` over frames with `row` (Int64,
+        ascending), `key` (that column) and `columns`, in which every group of equal keys is whole;
+        the results of every call, concatenated in no particular order (sort what needs an order).
+        `fn` runs where the engine puts it: a module-level function (or a partial of one), so that
+        another process can run it."""
+        raise NotImplementedError
+
+
+class PolarsStates(States):
+    """`States` over a polars LazyFrame of every row's state, in this process (the local engine,
+    and a STATE step run as one batch): each group-by is one call of `fn` over all rows."""
+
+    def __init__(self, state: pl.LazyFrame):
+        self.state = state
+
+    @property
+    def rows(self) -> int:
+        return self.state.select(pl.len()).collect().item()
+
+    @property
+    def schema(self) -> pl.Schema:
+        return self.state.collect_schema()
+
+    def chunks(self, column: str) -> Iterator[np.ndarray]:
+        yield self.state.select(column).collect().to_series().to_numpy()
+
+    def groups(self, keys: list[str], fn: GroupFn, columns: list[str] = ()) -> pl.DataFrame:
+        # one key column at a time: the memory of one column of keys, not of all of them
+        return pl.concat([self.group(key, fn, columns) for key in keys])
+
+    def group(self, key: str, fn: GroupFn, columns: list[str] = (), part: int = 0, partitions: int = 1) -> pl.DataFrame:
+        """`fn` over the rows of one key column; with `partitions`, only over the rows whose key
+        (an integer: a hash) is `part` modulo `partitions`, so that each group is whole in one of
+        the partitions and each partition may be done apart (curate.engines.ray)."""
+        frame = self.state.select(pl.col(key).alias("key"), *columns).with_row_index("row")
+        if partitions > 1:
+            frame = frame.filter(pl.col("key") % partitions == part)
+        return fn(frame.with_columns(pl.col("row").cast(pl.Int64)).collect())
+
+
 @dataclass
 class Resolved:
     """A STATE step's answer for the whole dataset, from `resolve`: results per row, keyed by the
@@ -236,17 +303,18 @@ class Step(BaseModel):
 
     def resolve_frame(self, df: pl.DataFrame, ctx: Context | None = None) -> Resolved:
         """`resolve` over an in-memory frame, as one batch."""
-        return self.resolve(self.state(df).lazy(), ctx or Context(), frame_fetch(df))
+        return self.resolve(PolarsStates(self.state(df).lazy()), ctx or Context(), frame_fetch(df))
 
     # STATE steps ------------------------------------------------------------------------------
     def state(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Each row's compact state (same rows, same order): what `resolve` needs of it, never its texts."""
         raise NotImplementedError
 
-    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch: Fetch) -> Resolved:
-        """The answer for the whole dataset from every row's state (a row's number is its position
-        in `state`; read the columns you need). `fetch` reads rows back by number, for what the
-        state alone cannot answer (MinHash verifies its candidate pairs on their texts)."""
+    def resolve(self, state: States, ctx: Context, fetch: Fetch) -> Resolved:
+        """The answer for the whole dataset from every row's state, asked of `state` (its group-bys
+        run where the engine holds the state: the step never gathers every row itself). `fetch`
+        reads rows back by number, for what the state alone cannot answer (MinHash verifies its
+        candidate pairs on their texts)."""
         raise NotImplementedError
 
     def apply(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> StepResult:
@@ -460,11 +528,15 @@ class Filter(Step):
         """Each row's hash of the columns the scores are computed from, for `resolved_fingerprint`."""
         return row_hashes(batch.select(self.reads(batch)))
 
-    def resolved_fingerprint(self, hashes: np.ndarray, fetch: Fetch) -> str:
-        """The fingerprint `marks` writes on the whole frame, from each row's `content_hashes`."""
+    def resolved_fingerprint(self, hashes: Iterable[np.ndarray], fetch: Fetch) -> str:
+        """The fingerprint `marks` writes on the whole frame, from each row's `content_hashes`
+        (given in row order, a chunk at a time)."""
         wanted = ("id", *CONTENT_COLUMNS)
         schema = next(fetch(np.zeros(0, np.int64), list(wanted))).drop("row").schema
-        return self._whole_mark(FrameDigest(schema).update_hashes(hashes).hexdigest())
+        whole = FrameDigest(schema)
+        for chunk in hashes:
+            whole.update_hashes(chunk)
+        return self._whole_mark(whole.hexdigest())
 
     def resolved_scores(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> pl.DataFrame:
         """STATE filters: `batch` (rows numbered `rows`) with its score columns, from `resolved`."""
@@ -583,5 +655,5 @@ def as_records(frame: pl.DataFrame) -> tuple[pl.DataFrame, Any]:
     return work, back
 
 
-__all__ = ["Step", "Filter", "BATCHES", "STATE", "FRAME", "Resolved", "Fetch", "frame_fetch", "SEED_LIMIT", "check_seed", "StaleScores", "StepResult", "Context", "RecipePath", "reasons", "concat", "digest",
+__all__ = ["Step", "Filter", "BATCHES", "STATE", "FRAME", "States", "PolarsStates", "GroupFn", "Resolved", "Fetch", "frame_fetch", "SEED_LIMIT", "check_seed", "StaleScores", "StepResult", "Context", "RecipePath", "reasons", "concat", "digest",
            "file_digest", "files_digest", "embedded_model_file"]

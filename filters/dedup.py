@@ -17,7 +17,7 @@ import polars as pl
 from pydantic import Field as Setting
 
 from curate.records import frame_digest, message_text
-from curate.steps import STATE, Context, Fetch, Filter, Resolved, reasons
+from curate.steps import STATE, Context, Fetch, Filter, Resolved, States, reasons
 from curate.text import GOLDEN64, TextPart, fmix64, hashed_words, shingles, words  # noqa: F401  words, shingles: importable from here
 from filters.minhash import (  # noqa: F401  the MinHash functions stay importable from here (bench/bench_dedup_revisions.py)
     MinHashes,
@@ -35,6 +35,8 @@ from filters.minhash import (  # noqa: F401  the MinHash functions stay importab
     minhash_signatures,
     pair_similarity,
     resolve_bands,
+    star_edges,
+    unique_edges,
 )
 
 _U = np.uint64
@@ -111,14 +113,11 @@ class ExactDedup(Filter):
         key = _document_keys(text) if self.normalize else _text_keys(text)
         return pl.DataFrame({"key": pl.Series(key, dtype=pl.UInt64), "content": self.content_hashes(batch)})
 
-    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch: Fetch) -> Resolved:
-        """Groups of equal keys; every row of a group of two or more gets its size, the later ones
-        also the id of the group's first row (read back for those rows only)."""
-        got = state.select("key", "content").collect()
+    def resolve(self, state: States, ctx: Context, fetch: Fetch) -> Resolved:
+        """Groups of equal keys (the engine's group-by); every row of a group of two or more gets
+        its size, the later ones also the id of the group's first row (read back for those rows only)."""
         dup_col, size_col = self.score_columns()
-        groups = got.with_row_index("row").select(pl.col("row").cast(pl.Int64), pl.col("row").min().over("key").cast(pl.Int64)
-                                                  .alias("first"), pl.len().over("key").alias("size"))
-        groups = groups.filter(pl.col("size") > 1)
+        groups = state.groups(["key"], first_of_groups).sort("row")
         firsts = np.unique(groups["first"].to_numpy())
         of = _keyed(firsts, _fetch_ids(fetch, firsts), groups["first"].to_numpy())
         later = groups["row"] != groups["first"]
@@ -127,7 +126,7 @@ class ExactDedup(Filter):
             pl.when(later).then(of).otherwise(None).alias(dup_col),
             pl.col("size").cast(pl.Int64).alias(size_col),
         ).with_columns(pl.when(later).then(pl.lit("exact duplicate")).alias("reason"))  # details: `explain`
-        return Resolved(rows, shared={"fingerprint": self.resolved_fingerprint(got["content"].to_numpy(), fetch)})
+        return Resolved(rows, shared={"fingerprint": self.resolved_fingerprint(state.chunks("content"), fetch)})
 
     def resolved_scores(self, batch: pl.DataFrame, rows: np.ndarray, resolved: Resolved) -> pl.DataFrame:
         dup_col, size_col = self.score_columns()
@@ -141,6 +140,22 @@ class ExactDedup(Filter):
     def explain(self, df: pl.DataFrame) -> pl.Series:
         dup_col, size_col = self.score_columns()
         return pl.select(pl.format("duplicate of {} (group of {})", df[dup_col], df[size_col])).to_series()
+
+
+def first_of_groups(frame: pl.DataFrame) -> pl.DataFrame:
+    """ExactDedup's group-by (`States.groups`): each row of a group of two or more equal keys,
+    with its group's first row and size."""
+    groups = frame.select("row", pl.col("row").min().over("key").alias("first"),
+                          pl.len().over("key").cast(pl.Int64).alias("size"))
+    return groups.filter(pl.col("size") > 1)
+
+
+def band_edges(frame: pl.DataFrame) -> pl.DataFrame:
+    """MinHashDedup's group-by over one band (`States.groups`): each row sharing the band's
+    bucket with an earlier row, linked to the bucket's first row."""
+    later, earlier = star_edges(frame["key"].to_numpy())
+    rows = frame["row"].to_numpy()
+    return pl.DataFrame({"later": rows[later], "earlier": rows[earlier]}, schema={"later": pl.Int64, "earlier": pl.Int64})
 
 
 _LINK = pl.Struct({"row": pl.Int64, "sim": pl.Float32})
@@ -210,12 +225,12 @@ class MinHashDedup(Filter):
         return pl.DataFrame({**{f"band_{b}": keys[:, b] for b in range(keys.shape[1])},
                              "content": self.content_hashes(batch)})
 
-    def resolve(self, state: pl.LazyFrame, ctx: Context, fetch: Fetch) -> Resolved:
-        """Candidate pairs from the band keys, one band at a time; then the candidates' texts are read
-        back and signed again (with what exact verification needs) to verify the pairs."""
-        n = state.select(pl.len()).collect().item()
-        band = lambda b: state.select(f"band_{b}").collect().to_series().to_numpy()  # noqa: E731
-        later, earlier = edges_from_band_keys(n, (band(b) for b in range(self.lsh()[0])))
+    def resolve(self, state: States, ctx: Context, fetch: Fetch) -> Resolved:
+        """Candidate pairs from the band keys (the engine's group-by, band by band); then the
+        candidates' texts are read back and signed again (with what exact verification needs) to
+        verify the pairs."""
+        edges = state.groups([f"band_{b}" for b in range(self.lsh()[0])], band_edges)
+        later, earlier = unique_edges(state.rows, edges["later"].to_numpy(), edges["earlier"].to_numpy())
 
         def similarity(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
             rows = np.unique(np.concatenate([later, earlier]))
@@ -224,9 +239,8 @@ class MinHashDedup(Filter):
             at = lambda x: np.searchsorted(rows, x)  # noqa: E731
             return pair_similarity(concat_minhashes(parts), at(later), at(earlier), self.threshold)
 
-        content = state.select("content").collect().to_series().to_numpy()
         return self._resolved(later, earlier, similarity, lambda rows: _fetch_ids(fetch, rows),
-                              self.resolved_fingerprint(content, fetch))
+                              self.resolved_fingerprint(state.chunks("content"), fetch))
 
     def resolve_frame(self, df: pl.DataFrame, ctx: Context | None = None) -> Resolved:
         """In memory each text is signed once, with what verification needs."""

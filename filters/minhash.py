@@ -412,13 +412,24 @@ def candidate_edges(signatures: np.ndarray, bands: int, rows: int) -> tuple[np.n
 def edges_from_band_keys(n: int, bands: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """`candidate_edges` from the band keys of n documents, given one band at a time (a global
     step's state holds the keys, not the signatures: 8 bytes a band instead of 4 a permutation)."""
-    found = [np.zeros(0, np.int64)]
-    for band_key in bands:
-        docs, _, head = _bucket(np.ascontiguousarray(band_key))
-        member = docs != head
-        found.append(docs[member] * n + head[member])
-    pair = _unique(np.concatenate(found))
-    return pair // n, pair % n
+    found = [star_edges(band_key) for band_key in bands]
+    return unique_edges(n, np.concatenate([np.zeros(0, np.int64), *(a for a, _ in found)]),
+                        np.concatenate([np.zeros(0, np.int64), *(b for _, b in found)]))
+
+
+def star_edges(band_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One band's candidate edges: (later, earlier) positions, each document to the first
+    document of its bucket (documents alone in their bucket have none)."""
+    docs, _, head = _bucket(np.ascontiguousarray(band_key))
+    member = docs != head
+    return docs[member], head[member]
+
+
+def unique_edges(n: int, later: np.ndarray, earlier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges among n documents without repeats, sorted by (later, earlier) (the bands of a pair
+    of near duplicates give it several times)."""
+    pair = _unique(np.asarray(later, np.int64) * n + np.asarray(earlier, np.int64))
+    return pair // max(n, 1), pair % max(n, 1)
 
 
 def candidate_pairs(signatures: np.ndarray, bands: int, rows: int, max_pairs: int = 50_000_000) -> np.ndarray:

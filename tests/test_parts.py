@@ -172,7 +172,7 @@ def test_a_row_local_step_never_holds_more_than_a_part(data, tmp_path, monkeypat
     real_resolve = MinHashDedup.resolve
 
     def resolve(self, state, ctx, fetch):
-        schemas.append(state.collect_schema())
+        schemas.append(state.schema)
 
         def counted(rows, columns):
             fetched.append((len(rows), tuple(columns)))

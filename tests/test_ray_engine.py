@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from curate.engine import run_recipe
 from curate.errors import CurateError
 from curate.recipe import load_recipe
+from filters import MinHashDedup
 from tests.conftest import ROOT, needs, shared
 from tests.test_parts import alpaca_rows
 
@@ -69,6 +71,70 @@ def test_filter_recipe_same_files_on_both_engines(cluster, tmp_path, monkeypatch
     assert (marker["parts"], marker["parts_reused"]) == (4, 0)
     for name in ("README.md", "report.md"):  # the card and report name the same steps and counts
         assert (tmp_path / "ray" / name).exists()
+
+
+def on_workers_only(name: str, fn, calls: Path):
+    """`fn` (a STATE step's group-by function) failing if it is called in this process (the
+    driver), and leaving a note of where it ran and on how many rows. Pickled by value (it is no
+    module's attribute), so a Ray task runs it, and it calls the real function there."""
+    driver = os.getpid()
+
+    def guarded(frame, **kwargs):
+        assert os.getpid() != driver, f"{name} ran on the driver, not in a Ray Data stage"
+        import ray
+
+        note = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "rows": frame.height}
+        (calls / f"{name}-{os.getpid()}-{uuid.uuid4().hex}.json").write_text(json.dumps(note))
+        return fn(frame, **kwargs)
+    return guarded
+
+
+@pytest.mark.slow
+def test_global_steps_group_by_in_ray_data_stages_and_mix_gives_the_same_files(cluster, tmp_path, monkeypatch):
+    """Exact dedup, MinHash and a token mixture of two sources (real Alpaca rows with planted
+    copies and near copies) in 12 parts: the same files on both engines, and on Ray every
+    group-by of the three steps (exact dedup's groups of equal hashes, MinHash's buckets band by
+    band, mix's per-source totals and its sampling) ran in Ray Data tasks on the worker nodes,
+    over every row's state, never in the driver; the hash keys in partitions of at most 500 rows."""
+    import curate.engines.ray
+    import curate.mix
+    import filters.dedup
+
+    for name, n in (("a", 700), ("b", 500)):
+        path = shared("quality_cherry_alpaca_ifd", "cherry_alpaca_5_percent.jsonl") if name == "a" else \
+            shared("nuggets_alpaca_gpt4", "alpaca_gpt4_bad_scored.jsonl")
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows(path, n, len(name))))
+    (tmp_path / "r.yaml").write_text(
+        "name: mix-on-ray\nseed: 5\ninputs: [{path: a.jsonl, source: a}, {path: b.jsonl, source: b}]\n"
+        "steps:\n  - exact_dedup: {}\n  - minhash_dedup: {threshold: 0.7}\n"
+        "  - mix: {weights: {a: 0.6, b: 0.4}, unit: tokens}\n"
+        "output: {validation: 0.1, files: [parquet, jsonl]}\nengine: {part_rows: 100}\n")
+    local = run_recipe(load_recipe(tmp_path / "r.yaml"), tmp_path / "local", show_progress=False)
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    functions = {"first_of_groups": filters.dedup, "band_edges": filters.dedup, "totals": curate.mix,
+                 "left_out": curate.mix}
+    for name, module in functions.items():
+        monkeypatch.setattr(module, name, on_workers_only(name, getattr(module, name), calls))
+    monkeypatch.setattr(curate.engines.ray, "ROWS_PER_PARTITION", 500)
+    on_ray = run_recipe(load_recipe(tmp_path / "r.yaml", ["engine.name=ray", f"engine.address={cluster.address}"]),
+                        tmp_path / "ray", show_progress=False)
+    same_files(tmp_path / "local", tmp_path / "ray")
+    assert on_ray["mix"] == local["mix"]
+    steps = {s["kind"]: s for s in on_ray["steps"]}
+    assert steps["mix"]["rows_out"] < steps["mix"]["rows_in"]
+    assert steps["mix"]["dropped"] == {"over mixture quota": steps["mix"]["rows_in"] - steps["mix"]["rows_out"]}
+    assert steps["exact_dedup"]["dropped"] and steps["minhash_dedup"]["dropped"]
+    notes = [json.loads(p.read_text()) | {"fn": p.name.split("-")[0]} for p in calls.iterdir()]
+    workers = {node.node_id for node in cluster.worker_nodes}
+    assert {n["node"] for n in notes} <= workers and os.getpid() not in {n["pid"] for n in notes}
+    rows = {name: sum(n["rows"] for n in notes if n["fn"] == name) for name in functions}
+    tasks = {name: sum(n["fn"] == name for n in notes) for name in functions}
+    bands = MinHashDedup(threshold=0.7).lsh()[0]
+    assert rows == {"first_of_groups": steps["exact_dedup"]["rows_in"], "band_edges": bands * steps["minhash_dedup"]["rows_in"],
+                    "totals": steps["mix"]["rows_in"], "left_out": steps["mix"]["rows_in"]}
+    assert steps["exact_dedup"]["rows_in"] == 1200 and 1000 < steps["minhash_dedup"]["rows_in"] <= 1200
+    assert tasks == {"first_of_groups": 3, "band_edges": 3 * bands, "totals": 1, "left_out": 1}  # sources: one task
 
 
 @pytest.mark.slow

@@ -10,15 +10,27 @@ from polars.testing import assert_frame_equal
 from curate.io import read_records
 from curate.mix import Mix
 from curate.records import FrameDigest, frame_digest, make_frame
-from curate.steps import BATCHES, FRAME, STATE, Context, Resolved
+from curate.steps import BATCHES, FRAME, STATE, Context, PolarsStates, Resolved
 from filters import Decontaminate, Diversity, ExactDedup, Heuristics, IFD, MinHashDedup, Nuggets, Perplexity
 from tests.conftest import SHARED_DATA
 
 
-def in_batches(step, df: pl.DataFrame, sizes: list[int], ctx: Context):
+class Partitioned(PolarsStates):
+    """The group-bys the way the Ray engine may do them: integer keys split into 3 partitions by
+    their value modulo 3 (each group whole in one), each partition on its own, the results in
+    reverse order."""
+
+    def groups(self, keys, fn, columns=()):
+        schema = self.schema
+        done = [self.group(key, fn, columns, part, n) for key in keys
+                for n in [3 if schema[key].is_integer() else 1] for part in range(n)]
+        return pl.concat(done[::-1])
+
+
+def in_batches(step, df: pl.DataFrame, sizes: list[int], ctx: Context, answer=PolarsStates):
     """Run a STATE step the way an engine does: state per batch, one resolve over the state of
-    all of them (reading rows back across batches), apply per batch. Returns (kept, rejected,
-    stats, every row's state)."""
+    all of them (reading rows back across batches, answering its group-bys with `answer`), apply
+    per batch. Returns (kept, rejected, stats, every row's state)."""
     bounds = np.cumsum([0, *sizes])
     assert bounds[-1] == df.height
     batches = [df.slice(int(lo), int(hi - lo)) for lo, hi in zip(bounds, bounds[1:])]
@@ -40,7 +52,7 @@ def in_batches(step, df: pl.DataFrame, sizes: list[int], ctx: Context):
                 have = [c for c in columns if c in b.columns]
                 yield b.select(have)[mine - lo].with_columns(pl.Series("row", mine)).select("row", *have)
 
-    resolved = step.resolve(pl.concat([s.lazy() for s in states]), ctx, fetch)
+    resolved = step.resolve(answer(pl.concat([s.lazy() for s in states])), ctx, fetch)
     assert isinstance(resolved, Resolved) and resolved.rows["row"].is_sorted()
     out = [step.apply(b, np.arange(lo, hi), resolved.between(int(lo), int(hi)))
            for b, lo, hi in zip(batches, bounds, bounds[1:])]
@@ -79,6 +91,16 @@ def test_dedup_in_batches_equals_the_whole_frame(t0, step):
         assert texts == []
 
 
+@pytest.mark.parametrize("step", [ExactDedup(), MinHashDedup(threshold=0.7, ngram=3)], ids=["exact", "minhash-0.7"])
+def test_dedup_group_bys_in_partitions_in_any_order(t0, step):
+    """Each group-by function sees its groups whole but only some of them, and its results come
+    back in no particular order: the same rows, scores and reasons."""
+    kept, rejected = step.split(t0)
+    got_kept, got_rejected, _, _, _ = in_batches(step, t0, [2000, 2000], Context(), answer=Partitioned)
+    assert_frame_equal(got_kept, kept)
+    assert_frame_equal(got_rejected, rejected.drop("filter"))
+
+
 def test_fingerprint_of_a_frame_in_pieces():
     df = make_frame([{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a" * i}]}
                      for i in range(50)])
@@ -102,6 +124,10 @@ def test_mix_in_batches_equals_the_whole_frame(unit):
     assert_frame_equal(kept, whole.kept)
     assert_frame_equal(rejected, whole.rejected)
     assert stats == whole.stats and set(state.columns) == {"key", "size"}  # the value of `by` (source by default), the size
+    in_parts = in_batches(step, df, [100, 110], ctx, answer=Partitioned)  # the results in another order
+    assert_frame_equal(in_parts[0], whole.kept)
+    assert_frame_equal(in_parts[1], whole.rejected)
+    assert in_parts[2] == whole.stats
     assert set(rejected["reason"]) == {"over mixture quota", "source not in the mixture"}
 
 

@@ -10,11 +10,16 @@ step's summary, the final files and the report. Then, step by step:
   and writes the output part, its rejects and its marker. Ray retries the task of a node that is
   lost; a run that fails anyway is finished by a rerun, which redoes only the parts without a marker.
 - global steps through compact state (STATE: exact and MinHash dedup, mix): each part's state
-  (hashes, MinHash band keys, sources) by `map_batches`; the step's own `resolve` on the driver
-  over that state (the hash group-by, the band group-by and connected components, the per-source
-  counts and sampling: 16 to 140 bytes a row, so 10M rows fit in ~1.4 GB), then each part's
-  `apply` by `map_batches` with the answer shipped once through the object store. The state and
-  the answer are the local engine's, so the same rows come out.
+  (hashes, MinHash band keys, sources and sizes) by `map_batches`; then the step's `resolve` on
+  the driver, whose group-bys over every row's state are Ray Data stages (`RayStates`): exact
+  dedup's groups of equal hashes, MinHash's buckets band by band (a task a band), mix's per-source
+  totals and then its sampling, each a task per key column (or per slice of its hash keys) that
+  reads its column of the state parts and runs the step's function on a worker. The driver gets
+  their results (the duplicates' groups, the candidate pairs, the rows left out) and does what is
+  left over those: reading back the candidates' texts to verify the pairs, connected components
+  over the verified pairs, the fingerprint over the content hashes read part by part. Then each
+  part's `apply` by `map_batches` with the answer shipped once through the object store. The
+  functions and the answer are the local engine's, so the same rows come out.
 - steps that need every row (FRAME): gathered on the driver, as locally.
 - steps that call the teacher: the step's Python on the driver (requests and parsing are light),
   the model in a pool of Ray actors (`TeacherPool`): one model per actor for the embedded model and
@@ -42,9 +47,10 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+import polars as pl
 
 import curate
 from curate.engine import LocalRun, PlannedStep, Teacher, Work, run_work
@@ -52,9 +58,9 @@ from curate.errors import CurateError
 from curate.llm.base import Backend, Request, Response
 from curate.llm.client import LLM
 from curate.llm.teacher import TeacherConfig, build_backend, build_llm
-from curate.parts import Unit
+from curate.parts import Part, Unit
 from curate.recipe import EngineConfig
-from curate.steps import Context, Resolved
+from curate.steps import Context, GroupFn, PolarsStates, Resolved, States
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'curate-sft[ray]'"
@@ -148,6 +154,10 @@ class RayRun(LocalRun):
         with super().llm_for(p):
             yield
 
+    def states(self, states: list[Part]) -> States:
+        self.teacher.release()  # the group-bys' tasks need the CPUs the teacher's actors hold
+        return RayStates(self.ray, states)
+
 
 def map_works(ray, works: list[Work], ctx: Context, resolved: Resolved | None) -> list[Unit]:
     """Do `works` as Ray Data tasks, one a block (so as many run at once as the cluster has CPUs);
@@ -182,6 +192,63 @@ def _do_works(batch: dict[str, np.ndarray], shared) -> dict[str, np.ndarray]:
             except Exception:  # an error that does not pickle goes through Ray's wrapper
                 raise exc from None
     return {"n": batch["n"], "unit": np.array(units, dtype=object)}
+
+
+# STATE steps' group-bys ---------------------------------------------------------------------------
+ROWS_PER_PARTITION = 2_000_000  # rows of a key column one group-by task takes at most (~50 MB of state)
+
+
+class RayStates(States):
+    """`States` whose group-bys are a Ray Data stage: one task per key column (MinHash: a band
+    each), or per slice of its keys modulo a number of partitions when the column has more than
+    ROWS_PER_PARTITION rows, so that every group is whole in one task. A task reads its column of
+    every state part from the filesystem every node shares (the parts are small: 8 bytes a row
+    a column) and runs the step's function there, as the local engine does (`PolarsStates.group`);
+    only the functions' results come back to the driver. A column read in row order (`chunks`:
+    a fingerprint) is read by the driver, part by part.
+
+    Why tasks that each read what they group, not Ray Data's own group-by (`groupby().map_groups`,
+    or `repartition(keys=...)` and `map_batches`): its hash shuffle runs its map and reduce tasks
+    in worker pools of their own, and on 2 CPUs their processes start cold and push out the
+    workers of the other stages, which start cold again after it: 200k rows through the
+    filter-only recipe took x1.72 the local engine's time that way, against x1.18 with the
+    group-bys on the driver (bench/README.md has the figures of this design). And `map_groups`
+    calls its function once per group: a million calls for a million distinct hashes."""
+
+    def __init__(self, ray, parts: list[Part]):
+        self.ray, self.parts = ray, parts
+        self.offsets = np.concatenate([[0], np.cumsum([p.rows for p in parts])]).astype(np.int64)
+
+    @property
+    def rows(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def schema(self) -> pl.Schema:
+        return pl.read_parquet_schema(self.parts[0].path) if self.parts else pl.Schema()
+
+    def chunks(self, column: str) -> Iterator[np.ndarray]:
+        for part in self.parts:
+            yield pl.read_parquet(part.path, columns=[column]).to_series().to_numpy()
+
+    def groups(self, keys: list[str], fn: GroupFn, columns: list[str] = ()) -> pl.DataFrame:
+        columns, schema = list(columns), self.schema
+        if not self.rows:  # nothing to distribute: the function's answer for no rows, for its columns
+            return fn(pl.DataFrame(schema={"row": pl.Int64, "key": schema[keys[0]], **{c: schema[c] for c in columns}}))
+        # keys that are not integers (mix's values of `by`, a few distinct ones) are grouped by one task
+        tasks = [{"key": key, "part": part, "partitions": n} for key in keys
+                 for n in [-(-self.rows // ROWS_PER_PARTITION) if schema[key].is_integer() else 1] for part in range(n)]
+        ds = self.ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        ds = ds.map_batches(_group_task, batch_size=1, batch_format="numpy", num_cpus=1,
+                            fn_kwargs={"paths": [str(p.path) for p in self.parts], "columns": columns, "fn": fn})
+        return pl.concat([pl.from_arrow(table) for table in self.ray.get(ds.to_arrow_refs())])
+
+
+def _group_task(batch: dict[str, np.ndarray], paths: list[str], columns: list[str], fn: GroupFn):
+    """The Ray Data function of a group-by: `fn` over the groups of one key column (partition)."""
+    states = PolarsStates(pl.scan_parquet(paths))
+    return pl.concat([states.group(str(key), fn, columns, int(part), int(n))
+                      for key, part, n in zip(batch["key"], batch["part"], batch["partitions"])]).to_arrow()
 
 
 # The teacher --------------------------------------------------------------------------------------
