@@ -23,7 +23,8 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from curate.errors import CurateError
-from curate.steps import STATE, Context, RecipePath, Resolved, States, Step, StepResult
+from curate.states import Resolved, States
+from curate.steps import STATE, Context, RecipePath, Step, StepResult
 from curate.tokens import message_tokens, token_counter, tokenizer_file
 
 

@@ -17,7 +17,8 @@ import polars as pl
 from pydantic import Field as Setting
 
 from curate.records import frame_digest, message_text
-from curate.steps import STATE, Context, Fetch, Filter, Resolved, States, reasons
+from curate.states import Fetch, Resolved, States
+from curate.steps import STATE, Context, Filter, reasons
 from curate.text import GOLDEN64, TextPart, fmix64, hashed_words, shingles, words  # noqa: F401  words, shingles: importable from here
 from filters.minhash import (  # noqa: F401  the MinHash functions stay importable from here (bench/bench_dedup_revisions.py)
     MinHashes,

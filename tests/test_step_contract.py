@@ -10,7 +10,8 @@ from polars.testing import assert_frame_equal
 from curate.io import read_records
 from curate.mix import Mix
 from curate.records import FrameDigest, frame_digest, make_frame
-from curate.steps import BATCHES, FRAME, STATE, Context, PolarsStates, Resolved
+from curate.states import PolarsStates, Resolved
+from curate.steps import BATCHES, FRAME, STATE, Context
 from filters import Decontaminate, Diversity, ExactDedup, Heuristics, IFD, MinHashDedup, Nuggets, Perplexity
 from tests.conftest import SHARED_DATA
 

@@ -60,7 +60,8 @@ from curate.llm.client import LLM
 from curate.llm.teacher import TeacherConfig, build_backend, build_llm
 from curate.parts import Part, Unit
 from curate.recipe import EngineConfig
-from curate.steps import Context, GroupFn, PolarsStates, Resolved, States
+from curate.states import GroupFn, PolarsStates, Resolved, States
+from curate.steps import Context
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'curate-sft[ray]'"
