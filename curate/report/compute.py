@@ -28,7 +28,7 @@ from curate.hub_inputs import hub_dataset_id
 from curate.licenses import recipe_licenses, teacher_wrote_rows
 from curate.pricing import teacher_price
 from curate.mix import Mix
-from curate.parts import DONE, Part, union_schema
+from curate.parts import DONE, Part, detached, union_schema
 from curate.records import concat
 from curate.recipe import Recipe
 from curate.report.language import SAMPLE as LANGUAGE_ROWS, language_shares
@@ -89,7 +89,7 @@ def read_rows(parts: list[Part], columns: list[str] | None, positions: np.ndarra
         else:
             mine = positions[(positions >= lo) & (positions < lo + part.rows)] - lo
             if len(mine):
-                frames.append(part.read(wanted)[mine])
+                frames.append(detached(part.read(wanted)[mine]))  # not the whole part's text
         lo += part.rows
     return concat(frames)
 
