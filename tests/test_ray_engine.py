@@ -278,6 +278,9 @@ def test_ray_settings_on_the_local_engine_are_an_error():
     with pytest.raises(CurateError, match="engine.address applies to the ray engine only"):
         load_recipe(ROOT / "recipes" / "curate-existing.yaml", ["engine.address=127.0.0.1:9100"])
     assert load_recipe(ROOT / "recipes" / "curate-existing.yaml", ["engine=ray"]).config.engine.name == "ray"
+    with pytest.raises(CurateError, match="engine.workers applies to the local engine only"):
+        load_recipe(ROOT / "recipes" / "curate-existing.yaml", ["engine.name=ray", "engine.workers=2"])
+    assert load_recipe(ROOT / "recipes" / "curate-existing.yaml", ["engine.workers=3"]).config.engine.local_workers() == 3
 
 
 def test_engine_shorthand_takes_the_command_line_settings(tmp_path):
