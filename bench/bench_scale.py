@@ -15,7 +15,7 @@ Self-Instruct user-oriented), 0.5% empty answers, 0.5% refusals, 0.5% one-word a
 Then runs recipes/curate-existing.yaml (exact dedup, heuristics, MinHash at 0.7 on word 3-grams,
 13-gram decontamination against those eval sets, messages output with a 10% validation split) on
 each size through the CLI in a fresh process, and prints wall time and peak RSS (the child's
-ru_maxrss, from wait4), the load average around it, each stage's time and peak memory (the
+largest stage peak; ru_maxrss from wait4 without a profile), the load average around it, each stage's time and peak memory (the
 engine's CURATE_PROFILE) and the dedup stages' memory per row. --resume N kills a run of N rows
 with SIGKILL in the middle of its MinHash step, reruns it, counts the parts each step redid and
 checks the output against the uninterrupted run's, byte for byte. --baseline REV runs the same
@@ -165,7 +165,10 @@ def run(data: Path, out: Path, part_rows: int, code: Path = ROOT, kill_when=None
     if not killed and os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"run failed:\n{stdout}\n{stderr}")
     stages = json.loads(profile.read_text())["stages"] if profile.exists() else []
-    return {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "load": f"{before} -> {load()}", "stages": stages,
+    # the profile resets the kernel's high-water mark at each stage, which ru_maxrss reads: the
+    # run's peak is the largest of the stages' peaks (and ru_maxrss, for a run without them)
+    peak = max([usage.ru_maxrss / 1024, *(s["rss_peak_mb"] for s in stages)])
+    return {"seconds": seconds, "rss_mb": peak, "load": f"{before} -> {load()}", "stages": stages,
             "cpu": usage.ru_utime + usage.ru_stime,
             "killed": killed, "stdout": stdout}
 

@@ -17,7 +17,8 @@ class Profile:
     is the process's, all threads (steadier than wall time on a shared machine). The peak
     is the kernel's high-water mark of the resident set (VmHWM), reset at the start of each stage
     through /proc/self/clear_refs: exact, where a sampling thread misses what a call holding the
-    GIL allocates and frees (a 20 ms sampler reported 1.37 GB for a run whose ru_maxrss was 2.97 GB)."""
+    GIL allocates and frees (a 20 ms sampler reported 1.37 GB for a run whose ru_maxrss was 2.97 GB).
+    The reset also resets the ru_maxrss a parent reads: the run's peak is the largest stage peak."""
 
     def __init__(self):
         self.path = os.environ.get("CURATE_PROFILE")
