@@ -129,7 +129,7 @@ def test_parts_worked_at_once_give_what_one_at_a_time_gives(data, tmp_path, monk
         with lock:
             at_once["now"] += 1
             at_once["most"] = max(at_once["most"], at_once["now"])
-        time.sleep(0.05)  # long enough for a second thread to come in, if there is one
+        time.sleep(0.2)  # long enough for the other threads to come in, if there are any
         try:
             return real(self, df, ctx)
         finally:
