@@ -57,13 +57,11 @@ from curate.records import concat, frame_digest
 from curate.report.compute import StepSections
 from curate.report.validate import gx_files
 from curate.report.write import REPORT_FILES, publish_report
+from curate.states import PolarsStates, Resolved, States
 from curate.steps import (
     BATCHES,
     FRAME,
     Context,
-    PolarsStates,
-    Resolved,
-    States,
     Step,
     StepResult,
     digest,

@@ -73,20 +73,17 @@ def _json_string(value: pl.Expr) -> pl.Expr:
 def content_ids(messages: pl.Series, reasoning: pl.Series | None = None) -> pl.Series:
     """`content_id` of every row: the canonical JSON built by polars for the whole column, then
     blake2b per row. A row at a time, building Python dicts and JSON took 6 of the 15 s that
-    reading 1M rows took (bench/README.md, issue 12); the ids are the same (tests/test_records.py)."""
+    reading 1M rows took (bench/README.md, issue 12); the ids are the same (tests/test_io.py)."""
     turn = pl.element().struct
-    turns = pl.col("messages").fill_null(pl.lit([], dtype=MESSAGES)).list.eval(pl.concat_str(
+    items = pl.col("messages").fill_null(pl.lit([], dtype=MESSAGES)).list.eval(pl.concat_str(
         pl.lit("["), _json_string(turn.field("role")), pl.lit(","), _json_string(turn.field("content")), pl.lit("]"),
     )).list.join(",")
-    items = turns
-    if reasoning is not None:
-        has = pl.col("reasoning").is_not_null() & (pl.col("reasoning") != "")
-        thought = _json_string(pl.col("reasoning"))
-        items = (pl.when(~has).then(turns).when(turns == "").then(thought)
-                 .otherwise(pl.concat_str(turns, pl.lit(","), thought)))
     frame = pl.DataFrame({"messages": messages.cast(MESSAGES)})
-    if reasoning is not None:
+    if reasoning is not None:  # appended as one more item when not empty
         frame = frame.with_columns(reasoning.cast(pl.String).alias("reasoning"))
+        thought = pl.col("reasoning")
+        items = (pl.when(thought.is_null() | (thought == "")).then(items).when(items == "").then(_json_string(thought))
+                 .otherwise(pl.concat_str(items, pl.lit(","), _json_string(thought))))
     canon = frame.select(pl.concat_str(pl.lit("["), items, pl.lit("]"))).to_series().to_list()
     return pl.Series("id", [hashlib.blake2b(c.encode("utf-8"), digest_size=8).hexdigest() for c in canon],
                      dtype=pl.String)
