@@ -35,6 +35,7 @@ import polars as pl
 import yaml
 
 from curate.folder import RunFolder, locked
+from curate.concurrency import at_once, map_in_order
 from curate.inputs import Inputs, as_rejects, read_inputs, reason_counts
 from curate.io import write_json, write_text
 from curate.llm.teacher import build_llm
@@ -56,6 +57,7 @@ from curate.recipe import Recipe, redact_url
 from curate.records import concat, frame_digest
 from curate.report.compute import StepSections
 from curate.report.validate import gx_files
+from curate.report.validate import validate_parts
 from curate.report.write import REPORT_FILES, publish_report
 from curate.states import PolarsStates, Resolved, States
 from curate.steps import (
@@ -293,15 +295,22 @@ class LocalRun:
     def inputs(self, inputs: Inputs, chain: str) -> StepOutput:
         """The inputs as parts of `part_rows` valid rows (a part already written with the same rows is kept)."""
         sf = StepFolder(self.out / "steps" / INPUTS)
-        units = []
-        for i, (valid, rejected) in enumerate(inputs.parts()):
+
+        def claimed():
+            for i, (valid, rejected) in enumerate(inputs.parts()):
+                self.folder.claim([sf.kept_path(i), sf.rejects_path(i), sf.marker_path(part_name(i))])
+                yield i, valid, rejected
+
+        def write(item) -> Unit:
+            i, valid, rejected = item
             key = digest(chain, frame_digest(valid), frame_digest(rejected))
             marker = sf.marker_path(part_name(i))
-            self.folder.claim([sf.kept_path(i), sf.rejects_path(i), marker])
             info = sf.finished(marker, key)
-            units.append(sf.unit_from(marker, info) if info else sf.write_unit(
+            return sf.unit_from(marker, info) if info else sf.write_unit(
                 marker, key, [(sf.kept_path(i), valid)], [(sf.rejects_path(i), rejected)], {"rows_out": valid.height},
-                keep_frames=self.small))
+                keep_frames=self.small)
+
+        units = list(map_in_order(write, claimed(), self.workers))
         sf.clear_stale(set().union(*(u.files() for u in units)), self.folder.wrote)
         return StepOutput([p for u in units for p in u.kept], [p for u in units for p in u.rejects], inputs.info)
 
@@ -512,7 +521,7 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
         out = out.absolute()  # tasks elsewhere write there, and the folder's paths are built from it
     try:
         with PROFILE.stage("read inputs"):
-            inputs = read_inputs(recipe, cfg.engine.part_rows)
+            inputs = read_inputs(recipe, cfg.engine.part_rows, cfg.engine.local_workers())
     except BaseException:
         if ray is not None:
             ray.close()
@@ -525,15 +534,16 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
             write_text(yaml.safe_dump(recipe.raw, sort_keys=False), out / "recipe.yaml")  # overrides applied
             ctx = Context(out_dir=out, seed=cfg.seed, show_progress=show_progress)
             small = inputs.rows <= cfg.engine.part_rows
+            workers = cfg.engine.local_workers()
             if ray is None:
                 teacher = Teacher(recipe, out, folder, show_progress)
-                run = LocalRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small,
-                               workers=cfg.engine.local_workers())
+                run = LocalRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small, workers=workers)
             else:
                 from curate.engines.ray import RayRun, RayTeacher
 
                 teacher = RayTeacher(recipe, out, folder, show_progress, connection=ray, engine=cfg.engine)
-                run = RayRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small, connection=ray)
+                run = RayRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small, connection=ray,
+                             workers=workers)  # the driver's own work: inputs, outputs
             sections = StepSections()
             try:
                 with PROFILE.stage("write input parts", inputs.rows):
@@ -550,15 +560,19 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
                         sections.add_parts(p.name, p.step, done.kept, done.rejects)
             finally:
                 teacher.close()
-            with PROFILE.stage("records.parquet, rejects.parquet"):
-                write_parts(final, out / "records.parquet", cfg.engine.part_rows)  # kept rows with every score
-                write_parts(rejects, out / "rejects.parquet", cfg.engine.part_rows)
-            with PROFILE.stage("data/ (shuffle, split, convert, write)"):
-                data_files = write_splits(final, cfg.output, out, seed=cfg.seed, replaceable=folder.wrote,
-                                          part_rows=cfg.engine.part_rows, claim=folder.claim)
-            with PROFILE.stage("report (validation, lengths, card)"):
-                report = publish_report(recipe, out, steps, final, rejects, data_files,
-                                        seconds=time.time() - started, sections=sections.sections)
+            # they only read the final parts: at once, longest first
+            with PROFILE.stage("data/, records.parquet, rejects.parquet, validation (at once)"):
+                done = at_once({
+                    "data": lambda: write_splits(final, cfg.output, out, seed=cfg.seed, replaceable=folder.wrote,
+                                                 part_rows=cfg.engine.part_rows, claim=folder.claim),
+                    "validation": lambda: validate_parts(final, recipe.steps, cfg.checks, cfg.output, save_to=out / "gx"),
+                    "records": lambda: write_parts(final, out / "records.parquet", cfg.engine.part_rows),  # every score
+                    "rejects": lambda: write_parts(rejects, out / "rejects.parquet", cfg.engine.part_rows),
+                }, workers)
+            with PROFILE.stage("report (lengths, languages, card)"):
+                report = publish_report(recipe, out, steps, final, rejects, done["data"],
+                                        seconds=time.time() - started, sections=sections.sections,
+                                        validation=done["validation"], workers=workers)
             folder.finish()
     finally:
         inputs.close()

@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -53,6 +54,7 @@ class RunFolder:
         self.path = path
         self.files: set[str] = set()  # relative POSIX paths a run wrote (the manifest)
         self._fd: int | None = None
+        self._claiming = threading.Lock()  # the end of a run writes its files from several threads
 
     # Ownership -----------------------------------------------------------------------------------
     def rel(self, path: str | Path) -> str:
@@ -66,14 +68,15 @@ class RunFolder:
     def claim(self, paths: Iterable[str | Path]) -> None:
         """List files this run may write, before it writes them. A file already there that no run
         wrote is the user's: refuse rather than overwrite it."""
-        new = {self.rel(p) for p in paths} - self.files
-        foreign = sorted(r for r in new if (self.path / r).exists())
-        if foreign:
-            raise CurateError(f"{self.path}: {', '.join(foreign[:5])} already exist(s) but no curate run wrote "
-                              "them; move them away or choose another --out (curate never overwrites files it did not write)")
-        if new:
-            self.files |= new
-            self._save_manifest()
+        with self._claiming:
+            new = {self.rel(p) for p in paths} - self.files
+            foreign = sorted(r for r in new if (self.path / r).exists())
+            if foreign:
+                raise CurateError(f"{self.path}: {', '.join(foreign[:5])} already exist(s) but no curate run wrote "
+                                  "them; move them away or choose another --out (curate never overwrites files it did not write)")
+            if new:
+                self.files |= new
+                self._save_manifest()
 
     def _save_manifest(self) -> None:
         write_json({"about": "files curate runs wrote in this folder; only these are ever replaced or deleted",

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import polars as pl
 
+from curate.concurrency import map_in_order
 from curate.errors import CurateError
 from curate.hub_inputs import hub_source, read_hub
 from curate.io import scan_table, to_records
@@ -65,7 +66,7 @@ class _Frames:
         if self.height > self.rows or self.files:
             for frame in self.memory:
                 f = tempfile.TemporaryFile()
-                frame.write_ipc(f, compression="lz4")
+                frame.write_ipc(f, compression="uncompressed")  # lz4 cost 0.33 s per 100k rows for 1.5x
                 self.files.append(f)
             self.memory = []
 
@@ -132,8 +133,9 @@ class Inputs:
         self.rejected.close()
 
 
-def read_inputs(recipe: Recipe, part_rows: int) -> Inputs:
-    """Read and check every input before anything is written (bad input leaves no trace)."""
+def read_inputs(recipe: Recipe, part_rows: int, workers: int = 1) -> Inputs:
+    """Read and check every input before anything is written (bad input leaves no trace); `workers`
+    frames are mapped and checked at once (the file is still read in order, on this thread)."""
     started = time.time()
     inputs = Inputs(part_rows, _Frames(part_rows), _Frames(part_rows))
     dropped: Counter = Counter()
@@ -156,14 +158,25 @@ def read_inputs(recipe: Recipe, part_rows: int) -> Inputs:
                 tables, origin, source = scan_table(path, part_rows, inp.limit), str(path), path.name.split(".")[0]
             read = valid = 0
             reasons: Counter = Counter()
-            for raw in tables:
+
+            def numbered(tables=tables):
+                first = 0
+                for raw in tables:
+                    yield first, raw
+                    first += raw.height
+
+            def check(item, inp=inp, origin=origin, source=source):
+                first, raw = item
                 records = to_records(raw, origin=origin, source=inp.source or source, prompt=inp.prompt,
                                      response=inp.response, system=inp.system, gold=inp.gold,
-                                     source_column=inp.source_column, first_row=read)
-                good, bad = split_invalid(records, origin, read)
+                                     source_column=inp.source_column, first_row=first)
+                good, bad = split_invalid(records, origin, first)
+                return raw.height, good, as_rejects(bad, "inputs")
+
+            for height, good, bad in map_in_order(check, numbered(), workers):
                 inputs.valid.add(good)
-                inputs.rejected.add(as_rejects(bad, "inputs"))
-                read, valid = read + raw.height, valid + good.height
+                inputs.rejected.add(bad)
+                read, valid = read + height, valid + good.height
                 reasons.update(bad["reason"].to_list())
             if reasons:
                 listed = ", ".join(f"{r} {n}" for r, n in reason_counts(dict(reasons)).items())

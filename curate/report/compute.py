@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from curate.concurrency import at_once
 from curate.hub_inputs import hub_dataset_id
 from curate.licenses import recipe_licenses, teacher_wrote_rows
 from curate.pricing import teacher_price
@@ -277,9 +278,11 @@ def card_features(out: Path, data_files: dict) -> list | None:
 
 
 def build_report(recipe: Recipe, steps: list[dict], final: list[Part], rejects: list[Part], data_files: dict,
-                 seconds: float, out: Path, sections: dict[str, dict], validation: dict | None = None) -> dict:
+                 seconds: float, out: Path, sections: dict[str, dict], validation: dict | None = None,
+                 workers: int = 1) -> dict:
     """All the numbers of a run (what report.json holds), from the parts of the final rows and of
-    the rejects; `sections` from StepSections or read_sections."""
+    the rejects; `sections` from StepSections or read_sections. Its reads of the final rows and of
+    the data files are independent: `workers` of them run at once."""
     totals = {k: 0 for k in LLM_FIELDS}
     for s in steps:
         for k in LLM_FIELDS:
@@ -289,8 +292,10 @@ def build_report(recipe: Recipe, steps: list[dict], final: list[Part], rejects: 
                                      "failed_requests", "retried")}
               for s in steps]
     counter = length_counter(recipe)
-    lengths, sources, sampled = _lengths_and_sources(final, counter)
-    split_rows, split_bytes = _splits(out, data_files)
+    read = at_once({"lengths": lambda: _lengths_and_sources(final, counter), "splits": lambda: _splits(out, data_files),
+                    "language": lambda: _language(final), "features": lambda: card_features(out, data_files)}, workers)
+    lengths, sources, sampled = read["lengths"]
+    split_rows, split_bytes = read["splits"]
     return {
         "recipe": recipe.config.name,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -314,8 +319,8 @@ def build_report(recipe: Recipe, steps: list[dict], final: list[Part], rejects: 
         "data_files": data_files,
         "split_bytes": split_bytes,
         "license": recipe_licenses(recipe).as_dict(),
-        "language": _language(final),
-        "features": card_features(out, data_files),
+        "language": read["language"],
+        "features": read["features"],
         "source_datasets": sorted({d for inp in recipe.config.inputs
                                    if (d := hub_dataset_id(inp.path, recipe.resolve(inp.path)))}),
     }

@@ -21,18 +21,21 @@ REPORT_FILES = ("report.json", "report.md", "report.html", "README.md")
 
 
 def publish_report(recipe: Recipe, out: Path, steps: list[dict], final: list[Part], rejects: list[Part],
-                   data_files: dict, seconds: float, sections: dict | None = None) -> dict:
-    """Validate the final data, then write report.json / .md / .html and the dataset card (REPORT_FILES).
-    Without `sections` (computed while the steps ran) they are read from the step folders."""
+                   data_files: dict, seconds: float, sections: dict | None = None, validation: dict | None = None,
+                   workers: int = 1) -> dict:
+    """Validate the final data (unless `validation` is given: the engine validates while it writes
+    the data), then write report.json / .md / .html and the dataset card (REPORT_FILES). Without
+    `sections` (computed while the steps ran) they are read from the step folders. `workers`:
+    the report's reads of the final rows and data files done at once."""
     from curate.report.card import write_card
     from curate.report.compute import build_report, read_sections
     from curate.report.render import write_reports
     from curate.report.validate import validate_parts
 
-    # on 0 rows too: "at least 1 row" fails
-    validation = validate_parts(final, recipe.steps, recipe.config.checks, recipe.config.output, save_to=out / "gx")
+    if validation is None:  # on 0 rows too: "at least 1 row" fails
+        validation = validate_parts(final, recipe.steps, recipe.config.checks, recipe.config.output, save_to=out / "gx")
     sections = read_sections(recipe, steps, out) if sections is None else sections
-    report = build_report(recipe, steps, final, rejects, data_files, seconds, out, sections, validation)
+    report = build_report(recipe, steps, final, rejects, data_files, seconds, out, sections, validation, workers)
     write_reports(report, out)
     write_card(recipe, report, out / "README.md")
     return report
