@@ -240,8 +240,7 @@ def atomic_path(path: str | Path):
 
 
 def write_parquet(df: pl.DataFrame, path: str | Path, compression: str = "zstd") -> None:
-    """Write a parquet file whole. A run's own parts use lz4: a third faster to write than
-    zstd and twice as fast to read, for files half again as large (bench/README.md)."""
+    """Write a parquet file whole (a run's own parts: curate.parts.PART_COMPRESSION)."""
     with atomic_path(path) as tmp:
         df.write_parquet(tmp, compression=compression)
 
