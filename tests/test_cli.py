@@ -129,3 +129,18 @@ def test_run_from_python_returns_the_kept_rows(tmp_path, monkeypatch):
     raw = load_recipe(tmp_path / "r.yaml").raw
     kept = curate.run(raw, overrides=["steps.heuristics.min_response_words=1"])
     assert kept.height == 6 and (tmp_path / "runs" / "api" / "records.parquet").is_file()
+
+
+@pytest.mark.parametrize("inherited, expected", [
+    (None, "narenas:1,dirty_decay_ms:2000,muzzy_decay_ms:0"),
+    # what polars writes when a parent process imported it (a notebook, a bench): not the user's choice
+    ("dirty_decay_ms:500,muzzy_decay_ms:1000", "narenas:1,dirty_decay_ms:2000,muzzy_decay_ms:0"),
+    ("narenas:3", "narenas:3"),  # the user's own setting wins
+])
+def test_cli_sets_polars_allocator_unless_the_user_did(inherited, expected):
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    if inherited is not None:
+        env["_RJEM_MALLOC_CONF"] = inherited
+    code = "import os, curate.cli; print(os.environ['_RJEM_MALLOC_CONF'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith(expected)
