@@ -176,6 +176,62 @@ def edit_distance(a: np.ndarray, b: np.ndarray, stretch: bool = False, weights: 
     return float(prev.min() if stretch else prev[-1])
 
 
+def stretch_distances(a: list[np.ndarray], weights: list[np.ndarray], b: np.ndarray, insert: np.ndarray,
+                      spans: np.ndarray, limits: np.ndarray, cells: int = 1 << 16) -> np.ndarray:
+    """edit_distance(a[k], b[lo:hi], stretch=True, weights=weights[k], insert=insert[lo:hi],
+    limit=limits[k]) for every pair k with spans[k] = (lo, hi), the pairs' rows side by side in one
+    numpy pass per word: the same floating-point steps, so the same values, without a Python
+    loop per pair (3,300 pairs a 100k-row part held the GIL for ~0.2 s). Pairs are taken by
+    length, about `cells` DP cells at a time (64k: 4x the loop on real pairs; 2M cells, slower than it)."""
+    out = np.full(len(a), np.inf)
+    lengths = spans[:, 1] - spans[:, 0]
+    order = np.argsort(lengths, kind="stable")
+    lo = 0
+    while lo < len(order):
+        hi = lo + 1
+        while hi < len(order) and (hi + 1 - lo) * (lengths[order[hi]] + 1) <= cells:
+            hi += 1
+        out[order[lo:hi]] = _stretch_batch([a[k] for k in order[lo:hi]], [weights[k] for k in order[lo:hi]],
+                                           b, insert, spans[order[lo:hi]], limits[order[lo:hi]])
+        lo = hi
+    return out
+
+
+def _stretch_batch(a, weights, b, insert, spans, limits) -> np.ndarray:
+    n = spans[:, 1] - spans[:, 0]
+    cols = int(n.max()) + 1
+    valid = np.arange(cols - 1)[None, :] < n[:, None]  # DP columns 1..n of each row; the rest is padding
+    pos = (spans[:, :1] + np.arange(cols - 1)[None, :])[valid]
+    words = np.zeros((len(a), cols - 1), b.dtype)
+    words[valid] = b[pos]
+    ins = np.zeros((len(a), cols))
+    ins[:, 1:][valid] = insert[pos]
+    idx = np.cumsum(ins, axis=1)  # as edit_distance's cumsum: padding to the right changes no value
+    in_row = np.concatenate([np.ones((len(a), 1), bool), valid], axis=1)
+    m = np.array([len(x) for x in a])
+    steps = int(m.max()) if len(a) else 0
+    a_words = np.zeros((len(a), steps), b.dtype)
+    a_weights = np.zeros((len(a), steps))
+    for k, (x, w) in enumerate(zip(a, weights)):
+        a_words[k, : len(x)], a_weights[k, : len(x)] = x, w
+    prev = np.zeros((len(a), cols))
+    live = np.ones(len(a), bool)
+    for i in range(steps):
+        rows = np.flatnonzero(live & (m > i))
+        if not len(rows):
+            break
+        w = a_weights[rows, i][:, None]
+        p, tmp = prev[rows], np.empty((len(rows), cols))
+        tmp[:, 0] = p[:, 0] + w[:, 0]
+        np.minimum(p[:, :-1] + w * (words[rows] != a_words[rows, i][:, None]), p[:, 1:] + w, out=tmp[:, 1:])
+        prev[rows] = np.minimum.accumulate(tmp - idx[rows], axis=1) + idx[rows]
+        over = np.where(in_row[rows], prev[rows], np.inf).min(axis=1) > limits[rows]
+        live[rows[over]] = False  # its distance must exceed the limit: no more work on it
+    out = np.where(in_row, prev, np.inf).min(axis=1)
+    out[~live] = np.inf
+    return out
+
+
 class _Table:
     """Sorted (hash, owner) pairs with a presence screen on the low hash bits: a direct-addressed
     table screens out almost every query before the binary search (random-access searchsorted is
@@ -487,13 +543,13 @@ class EvalIndex:
             sizes = word_offs[spans + 1] - word_offs[spans]
             pos = np.repeat(word_offs[spans] - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
             weight[pos] = self.word_weight(h[pos])
-        for k in todo.tolist():
-            s = int(shorts[k])
-            lo, hi = word_offs[at[k]], word_offs[at[k] + 1]
-            cost = edit_distance(self.short_words[s], h[lo:hi], stretch=True, weights=self.short_weights[s],
-                                 limit=allow[k], insert=weight[lo:hi])
-            if cost <= allow[k]:
-                out.append((int(rows[k]), int(self.short_item[s]), cost / total[k]))
+        if len(todo):
+            s = shorts[todo]
+            cost = stretch_distances([self.short_words[x] for x in s.tolist()], [self.short_weights[x] for x in s.tolist()],
+                                     h, weight, np.stack([word_offs[at[todo]], word_offs[at[todo] + 1]], axis=1),
+                                     allow[todo])
+            near = np.flatnonzero(cost <= allow[todo])
+            out += zip(rows[todo[near]].tolist(), self.short_item[s[near]].tolist(), (cost[near] / total[todo[near]]).tolist())
         frame = pl.DataFrame(out, schema={"row": pl.Int64, "item": pl.Int64, "edits": pl.Float64}, orient="row")
         return frame.group_by("row", "item").agg(pl.col("edits").min()).sort("row", "item")
 

@@ -438,3 +438,25 @@ def test_word_weight_lookup_matches_a_binary_search(real):
     q = np.concatenate([index._vocab, unseen, index._vocab[::-7]])
     at = np.minimum(np.searchsorted(index._vocab, q), len(index._vocab) - 1)
     assert np.array_equal(index.word_weight(q), np.where(index._vocab[at] == q, index._idf[at], index._idf_unseen))
+
+
+def test_stretch_distances_of_many_pairs_equal_edit_distance_of_each():
+    """The batched pass gives edit_distance's values exactly (inf where the limit is exceeded),
+    whatever the pairs' lengths, weights, limits and how they are cut into batches."""
+    from filters.eval_index import stretch_distances
+
+    rng = np.random.default_rng(0)
+    b = rng.integers(0, 5, 400).astype(np.uint64)
+    insert = rng.choice([0.5, 1.0, 2.5], len(b))
+    pairs = 300
+    a = [rng.integers(0, 5, rng.integers(1, 9)).astype(np.uint64) for _ in range(pairs)]
+    weights = [rng.choice([0.3, 1.0, 1.7], len(x)) for x in a]
+    lo = rng.integers(0, 380, pairs)
+    spans = np.stack([lo, lo + rng.integers(0, 20, pairs)], axis=1)
+    limits = rng.choice([0.5, 2.0, 5.0, np.inf], pairs)
+    want = [edit_distance(a[k], b[spans[k, 0]:spans[k, 1]], stretch=True, weights=weights[k],
+                          insert=insert[spans[k, 0]:spans[k, 1]], limit=limits[k]) for k in range(pairs)]
+    for cells in (1 << 21, 64):  # one batch, and many small ones
+        got = stretch_distances(a, weights, b, insert, spans, limits, cells=cells)
+        assert got.tolist() == want
+    assert np.isinf(want).any() and np.isfinite(want).any()
