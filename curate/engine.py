@@ -236,6 +236,7 @@ class Work:
     key: str
     rows: tuple[int, int] = (0, 0)
     retry: int = 0  # failed teacher requests of the last try, retried by this one
+    compression: str = "uncompressed"  # of the parts it writes (engine.part_compression)
 
     @property
     def marker(self) -> Path:
@@ -261,7 +262,7 @@ def untimed(work, retried: int = 0):
 def run_work(w: Work, ctx: Context, resolved: Resolved | None = None, keep_frames: bool = False, timed=untimed) -> Unit:
     """Do one unit of work and write its files, its marker last (curate.parts). `timed(work, retried)`
     runs the work and gives its facts (the local engine counts the teacher's failed requests)."""
-    sf, step = StepFolder(w.folder), w.step
+    sf, step = StepFolder(w.folder, w.compression), w.step
     if w.what == "state":
         return sf.write_unit(w.marker, w.key, [(sf.state_path(w.i), step.state(route(step, w.part.read())[0]))], [], {},
                              keep_frames=keep_frames)
@@ -286,15 +287,15 @@ class LocalRun:
     """The steps of one run, in this process, part by part (see the module docstring)."""
 
     def __init__(self, out: Path, folder: RunFolder, part_rows: int, ctx: Context, teacher: Teacher, small: bool,
-                 workers: int = 1):
+                 workers: int = 1, compression: str = "uncompressed"):
         self.out, self.folder, self.part_rows, self.ctx, self.teacher = out, folder, part_rows, ctx, teacher
-        self.workers = workers
+        self.workers, self.compression = workers, compression
         self.small = small  # the rows fit in one part: keep the frames written instead of reading them back
 
     # Inputs ------------------------------------------------------------------------------------
     def inputs(self, inputs: Inputs, chain: str) -> StepOutput:
         """The inputs as parts of `part_rows` valid rows (a part already written with the same rows is kept)."""
-        sf = StepFolder(self.out / "steps" / INPUTS)
+        sf = StepFolder(self.out / "steps" / INPUTS, self.compression)
 
         def claimed():
             for i, (valid, rejected) in enumerate(inputs.parts()):
@@ -317,7 +318,7 @@ class LocalRun:
     # Steps -------------------------------------------------------------------------------------
     def step(self, p: PlannedStep, parts: list[Part]) -> StepOutput:
         """Run (or reuse, unit by unit) one step on its input parts."""
-        sf = StepFolder(self.out / "steps" / p.name)
+        sf = StepFolder(self.out / "steps" / p.name, self.compression)
         started = time.time()
         inputs_key = digest(p.hash, [part.digest for part in parts])
         summary_path = sf.path / DONE
@@ -330,7 +331,8 @@ class LocalRun:
             return StepOutput(unit.kept, unit.rejects, {**unit.info, "skipped": unit.reused})
         keep: set[Path] = set()
         if execution == BATCHES:
-            units = self.units(p, [self.pending(sf, Work("batch", p.step, p.name, sf.path, i, part, digest(p.hash, part.digest)),
+            units = self.units(p, [self.pending(sf, Work("batch", p.step, p.name, sf.path, i, part, digest(p.hash, part.digest),
+                                                     compression=self.compression),
                                                 damaged) for i, part in enumerate(parts)])
             stats = merge_stats([u.info.get("stats") or {} for u in units])
         else:
@@ -401,7 +403,8 @@ class LocalRun:
         """A STATE step: each part's state, one `resolve` over all of it, then each part's output."""
         step = p.step
         with PROFILE.stage(f"{p.name} state"):
-            made = self.units(p, [self.pending(sf, Work("state", step, p.name, sf.path, i, part, digest(p.hash, "state", part.digest)),
+            made = self.units(p, [self.pending(sf, Work("state", step, p.name, sf.path, i, part, digest(p.hash, "state", part.digest),
+                                                    compression=self.compression),
                                                damaged) for i, part in enumerate(parts)])
         for unit in made:
             keep |= unit.files()
@@ -410,7 +413,8 @@ class LocalRun:
         offsets = np.concatenate([[0], np.cumsum([s.rows for s in states])]).astype(np.int64)
         units = self.units(p, [self.pending(sf, Work("apply", step, p.name, sf.path, i, part,
                                                      digest(p.hash, resolved_digest, part.digest),
-                                                     rows=(int(offsets[i]), int(offsets[i + 1]))), damaged)
+                                                     rows=(int(offsets[i]), int(offsets[i + 1])),
+                                                     compression=self.compression), damaged)
                                for i, part in enumerate(parts)], resolved)
         return units, resolved.stats
 
@@ -537,13 +541,14 @@ def run_recipe(recipe: Recipe, out: str | Path, show_progress: bool = True) -> d
             workers = cfg.engine.local_workers()
             if ray is None:
                 teacher = Teacher(recipe, out, folder, show_progress)
-                run = LocalRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small, workers=workers)
+                run = LocalRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small, workers=workers,
+                               compression=cfg.engine.part_compression)
             else:
                 from curate.engines.ray import RayRun, RayTeacher
 
                 teacher = RayTeacher(recipe, out, folder, show_progress, connection=ray, engine=cfg.engine)
                 run = RayRun(out, folder, cfg.engine.part_rows, ctx, teacher, small=small, connection=ray,
-                             workers=workers)  # the driver's own work: inputs, outputs
+                             workers=workers, compression=cfg.engine.part_compression)  # the driver's own work: inputs, outputs
             sections = StepSections()
             try:
                 with PROFILE.stage("write input parts", inputs.rows):

@@ -32,11 +32,6 @@ from curate.steps import file_digest
 
 log = logging.getLogger(__name__)
 DONE = "_DONE.json"
-# A step's parts are written once and read once or twice, on the same disk. lz4 took 0.21 s a
-# 100k-row part to write against 0.06 s uncompressed, for files only 1.5x smaller (81 -> 54 MB):
-# at 1M rows 4 s of the run's wall time for 1.4 GB of disk (bench/README.md, issue 12). The files
-# the user keeps (records, rejects, data/) are compressed.
-PART_COMPRESSION = "uncompressed"
 
 
 @dataclass(frozen=True)
@@ -79,8 +74,9 @@ def part_name(i: int) -> str:
 class StepFolder:
     """The files of one step of a run (see the module docstring)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, compression: str = "uncompressed"):
         self.path = path
+        self.compression = compression  # of the parts it writes (engine.part_compression)
 
     def kept_path(self, i: int) -> Path:
         return self.path / "parts" / f"{part_name(i)}.parquet"
@@ -121,7 +117,7 @@ class StepFolder:
         marker.unlink(missing_ok=True)
         done = []
         for path, frame in [*kept, *rejects]:
-            write_parquet(frame, path, compression=PART_COMPRESSION)
+            write_parquet(frame, path, compression=self.compression)
             done.append(Part(path, file_digest(path), frame.height, frame if keep_frames else None))
         files = {self.rel(p.path): p.digest for p in done}
         write_json({"key": key, **info, "files": files, "outputs": {"kept": [self.rel(p) for p, _ in kept],

@@ -150,6 +150,26 @@ def test_parts_worked_at_once_give_what_one_at_a_time_gives(data, tmp_path, monk
     assert strip(runs[1], keys=("seconds", "finished", "recipe")) == strip(runs[3], keys=("seconds", "finished", "recipe"))
 
 
+def test_part_compression_changes_the_parts_files_not_the_rows_and_redoes_nothing(data, tmp_path):
+    """engine.part_compression: the steps' parts in zstd are smaller, the kept files the same bytes,
+    and a rerun into the same folder with another compression redoes no step."""
+    import pyarrow.parquet as pq
+
+    sizes = {}
+    for codec in ("uncompressed", "zstd"):
+        recipe = write_recipe(data, 300, engine={"part_rows": 300, "part_compression": codec})
+        run_recipe(load_recipe(recipe), tmp_path / codec, show_progress=False)
+        first = tmp_path / codec / "steps" / "02-heuristics" / "parts" / "00000.parquet"
+        assert pq.ParquetFile(first).metadata.row_group(0).column(0).compression == codec.upper()
+        sizes[codec] = sum(f.stat().st_size for f in (tmp_path / codec / "steps").rglob("*.parquet"))
+    assert sizes["zstd"] < 0.7 * sizes["uncompressed"]
+    for path in sorted((tmp_path / "zstd" / "data").iterdir()):
+        assert path.read_bytes() == (tmp_path / "uncompressed" / "data" / path.name).read_bytes(), path.name
+    again = run_recipe(load_recipe(write_recipe(data, 300, engine={"part_rows": 300, "part_compression": "lz4"})),
+                       tmp_path / "zstd", show_progress=False)
+    assert all(s["skipped"] for s in again["steps"][1:])
+
+
 def test_a_row_local_step_never_holds_more_than_a_part(data, tmp_path, monkeypatch):
     """Heuristics and decontamination run on one part at a time; MinHash's state and apply see a
     part, its resolve sees the state (hashes and band keys, no text) and reads back only the
