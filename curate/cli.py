@@ -24,19 +24,19 @@ def return_freed_memory() -> None:
     the system allocator too; bench/README.md). polars' jemalloc reads _RJEM_MALLOC_CONF when
     polars is loaded, pyarrow its pool's name when it first allocates, so this runs before
     anything imports either; glibc's malloc (Python, numpy, pyarrow's system pool) takes its arena
-    cap through mallopt at any time. A value set by the user wins. polars' pages go back after
-    2 s unused rather than at once (at once cost 9.1 s of system time on 200,000 rows against
-    5.2 s after 200 ms), and polars' threads share one jemalloc arena, so the pages a part freed
-    serve the next part: at 1M rows, 2 s and one arena took system time from 34 s to 26 s and the
-    peak from 1,237 to 1,338 MiB (bench/README.md); one arena alone cut the peak at 200,000 rows
-    by 13%."""
+    cap through mallopt at any time. A value set by the user wins. polars' threads share one
+    jemalloc arena, so the pages a part freed serve the next part, and a background thread returns
+    pages unused for 1 s (without it, pages wait for the next allocation): at 1M rows the run spent
+    34 s of system time (faulting fresh pages in) with pages returned after 200 ms from 8 arenas,
+    17 s with this, and peaked at 1,297 MiB (bench/README.md). Returning pages at once cost 9.1 s
+    of system time at 200,000 rows against 5.2 s after 200 ms."""
     import ctypes
     import ctypes.util
 
     # polars writes its own default into the variable when imported: a parent process that imported
     # polars (a notebook, a bench) passes that on, and it is no choice of the user's
     if os.environ.get("_RJEM_MALLOC_CONF") in (None, POLARS_DEFAULT_MALLOC_CONF):
-        os.environ["_RJEM_MALLOC_CONF"] = "narenas:1,dirty_decay_ms:2000,muzzy_decay_ms:0"
+        os.environ["_RJEM_MALLOC_CONF"] = "narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # pyarrow's own jemalloc kept what it freed
     if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
         try:

@@ -132,9 +132,9 @@ def test_run_from_python_returns_the_kept_rows(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("inherited, expected", [
-    (None, "narenas:1,dirty_decay_ms:2000,muzzy_decay_ms:0"),
+    (None, "narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"),
     # what polars writes when a parent process imported it (a notebook, a bench): not the user's choice
-    ("dirty_decay_ms:500,muzzy_decay_ms:1000", "narenas:1,dirty_decay_ms:2000,muzzy_decay_ms:0"),
+    ("dirty_decay_ms:500,muzzy_decay_ms:1000", "narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"),
     ("narenas:3", "narenas:3"),  # the user's own setting wins
 ])
 def test_cli_sets_polars_allocator_unless_the_user_did(inherited, expected):
