@@ -23,6 +23,7 @@ from curate.concurrency import map_in_order
 from curate.errors import CurateError
 from curate.hub_inputs import hub_source, read_hub
 from curate.io import scan_table, to_records
+from curate.shapes import RESPONSE_COLUMNS
 from curate.records import concat, split_invalid
 from curate.recipe import Recipe, check_output_columns
 
@@ -133,6 +134,19 @@ class Inputs:
         self.rejected.close()
 
 
+def _hint_unread_responses(recipe: Recipe, inp, i: int, origin: str, valid: int, answered: int,
+                           columns: list[str]) -> None:
+    """Warn when an input's rows came without responses although a column could hold them: GSM8K's
+    `answer` is read as each row's final answer (for answer checks), and a recipe that filters
+    responses would then drop every row as "empty response". Not for recipes whose steps call a
+    teacher (generators write the responses; prompts with answers are their input)."""
+    if valid and not answered and inp.response is None and "answer" in columns \
+            and not any(step.needs_llm for step in recipe.steps):
+        log.warning("%s: no row has a response (no column named %s), and column 'answer' is read as each row's "
+                    "final answer, for answer checks. If 'answer' holds the responses, say so: inputs[%d].response: "
+                    "answer in the recipe, or -o inputs.%d.response=answer", origin, "/".join(RESPONSE_COLUMNS), i, i)
+
+
 def read_inputs(recipe: Recipe, part_rows: int, workers: int = 1) -> Inputs:
     """Read and check every input before anything is written (bad input leaves no trace); `workers`
     frames are mapped and checked at once (the file is still read in order, on this thread)."""
@@ -171,13 +185,18 @@ def read_inputs(recipe: Recipe, part_rows: int, workers: int = 1) -> Inputs:
                                      response=inp.response, system=inp.system, gold=inp.gold,
                                      source_column=inp.source_column, first_row=first)
                 good, bad = split_invalid(records, origin, first)
-                return raw.height, good, as_rejects(bad, "inputs")
+                answered = good.select(pl.col("messages").list.eval(
+                    pl.element().struct.field("role") == "assistant").list.any().sum()).item()
+                return raw.height, good, as_rejects(bad, "inputs"), answered, raw.columns
 
-            for height, good, bad in map_in_order(check, numbered(), workers):
+            answered, columns = 0, []
+            for height, good, bad, with_response, columns in map_in_order(check, numbered(), workers):
                 inputs.valid.add(good)
                 inputs.rejected.add(bad)
                 read, valid = read + height, valid + good.height
+                answered += with_response
                 reasons.update(bad["reason"].to_list())
+            _hint_unread_responses(recipe, inp, i, origin, valid, answered, columns)
             if reasons:
                 listed = ", ".join(f"{r} {n}" for r, n in reason_counts(dict(reasons)).items())
                 if not valid:

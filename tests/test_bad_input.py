@@ -391,3 +391,26 @@ def test_an_unexpected_exception_is_a_short_message_and_exit_1(tmp_path):
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "CURATE_DEBUG": "1"})
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "broken" in proc.stderr
+
+
+def test_an_answer_column_read_as_final_answers_gets_a_hint_when_no_row_has_a_response(tmp_path, caplog):
+    """GSM8K's `answer` is each row's final answer, not its response: a filter recipe would drop
+    every row as "empty response". The run says which column to name; not when `response` is
+    given, nor for a recipe whose steps call a teacher (prompts with answers are its input)."""
+    import logging
+
+    from curate.inputs import read_inputs
+    from curate.recipe import build_recipe
+
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}"}) + "\n"
+                            for i in range(30)))
+    filters = [{"heuristics": {}}]
+    cases = [({}, filters, True), ({"response": "answer"}, filters, False),
+             ({}, [{"verified_cot": {"k": 1}}], False)]
+    for given, steps, hinted in cases:
+        caplog.clear()
+        recipe = build_recipe({"name": "t", "inputs": [{"path": str(data), **given}], "steps": steps})
+        with caplog.at_level(logging.WARNING, logger="curate.inputs"):
+            read_inputs(recipe, 100).close()
+        assert ("-o inputs.0.response=answer" in caplog.text) == hinted, (given, steps, caplog.text)
