@@ -7,7 +7,9 @@ what it declares (curate.steps): a row-local step (BATCHES) maps input part i to
 part in memory at a time; a global step through compact state (STATE) writes each part's state,
 resolves it once (`resolved.parquet`) and then applies it part by part; a step that needs every row
 (FRAME) gets them gathered and its output cut into parts. Memory grows with the rows only through
-FRAME steps and the state of STATE steps.
+FRAME steps and the state of STATE steps. `engine.workers` parts are worked at once in threads by
+steps that allow it, by the inputs' check and write, and by the end of the run (data/, records,
+rejects and validation only read the final parts: curate.concurrency).
 
 Nothing stale is reused and nothing finished is redone. Each step's hash chains, from the input
 settings and the run seed, its settings, code version and the content of the files it reads
@@ -56,8 +58,7 @@ from curate.profile import PROFILE
 from curate.recipe import Recipe, redact_url
 from curate.records import concat, frame_digest
 from curate.report.compute import StepSections
-from curate.report.validate import gx_files
-from curate.report.validate import validate_parts
+from curate.report.validate import gx_files, validate_parts
 from curate.report.write import REPORT_FILES, publish_report
 from curate.states import PolarsStates, Resolved, States
 from curate.steps import (
