@@ -2,7 +2,7 @@
 
     python bench/bench_scale.py [--rows 200000 1000000 10000000] [--part-rows 100000]
                                 [--work DIR] [--resume 1000000] [--baseline REV] [--ray 2]
-                                [--workers N] [--compare-workers W]
+                                [--workers N] [--compare-workers W] [--part-compression zstd]
 
 Builds (once, cached in --work) a deterministic N-row Alpaca-style Parquet file from the texts in
 ../shared/data: each row's instruction is a real instruction with a sentence of another appended,
@@ -24,6 +24,8 @@ size again on the Ray engine (a local cluster of CPUS CPUs, started once) and pr
 wall times and whether the output is byte-identical; its peak RSS is the driver's alone.
 --workers N --compare-workers W runs each size with N and then W parts worked at once
 (engine.workers) and prints the ratios of wall and CPU time and memory, and whether the output is the same.
+--part-compression sets engine.part_compression (default uncompressed: a 10M run's parts take
+~45 GB of disk, ~20 GB with zstd).
 The machine's other jobs change the times: rerun on an idle machine for the figures.
 """
 
@@ -195,20 +197,20 @@ def show(rows: int, result: dict) -> None:
             print(f"  {s['stage']}: {grew / s['rows']:.0f} bytes per row above the {s['rss_before_mb']:,.0f} MB held before")
 
 
-def resume(data: Path, work: Path, rows: int, part_rows: int) -> None:
+def resume(data: Path, work: Path, rows: int, part_rows: int, extra: tuple[str, ...] = ()) -> None:
     """SIGKILL a run in the middle of its MinHash state pass, rerun it, count the parts redone."""
     ref, out = work / f"run-{rows}-ref", work / f"run-{rows}-resume"
     for d in (ref, out):
         shutil.rmtree(d, ignore_errors=True)
-    reference = run(data, ref, part_rows)
+    reference = run(data, ref, part_rows, extra=extra)
     state = lambda o: o / "steps" / "03-minhash_dedup" / "state"  # noqa: E731
     parts = len(list((ref / "steps" / "00-inputs" / "parts").glob("[0-9]*[0-9].json")))
     half = parts // 2
-    first = run(data, out, part_rows, kill_when=lambda o: (state(o) / f"{half:05d}.json").exists())
+    first = run(data, out, part_rows, extra=extra, kill_when=lambda o: (state(o) / f"{half:05d}.json").exists())
     done = {s.name: len(list((s / "parts").glob("[0-9]*[0-9].json"))) for s in sorted((out / "steps").glob("*"))}
     states = len(list(state(out).glob("*.json")))
     killed_at = time.time()
-    second = run(data, out, part_rows)
+    second = run(data, out, part_rows, extra=extra)
     rewritten = sum(f.stat().st_mtime > killed_at for f in state(out).glob("*.json"))
     report = json.loads((out / "report.json").read_text())
     print(f"\nresume at {rows:,} rows ({parts} parts of {part_rows:,}): killed after {first['seconds']:.1f} s "
@@ -254,7 +256,10 @@ def main() -> None:
     parser.add_argument("--ray", type=int, default=0, metavar="CPUS",
                         help="also run each size on the Ray engine, on a local cluster of CPUS CPUs started once "
                              "(the time to start it is printed apart), and compare time and output with the local run")
+    parser.add_argument("--part-compression", choices=["uncompressed", "lz4", "zstd"], default=None,
+                        help="engine.part_compression of the runs (default: curate's, uncompressed)")
     args = parser.parse_args()
+    settings = ("-o", f"engine.part_compression={args.part_compression}") if args.part_compression else ()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"cores: {os.cpu_count()}, load average {load()}, part_rows {args.part_rows:,}")
     sizes = sorted(set(args.rows + ([args.resume] if args.resume else [])))
@@ -281,13 +286,13 @@ def main() -> None:
         for n in args.rows:
             out = args.work / f"run-{n}"
             shutil.rmtree(out, ignore_errors=True)
-            result = run(files[n], out, args.part_rows, workers=args.workers)
+            result = run(files[n], out, args.part_rows, workers=args.workers, extra=settings)
             show(n, result)
             print("  " + result["stdout"].strip().replace("\n", "\n  "))
             if args.compare_workers:
                 other_out = args.work / f"run-{n}-w{args.compare_workers}"
                 shutil.rmtree(other_out, ignore_errors=True)
-                other = run(files[n], other_out, args.part_rows, workers=args.compare_workers)
+                other = run(files[n], other_out, args.part_rows, workers=args.compare_workers, extra=settings)
                 show(n, other)
                 print(f"  workers {args.compare_workers} / {args.workers or 'default'}: time x"
                       f"{other['seconds'] / result['seconds']:.2f}, CPU x{other['cpu'] / result['cpu']:.2f}, "
@@ -296,7 +301,7 @@ def main() -> None:
             if cluster is not None:
                 on_ray = args.work / f"run-{n}-ray"
                 shutil.rmtree(on_ray, ignore_errors=True)
-                other = run(files[n], on_ray, args.part_rows, extra=("--engine", "ray", "--address", cluster.address))
+                other = run(files[n], on_ray, args.part_rows, extra=("--engine", "ray", "--address", cluster.address, *settings))
                 print(f"  ray engine ({args.ray} CPUs): {other['seconds']:.1f} s wall, driver peak RSS "
                       f"{other['rss_mb']:,.0f} MB, load {other['load']}; ray / local: time x"
                       f"{other['seconds'] / result['seconds']:.2f}; output byte-identical: {same_output(out, on_ray)}")
@@ -313,7 +318,7 @@ def main() -> None:
             if not args.keep:
                 shutil.rmtree(out, ignore_errors=True)
         if args.resume:
-            resume(files[args.resume], args.work, args.resume, args.part_rows)
+            resume(files[args.resume], args.work, args.resume, args.part_rows, settings)
     finally:
         if base is not None:
             shutil.rmtree(base, ignore_errors=True)
