@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import multiprocessing
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +81,33 @@ def test_cached_response_round_trip(tmp_path):
     got = cache.get_many(["k", "missing"])
     assert list(got) == ["k"] and got["k"].cached and got["k"].text == "t" and got["k"].completion_tokens == 2
     assert json.loads(got["k"].to_json())["text"] == "t"
+
+
+def _open_new_caches_in_step(folder, rounds, barrier, errors):
+    """A process of the test below: opens cache i of `folder` when the others do, writes to it."""
+    for i in range(rounds):
+        barrier.wait(60)
+        try:
+            ResponseCache(Path(folder) / f"c{i}.sqlite").put(f"k{i}", Response(text="t"))
+        except Exception as exc:  # reported to the test, not lost in a child process
+            errors.put(f"round {i}: {exc}")
+
+
+def test_runs_opening_one_new_cache_at_once_all_open_it(tmp_path):
+    """Two runs sharing a `cache:` file start together: SQLite fails one's switch of the new file
+    to WAL at once, whatever its busy timeout (before the retry: 81 of 600 opens in 3 processes)."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, errors, rounds = ctx.Barrier(3), ctx.Queue(), 30
+    procs = [ctx.Process(target=_open_new_caches_in_step, args=(str(tmp_path), rounds, barrier, errors))
+             for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    failures = [errors.get() for _ in range(errors.qsize())]
+    assert [proc.exitcode for proc in procs] == [0, 0, 0] and not failures, failures[:3]
+    for i in range(rounds):
+        assert list(ResponseCache(tmp_path / f"c{i}.sqlite").get_many([f"k{i}"])) == [f"k{i}"]
 
 
 def test_missing_extra_names_the_extra():
