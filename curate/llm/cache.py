@@ -64,35 +64,27 @@ class ResponseCache:
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        """Connect and check the file, waiting up to _BUSY_SECONDS for other runs opening it too:
-        SQLite's busy timeout does not cover switching a new file to WAL, which fails at once while
-        another connection does the same (3 processes opening one new cache together: 81 of 600
-        opens failed so, before this loop)."""
         if self.path.exists() and self.path.stat().st_size == 0 and not _sidecar(self.path, "-wal").exists():
             log.warning("%s: the response cache file is empty (0 bytes): it holds no responses, so every request "
                         "will be sent", self.path)
-        deadline = time.monotonic() + _BUSY_SECONDS
-        while True:
-            db = None
-            try:
-                db = _connect(self.path)
-                problem = db.execute("PRAGMA quick_check").fetchone()[0]
-                if problem != "ok":
-                    raise sqlite3.DatabaseError(problem)
-                db.execute(_SCHEMA)
-                db.execute(_BATCH_SCHEMA)
-                db.execute("SELECT key, response FROM responses LIMIT 0")  # a table of that name but another shape
-                db.execute("SELECT key, custom_id, file_id, batch_id, created FROM batch_requests LIMIT 0")
-                return db
-            except sqlite3.DatabaseError as exc:
-                if db is not None:
-                    db.close()
-                if not _is_busy(exc):
-                    return self._replace_damaged(exc)
-                if time.monotonic() >= deadline:
-                    raise CurateError(f"{self.path}: the response cache is locked by another program ({exc}); "
-                                      "close it (an open sqlite3 shell?) or point `cache:` elsewhere") from None
-                time.sleep(0.05)
+        db = None
+        try:
+            db = _connect(self.path)
+            problem = db.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise sqlite3.DatabaseError(problem)
+            db.execute(_SCHEMA)
+            db.execute(_BATCH_SCHEMA)
+            db.execute("SELECT key, response FROM responses LIMIT 0")  # a table of that name but another shape
+            db.execute("SELECT key, custom_id, file_id, batch_id, created FROM batch_requests LIMIT 0")
+            return db
+        except sqlite3.DatabaseError as exc:
+            if db is not None:
+                db.close()
+            if _is_busy(exc):
+                raise CurateError(f"{self.path}: the response cache is locked by another program ({exc}); "
+                                  "close it (an open sqlite3 shell?) or point `cache:` elsewhere") from None
+            return self._replace_damaged(exc)
 
     def _replace_damaged(self, exc: Exception) -> sqlite3.Connection:
         """Keep the damaged file aside, start a new cache with every response still readable in it."""
@@ -234,8 +226,21 @@ class ResponseCache:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode. SQLite's busy timeout does not cover switching a new file to WAL,
+    which fails at once while another connection does the same (runs sharing a `cache:` file that
+    start together; 3 processes opening one new cache at once: 81 of 600 opens failed before this
+    wait), so that switch waits here as long as a write would."""
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=_BUSY_SECONDS)
-    db.execute("PRAGMA journal_mode=WAL")
+    deadline = time.monotonic() + _BUSY_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                db.close()
+                raise
+            time.sleep(0.05)
     db.execute("PRAGMA synchronous=NORMAL")
     return db
 
